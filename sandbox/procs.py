@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -17,10 +18,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # The kernel sends SIGTERM to the child when the forking thread exits: no stray etcd
     # after a killed pytest. Best effort on non-Linux.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def free_port() -> int:
@@ -81,7 +80,10 @@ def kill_pid(pid: int) -> None:
 
 
 def wait_until(
-    check: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout

@@ -28,7 +28,10 @@ LABEL_SELECTOR: dict[str, Any] = {
                 "required": ["key", "operator"],
                 "properties": {
                     "key": {"type": "string", "maxLength": 317},
-                    "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "operator": {
+                        "type": "string",
+                        "enum": ["In", "NotIn", "Exists", "DoesNotExist"],
+                    },
                     "values": {"type": "array", "maxItems": 64, "items": {"type": "string"}},
                 },
             },
@@ -36,11 +39,23 @@ LABEL_SELECTOR: dict[str, Any] = {
     },
 }
 
-GLOBS = {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 512}}
-K8S_NAME = {"type": "string", "minLength": 1, "maxLength": 253,
-            "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}
-HOST = {"type": "string", "minLength": 1, "maxLength": 255,
-        "pattern": r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$"}
+GLOBS = {
+    "type": "array",
+    "maxItems": 64,
+    "items": {"type": "string", "minLength": 1, "maxLength": 512},
+}
+K8S_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 253,
+    "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+}
+HOST = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$",
+}
 
 
 def spec_schema(cluster: bool) -> dict[str, Any]:
@@ -67,7 +82,8 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
         secret_ref["properties"] = {"name": K8S_NAME, "namespace": {**K8S_NAME, "maxLength": 63}}
         selection["properties"]["namespaceSelector"] = LABEL_SELECTOR
         selection["properties"]["namespaces"] = {
-            "type": "array", "maxItems": 256,
+            "type": "array",
+            "maxItems": 256,
             "description": "Namespaces named explicitly (also the only way to include "
             "kube-system or the operator's own namespace).",
             "items": {**K8S_NAME, "maxLength": 63},
@@ -83,7 +99,10 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                 "exact fix. Remediate: apply it.",
             },
             "priority": {
-                "type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
+                "type": "integer",
+                "minimum": -1000,
+                "maximum": 1000,
+                "default": 0,
                 "description": "Higher wins among policies of the same kind; a namespaced "
                 "PullPolicy always wins over a ClusterPullPolicy.",
             },
@@ -92,10 +111,18 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     "enabled": {"type": "boolean", "default": True},
-                    "strategy": {"type": "string", "default": "HighestPatch",
-                                 "enum": ["HighestPatch", "SemverRange", "ClosestMatch"]},
-                    "range": {"type": "string", "maxLength": 128,
-                              "description": "Semver constraint for SemverRange, e.g. '^1.4' or '>=1.2 <2'."},
+                    "strategy": {
+                        "type": "string",
+                        "default": "HighestPatch",
+                        "enum": ["HighestPatch", "SemverRange", "ClosestMatch"],
+                    },
+                    "range": {
+                        "type": "string",
+                        "maxLength": 128,
+                        "description": (
+                            "Semver constraint for SemverRange, e.g. '^1.4' or '>=1.2 <2'."
+                        ),
+                    },
                     "allowMajorChange": {"type": "boolean", "default": False},
                     "allowLatest": {"type": "boolean", "default": False},
                     "pinDigest": {"type": "boolean", "default": False},
@@ -106,16 +133,22 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                 "properties": {
                     "enabled": {"type": "boolean", "default": True},
                     "secrets": {
-                        "type": "array", "maxItems": 32, "items": secret_ref,
+                        "type": "array",
+                        "maxItems": 32,
+                        "items": secret_ref,
                         "description": "Candidate pull secrets; the one that authenticates for "
                         "the failing image is attached to the pod's ServiceAccount"
-                        + (" (copied into the pod's namespace first)." if cluster
-                           else ". Only secrets of this policy's namespace."),
+                        + (
+                            " (copied into the pod's namespace first)."
+                            if cluster
+                            else ". Only secrets of this policy's namespace."
+                        ),
                     },
                 },
             },
             "mirrors": {
-                "type": "array", "maxItems": 32,
+                "type": "array",
+                "maxItems": 32,
                 "description": "Used when the registry is unreachable or rate-limited, only "
                 "after the image was found on the mirror.",
                 "items": {
@@ -127,9 +160,12 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
             "recovery": {
                 "type": "object",
                 "properties": {
-                    "recreatePods": {"type": "boolean", "default": True,
-                                     "description": "Delete stuck pods owned by a controller "
-                                     "once the cause is fixed, so they skip the back-off."},
+                    "recreatePods": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "Delete stuck pods owned by a controller "
+                        "once the cause is fixed, so they skip the back-off.",
+                    },
                     "patchBarePods": {"type": "boolean", "default": True},
                 },
             },
@@ -137,7 +173,8 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     "allowDirectPatch": {
-                        "type": "boolean", "default": False,
+                        "type": "boolean",
+                        "default": False,
                         "description": "Patch Argo CD / Flux managed workloads directly "
                         "(they usually revert it); otherwise only suggest.",
                     },
@@ -146,8 +183,12 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
             "rateLimit": {
                 "type": "object",
                 "properties": {
-                    "remediationsPerHour": {"type": "integer", "minimum": 1, "maximum": 10000,
-                                            "default": 60},
+                    "remediationsPerHour": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 10000,
+                        "default": 60,
+                    },
                 },
             },
         },
@@ -175,8 +216,10 @@ STATUS = {
         },
         "counts": {
             "type": "object",
-            "properties": {k: {"type": "integer"} for k in
-                           ("detected", "suggested", "remediated", "failed", "stuck")},
+            "properties": {
+                k: {"type": "integer"}
+                for k in ("detected", "suggested", "remediated", "failed", "stuck")
+            },
         },
         "backoff": {
             "type": "object",
@@ -188,11 +231,14 @@ STATUS = {
             },
         },
         "lastActions": {
-            "type": "array", "maxItems": 20,
+            "type": "array",
+            "maxItems": 20,
             "items": {
                 "type": "object",
-                "properties": {k: {"type": "string"} for k in
-                               ("time", "workload", "cause", "action", "result", "detail")},
+                "properties": {
+                    k: {"type": "string"}
+                    for k in ("time", "workload", "cause", "action", "result", "detail")
+                },
             },
         },
     },
@@ -208,43 +254,72 @@ def crd(kind: str, plural: str, short: list[str], scope: str) -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "scope": scope,
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
-                      "listKind": f"{kind}List", "shortNames": short,
-                      "categories": ["pullmedic"]},
-            "versions": [{
-                "name": "v1alpha1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-                    {"name": "Ready", "type": "string",
-                     "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
-                    {"name": "Detected", "type": "integer", "jsonPath": ".status.counts.detected"},
-                    {"name": "Remediated", "type": "integer",
-                     "jsonPath": ".status.counts.remediated"},
-                    {"name": "Suggested", "type": "integer", "jsonPath": ".status.counts.suggested",
-                     "priority": 1},
-                    {"name": "Failed", "type": "integer", "jsonPath": ".status.counts.failed",
-                     "priority": 1},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": (
-                        "Cluster-wide remediation policy for image pull failures; selects "
-                        "namespaces." if cluster else
-                        "Remediation policy for image pull failures in this namespace."),
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": copy.deepcopy(spec_schema(cluster)),
-                        "status": copy.deepcopy(STATUS),
+            "names": {
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "listKind": f"{kind}List",
+                "shortNames": short,
+                "categories": ["pullmedic"],
+            },
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                        },
+                        {
+                            "name": "Detected",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.detected",
+                        },
+                        {
+                            "name": "Remediated",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.remediated",
+                        },
+                        {
+                            "name": "Suggested",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.suggested",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Failed",
+                            "type": "integer",
+                            "jsonPath": ".status.counts.failed",
+                            "priority": 1,
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "Cluster-wide remediation policy for image pull failures; selects "
+                                "namespaces."
+                                if cluster
+                                else "Remediation policy for image pull failures in this namespace."
+                            ),
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": copy.deepcopy(spec_schema(cluster)),
+                                "status": copy.deepcopy(STATUS),
+                            },
+                            "required": ["spec"],
+                        }
                     },
-                    "required": ["spec"],
-                }},
-            }],
+                }
+            ],
         },
     }
 
@@ -252,13 +327,13 @@ def crd(kind: str, plural: str, short: list[str], scope: str) -> dict[str, Any]:
 def render() -> dict[str, str]:
     docs = {
         "pullpolicies.yaml": crd("PullPolicy", "pullpolicies", ["pullpol"], "Namespaced"),
-        "clusterpullpolicies.yaml": crd("ClusterPullPolicy", "clusterpullpolicies",
-                                        ["cpullpol"], "Cluster"),
+        "clusterpullpolicies.yaml": crd(
+            "ClusterPullPolicy", "clusterpullpolicies", ["cpullpol"], "Cluster"
+        ),
     }
     head = "# Generated by scripts/gen_crds.py; edit that file, not this one.\n"
     return {
-        name: head + yaml.safe_dump(doc, sort_keys=False, width=100)
-        for name, doc in docs.items()
+        name: head + yaml.safe_dump(doc, sort_keys=False, width=100) for name, doc in docs.items()
     }
 
 

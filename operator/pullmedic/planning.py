@@ -1,0 +1,355 @@
+"""Remediation planning: (failure, diagnosis, policy) -> a plan. Decides; never does.
+
+A plan is a list of actions that can be printed, dry-run or applied idempotently by the
+actuator. Every branch here is a policy decision a platform engineer can read.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.policy import Mode, Policy, SecretRef
+
+GITOPS_LABELS = (
+    "app.kubernetes.io/managed-by=argocd",
+    "argocd.argoproj.io/instance",
+    "kustomize.toolkit.fluxcd.io/name",
+    "helm.toolkit.fluxcd.io/name",
+)
+GITOPS_ANNOTATIONS = ("argocd.argoproj.io/tracking-id", "argocd.argoproj.io/instance")
+MANAGED_SECRET_LABEL = "pullmedic.dev/managed"
+SOURCE_ANNOTATION = "pullmedic.dev/source"
+
+# Kinds whose pod template may be patched to fix an image for good.
+TEMPLATE_PATHS = {
+    "Deployment": "/spec/template/spec",
+    "StatefulSet": "/spec/template/spec",
+    "DaemonSet": "/spec/template/spec",
+    "CronJob": "/spec/jobTemplate/spec/template/spec",
+}
+API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "Pod": "v1",
+}
+KUBECTL_RESOURCE = {
+    "Deployment": "deployment",
+    "StatefulSet": "statefulset",
+    "DaemonSet": "daemonset",
+    "CronJob": "cronjob",
+    "Job": "job",
+    "Pod": "pod",
+}
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One stuck container of one pod, with the owner chain already resolved."""
+
+    pod: ObjectRef
+    container: str
+    container_kind: str  # "containers" | "initContainers" | "ephemeralContainers"
+    container_index: int
+    image: str
+    reason: str
+    service_account: str
+    pod_pull_secrets: tuple[str, ...] = ()
+    workload: ObjectRef | None = None  # Deployment/StatefulSet/DaemonSet/CronJob, or Job
+    job: ObjectRef | None = None  # the Job between a CronJob and its pods
+    workload_container_index: int | None = None
+    workload_labels: tuple[tuple[str, str], ...] = ()
+    workload_annotations: tuple[tuple[str, str], ...] = ()
+    stuck_pods: tuple[ObjectRef, ...] = ()
+
+    @property
+    def dedup_key(self) -> tuple[str, str, str]:
+        """500 failing replicas of one Deployment share one key, one diagnosis, one plan."""
+        owner = self.workload or self.job or self.pod
+        return (str(owner), self.container, self.image)
+
+    @property
+    def gitops_managed(self) -> bool:
+        labels = dict(self.workload_labels)
+        annotations = dict(self.workload_annotations)
+        for item in GITOPS_LABELS:
+            k, _, v = item.partition("=")
+            if k in labels and (not v or labels[k] == v):
+                return True
+        return any(a in annotations for a in GITOPS_ANNOTATIONS)
+
+
+class ActionType(StrEnum):
+    PATCH_WORKLOAD_IMAGE = "PatchWorkloadImage"
+    PATCH_POD_IMAGE = "PatchPodImage"
+    COPY_SECRET = "CopySecret"
+    ATTACH_PULL_SECRET = "AttachPullSecret"
+    RECREATE_PODS = "RecreatePods"
+    REPORT = "Report"
+
+
+@dataclass(frozen=True)
+class Action:
+    type: ActionType
+    target: ObjectRef
+    summary: str
+    container: str = ""
+    container_path: str = ""  # JSON pointer of the container's image field
+    old_image: str = ""
+    new_image: str = ""
+    source: SecretRef | None = None
+    secret: str = ""
+    pods: tuple[ObjectRef, ...] = ()
+
+    @property
+    def mutating(self) -> bool:
+        return self.type is not ActionType.REPORT
+
+    def kubectl(self) -> str:
+        """The command a human could run instead (Suggest mode publishes it)."""
+        t = self.target
+        if self.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
+            patch = [{"op": "replace", "path": self.container_path, "value": self.new_image}]
+            return (
+                f"kubectl -n {t.namespace} patch {KUBECTL_RESOURCE.get(t.kind, t.kind.lower())} "
+                f"{t.name} --type=json -p {shlex.quote(json.dumps(patch))}"
+            )
+        if self.type is ActionType.COPY_SECRET and self.source is not None:
+            return (
+                f"kubectl -n {self.source.namespace} get secret {self.source.name} -o json | "
+                f'jq \'.metadata={{name:"{self.secret}",namespace:"{t.namespace}"}}\' | '
+                "kubectl apply -f -"
+            )
+        if self.type is ActionType.ATTACH_PULL_SECRET:
+            sa_patch = {"imagePullSecrets": [{"name": self.secret}]}
+            return (
+                f"kubectl -n {t.namespace} patch serviceaccount {t.name} --type=strategic "
+                f"-p {shlex.quote(json.dumps(sa_patch))}"
+            )
+        if self.type is ActionType.RECREATE_PODS:
+            names = " ".join(p.name for p in self.pods)
+            return f"kubectl -n {t.namespace} delete pod {names}"
+        return ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    failure: Failure
+    cause: Cause
+    policy: str | None
+    mode: Mode
+    actions: tuple[Action, ...] = ()
+    apply: bool = False
+    note: str = ""
+    suggestions: tuple[str, ...] = field(default=())
+
+    @property
+    def fixable(self) -> bool:
+        return any(a.mutating for a in self.actions)
+
+    def render(self) -> str:
+        head = (
+            f"{self.failure.workload or self.failure.pod} container {self.failure.container}: "
+            f"{self.cause} -> {'apply' if self.apply else 'suggest'} ({self.mode}, "
+            f"policy {self.policy or 'none'})"
+        )
+        lines = [head]
+        lines += [f"  - {a.type}: {a.summary}" for a in self.actions]
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+def managed_secret_name(source: SecretRef) -> str:
+    """Stable, collision-free name for a copied secret (DNS-1123, at most 253 chars)."""
+    return f"pullmedic-{source.namespace}-{source.name}"[:253]
+
+
+def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Action], str]:
+    """Where to change an image so the fix lasts: the owner template, else the pod."""
+    actions: list[Action] = []
+    w = f.workload
+    if w is not None and w.kind in TEMPLATE_PATHS and f.workload_container_index is not None:
+        path = f"{TEMPLATE_PATHS[w.kind]}/{f.container_kind}/{f.workload_container_index}/image"
+        actions.append(
+            Action(
+                ActionType.PATCH_WORKLOAD_IMAGE,
+                w,
+                f"set {w.kind} {w.name} container {f.container} image {f.image} -> {new_image}",
+                container=f.container,
+                container_path=path,
+                old_image=f.image,
+                new_image=new_image,
+            )
+        )
+    pod_fix_needed = w is None or w.kind == "CronJob" or w.kind == "Job"
+    if pod_fix_needed and f.container_kind != "ephemeralContainers":
+        # Job templates are immutable and a bare pod has no template: the pod's own image
+        # is the only field that makes the pods already running recover.
+        if not policy.patch_bare_pods and w is None:
+            return actions, "bare pod patching is disabled by the policy"
+        for p in f.stuck_pods or (f.pod,):
+            actions.append(
+                Action(
+                    ActionType.PATCH_POD_IMAGE,
+                    p,
+                    f"set pod {p.name} container {f.container} image {f.image} -> {new_image}",
+                    container=f.container,
+                    container_path=f"/spec/{f.container_kind}/{f.container_index}/image",
+                    old_image=f.image,
+                    new_image=new_image,
+                )
+            )
+    elif w is not None and w.kind == "StatefulSet" and policy.recreate_pods and f.stuck_pods:
+        # A StatefulSet rollout waits for the stuck ordinal to become Ready: it never does.
+        actions.append(_recreate(f))
+    return actions, ""
+
+
+def _recreate(f: Failure) -> Action:
+    pods = f.stuck_pods or (f.pod,)
+    return Action(
+        ActionType.RECREATE_PODS,
+        ObjectRef("Pod", f.pod.namespace, "*"),
+        f"recreate {len(pods)} stuck pod(s) so they skip the back-off: "
+        + ", ".join(p.name for p in pods[:5])
+        + (" ..." if len(pods) > 5 else ""),
+        pods=pods,
+    )
+
+
+def plan(
+    failure: Failure,
+    diagnosis: Diagnosis,
+    policy: Policy | None,
+    *,
+    mirror_image: str | None = None,
+    circuit_open: bool = False,
+    rate_limited: bool = False,
+) -> Plan:
+    """Decide what to do about one failure. ``mirror_image`` is set only when verified."""
+    cause = diagnosis.cause
+    if policy is None:
+        return Plan(failure, cause, None, Mode.OBSERVE, note="no policy selects this pod")
+    base = Plan(failure, cause, policy.key, policy.mode)
+    if circuit_open:
+        return _with(
+            base,
+            note="circuit breaker open: the same cause came back after a "
+            "remediation; not acting again until the workload changes",
+        )
+    actions: list[Action] = []
+    note = ""
+    fix = diagnosis.fix
+
+    if cause is Cause.InvalidReference:
+        note = "an invalid image reference never recovers: fix the manifest"
+    elif cause in (Cause.TagNotFound, Cause.PlatformMismatch):
+        if not policy.tags.enabled:
+            note = "tag correction is disabled by the policy"
+        elif fix is None or fix.kind != "tag" or not fix.image:
+            note = "no verified replacement tag was found"
+        else:
+            new = fix.image
+            if policy.tags.pin_digest and fix.digest and "@" not in new:
+                new = f"{new}@{fix.digest}"
+            actions, note = _image_actions(failure, new, policy)
+    elif cause in (
+        Cause.AuthenticationRequired,
+        Cause.CredentialsRejected,
+        Cause.NotFoundOrPrivate,
+    ):
+        actions, note = _credential_actions(failure, diagnosis, policy)
+    elif cause in (Cause.RegistryUnreachable, Cause.RateLimited):
+        if mirror_image:
+            actions, note = _image_actions(failure, mirror_image, policy)
+        else:
+            note = (
+                "no mirror configured or the image is not on it; the kubelet keeps retrying"
+                if policy.mirrors or cause is Cause.RegistryUnreachable
+                else "the registry is rate-limiting; the kubelet retries after its back-off"
+            )
+    elif cause is Cause.ImageAvailable:
+        if failure.workload is not None and policy.recreate_pods and failure.stuck_pods:
+            actions = [_recreate(failure)]
+            note = "the image is pullable now; recreating skips the remaining back-off"
+        else:
+            note = "the image is pullable now; the kubelet recovers at its next retry"
+    else:
+        note = "no automatic remedy for this cause"
+
+    suggestions = tuple(a.kubectl() for a in actions if a.kubectl())
+    apply = policy.mode is Mode.REMEDIATE and bool(actions)
+    if apply and failure.gitops_managed and not policy.gitops_direct_patch:
+        apply, note = False, "managed by GitOps: change the source repository instead"
+    if apply and rate_limited:
+        apply, note = False, "policy rate limit reached; suggesting only"
+    return _with(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
+
+
+def _credential_actions(
+    f: Failure, diagnosis: Diagnosis, policy: Policy
+) -> tuple[list[Action], str]:
+    fix = diagnosis.fix
+    if not policy.credentials_enabled:
+        return [], "credential remediation is disabled by the policy"
+    if fix is None or fix.kind != "secret" or not fix.secret:
+        return [], "none of the policy's candidate secrets grants pull of this image"
+    if f.workload is None:
+        return [], (
+            "a bare pod's pull secrets are immutable: recreate it after adding "
+            f"secret {fix.secret} to ServiceAccount {f.service_account}"
+        )
+    ns, _, name = fix.secret.partition("/")
+    source = SecretRef(ns, name)
+    actions: list[Action] = []
+    target_name = name
+    if ns != f.pod.namespace:
+        if not policy.is_cluster:
+            return [], "a PullPolicy may only use secrets of its own namespace"
+        target_name = managed_secret_name(source)
+        actions.append(
+            Action(
+                ActionType.COPY_SECRET,
+                ObjectRef("Secret", f.pod.namespace, target_name),
+                f"copy secret {source} to {f.pod.namespace}/{target_name} (managed, kept in sync)",
+                source=source,
+                secret=target_name,
+            )
+        )
+    sa = ObjectRef("ServiceAccount", f.pod.namespace, f.service_account)
+    actions.append(
+        Action(
+            ActionType.ATTACH_PULL_SECRET,
+            sa,
+            f"add pull secret {target_name} to ServiceAccount {f.service_account}",
+            secret=target_name,
+        )
+    )
+    if policy.recreate_pods and f.stuck_pods:
+        actions.append(_recreate(f))
+    return actions, ""
+
+
+def _with(base: Plan, **changes: object) -> Plan:
+    from dataclasses import replace
+
+    return replace(base, **changes)  # type: ignore[arg-type]

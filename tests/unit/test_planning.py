@@ -1,0 +1,265 @@
+"""Planning as data: (failure, diagnosis, policy) in, plan out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pullmedic import planning
+from pullmedic import policy as pol
+from pullmedic.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.planning import ActionType as A
+from pullmedic.planning import Failure, ObjectRef
+
+NS = "team-a"
+POD = ObjectRef("Pod", NS, "web-7d9c-abcde", "uid-1")
+POD2 = ObjectRef("Pod", NS, "web-7d9c-fghij", "uid-2")
+DEPLOY = ObjectRef("Deployment", NS, "web", "d-uid")
+
+
+def failure(**kw: Any) -> Failure:
+    base = Failure(
+        pod=POD,
+        container="app",
+        container_kind="containers",
+        container_index=0,
+        image="docker.io/library/nginx:1.27.99",
+        reason="ImagePullBackOff",
+        service_account="default",
+        workload=DEPLOY,
+        workload_container_index=0,
+        stuck_pods=(POD, POD2),
+    )
+    return replace(base, **kw)
+
+
+def diag(cause: Cause, fix: Fix | None = None) -> Diagnosis:
+    return Diagnosis(
+        image="docker.io/library/nginx:1.27.99",
+        cause=cause,
+        confidence="high",
+        summary="s",
+        fix=fix,
+    )
+
+
+TAG_FIX = Fix(
+    kind="tag",
+    reason="highest patch",
+    image="docker.io/library/nginx:1.27.3",
+    digest="sha256:" + "a" * 64,
+)
+SECRET_FIX = Fix(kind="secret", reason="authenticates", secret="shared/regcred")
+LOCAL_SECRET_FIX = Fix(kind="secret", reason="authenticates", secret=f"{NS}/regcred")
+
+
+def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
+    meta: dict[str, Any] = {"name": "p"}
+    if kind == "PullPolicy":
+        meta["namespace"] = NS
+    spec.setdefault("mode", "Remediate")
+    p, problems = pol.parse({"kind": kind, "metadata": meta, "spec": spec})
+    assert not problems
+    return p
+
+
+@pytest.mark.parametrize(
+    ("f", "d", "p", "kw", "types", "apply"),
+    [
+        # bad tag on a Deployment: the template is patched; the rollout replaces the pods
+        (failure(), diag(Cause.TagNotFound, TAG_FIX), policy(), {}, [A.PATCH_WORKLOAD_IMAGE], True),
+        # Suggest mode computes the same fix but does not apply it
+        (
+            failure(),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(mode="Suggest"),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE],
+            False,
+        ),
+        # Observe: nothing is planned at all... but still no apply
+        (
+            failure(),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(mode="Observe"),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE],
+            False,
+        ),
+        # tag correction disabled
+        (
+            failure(),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(tagCorrection={"enabled": False}),
+            {},
+            [],
+            False,
+        ),
+        # no verified fix -> nothing
+        (failure(), diag(Cause.TagNotFound), policy(), {}, [], False),
+        # StatefulSet: patch + recreate the stuck ordinal (rollouts wait on it forever)
+        (
+            failure(workload=ObjectRef("StatefulSet", NS, "db")),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE, A.RECREATE_PODS],
+            True,
+        ),
+        # bare pod: its own image is patched
+        (
+            failure(workload=None, workload_container_index=None, stuck_pods=()),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {},
+            [A.PATCH_POD_IMAGE],
+            True,
+        ),
+        # CronJob-owned Job: the CronJob for next runs, the pods for this run
+        (
+            failure(workload=ObjectRef("CronJob", NS, "nightly"), job=ObjectRef("Job", NS, "n-1")),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE, A.PATCH_POD_IMAGE, A.PATCH_POD_IMAGE],
+            True,
+        ),
+        # missing secret via ClusterPullPolicy: copy, attach, recreate
+        (
+            failure(),
+            diag(Cause.AuthenticationRequired, SECRET_FIX),
+            policy(),
+            {},
+            [A.COPY_SECRET, A.ATTACH_PULL_SECRET, A.RECREATE_PODS],
+            True,
+        ),
+        # same-namespace secret: no copy
+        (
+            failure(),
+            diag(Cause.CredentialsRejected, LOCAL_SECRET_FIX),
+            policy("PullPolicy"),
+            {},
+            [A.ATTACH_PULL_SECRET, A.RECREATE_PODS],
+            True,
+        ),
+        # a PullPolicy can never use another namespace's secret
+        (
+            failure(),
+            diag(Cause.AuthenticationRequired, SECRET_FIX),
+            policy("PullPolicy"),
+            {},
+            [],
+            False,
+        ),
+        # bare pod with a credential cause: report only
+        (
+            failure(workload=None, workload_container_index=None),
+            diag(Cause.AuthenticationRequired, SECRET_FIX),
+            policy(),
+            {},
+            [],
+            False,
+        ),
+        # unreachable with a verified mirror: switch
+        (
+            failure(),
+            diag(Cause.RegistryUnreachable),
+            policy(),
+            {"mirror_image": "127.0.0.1:5001/library/nginx:1.27.99"},
+            [A.PATCH_WORKLOAD_IMAGE],
+            True,
+        ),
+        # unreachable without a verified mirror: nothing
+        (failure(), diag(Cause.RegistryUnreachable), policy(), {}, [], False),
+        # pullable now: recreate to skip the back-off
+        (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
+        # invalid reference never recovers
+        (failure(), diag(Cause.InvalidReference), policy(), {}, [], False),
+        # circuit breaker
+        (failure(), diag(Cause.TagNotFound, TAG_FIX), policy(), {"circuit_open": True}, [], False),
+        # rate limit -> suggest only
+        (
+            failure(),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {"rate_limited": True},
+            [A.PATCH_WORKLOAD_IMAGE],
+            False,
+        ),
+        # GitOps-managed -> suggest only, unless the policy allows direct patches
+        (
+            failure(workload_labels=(("app.kubernetes.io/managed-by", "argocd"),)),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE],
+            False,
+        ),
+        (
+            failure(workload_annotations=(("argocd.argoproj.io/tracking-id", "x"),)),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(gitops={"allowDirectPatch": True}),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE],
+            True,
+        ),
+        (
+            failure(workload_labels=(("kustomize.toolkit.fluxcd.io/name", "apps"),)),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {},
+            [A.PATCH_WORKLOAD_IMAGE],
+            False,
+        ),
+    ],
+)
+def test_plans(
+    f: Failure, d: Diagnosis, p: pol.Policy, kw: dict[str, Any], types: list[A], apply: bool
+) -> None:
+    plan = planning.plan(f, d, p, **kw)
+    assert [a.type for a in plan.actions] == types, plan.render()
+    assert plan.apply is apply
+    assert plan.render().startswith(str(f.workload or f.pod))
+
+
+def test_no_policy_observes_only() -> None:
+    plan = planning.plan(failure(), diag(Cause.TagNotFound, TAG_FIX), None)
+    assert plan.actions == () and not plan.apply and plan.mode is pol.Mode.OBSERVE
+
+
+def test_patch_paths_and_kubectl() -> None:
+    plan = planning.plan(
+        failure(container_kind="initContainers", workload_container_index=1),
+        diag(Cause.TagNotFound, TAG_FIX),
+        policy(),
+    )
+    (act,) = plan.actions
+    assert act.container_path == "/spec/template/spec/initContainers/1/image"
+    assert act.kubectl().startswith("kubectl -n team-a patch deployment web --type=json")
+    assert "nginx:1.27.3" in act.kubectl()
+    cron = planning.plan(
+        failure(workload=ObjectRef("CronJob", NS, "n"), stuck_pods=(POD,)),
+        diag(Cause.TagNotFound, TAG_FIX),
+        policy(),
+    )
+    assert (
+        cron.actions[0].container_path == "/spec/jobTemplate/spec/template/spec/containers/0/image"
+    )
+    assert cron.actions[1].container_path == "/spec/containers/0/image"
+
+
+def test_pin_digest() -> None:
+    plan = planning.plan(
+        failure(), diag(Cause.TagNotFound, TAG_FIX), policy(tagCorrection={"pinDigest": True})
+    )
+    assert plan.actions[0].new_image == f"{TAG_FIX.image}@{TAG_FIX.digest}"
+
+
+def test_copied_secret_name_and_dedup_key() -> None:
+    plan = planning.plan(failure(), diag(Cause.AuthenticationRequired, SECRET_FIX), policy())
+    assert plan.actions[0].secret == "pullmedic-shared-regcred"
+    assert plan.actions[1].secret == "pullmedic-shared-regcred"
+    assert failure().dedup_key == failure(pod=POD2).dedup_key
+    assert failure().dedup_key != failure(image="x").dedup_key

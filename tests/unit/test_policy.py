@@ -1,0 +1,155 @@
+"""Policy parsing, validation, selection and precedence: state in, state out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pullmedic import policy as pol
+
+
+def body(kind: str = "PullPolicy", ns: str | None = "team-a", **spec: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p", "generation": 3, "uid": "u1"}
+    if ns and kind == "PullPolicy":
+        meta["namespace"] = ns
+    return {"kind": kind, "metadata": meta, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"credentials": {"secrets": [{"name": "s", "namespace": "other"}]}}, "own namespace"),
+        ({"tagCorrection": {"strategy": "SemverRange"}}, "needs tagCorrection.range"),
+        ({"tagCorrection": {"strategy": "SemverRange", "range": "lots"}}, "not a semver"),
+        ({"selector": {"images": {"include": ["foo bar"]}}}, "whitespace"),
+        ({"selector": {"images": {"exclude": ["docker.io/[abc"]}}}, "unbalanced"),
+        ({"mirrors": [{"registry": "a.io", "mirror": "a.io"}]}, "its own mirror"),
+        (
+            {
+                "mirrors": [
+                    {"registry": "a.io", "mirror": "b.io"},
+                    {"registry": "a.io", "mirror": "c"},
+                ]
+            },
+            "more than one mirror",
+        ),
+        (
+            {"selector": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}},
+            "needs values",
+        ),
+        ({"mode": "Destroy"}, "not Observe"),
+    ],
+)
+def test_invalid_specs_are_reported(spec: dict[str, Any], problem: str) -> None:
+    _, problems = pol.parse(body(**spec))
+    assert any(problem in p for p in problems), problems
+
+
+def test_valid_spec_has_no_problems_and_defaults() -> None:
+    p, problems = pol.parse(body(credentials={"secrets": [{"name": "regcred"}]}))
+    assert problems == []
+    assert p.mode is pol.Mode.SUGGEST
+    assert p.secrets == (pol.SecretRef("team-a", "regcred"),)
+    assert p.tags.strategy is pol.TagStrategy.HIGHEST_PATCH
+    assert not p.tags.allow_major_change and not p.tags.allow_latest
+    assert p.key == "PullPolicy/team-a/p"
+
+
+def test_cluster_policy_secret_needs_namespace() -> None:
+    _, problems = pol.parse(
+        body("ClusterPullPolicy", None, credentials={"secrets": [{"name": "regcred"}]})
+    )
+    assert any("needs a namespace" in p for p in problems)
+
+
+def match(
+    p: pol.Policy,
+    ns: str = "team-a",
+    ns_labels: dict[str, str] | None = None,
+    pod_labels: dict[str, str] | None = None,
+    image: str = "docker.io/library/nginx:1.27",
+    operator_ns: str | None = "pullmedic",
+) -> bool:
+    return p.applies(
+        namespace=ns,
+        namespace_labels=ns_labels,
+        pod_labels=pod_labels,
+        image=image,
+        familiar_image=image.removeprefix("docker.io/library/"),
+        operator_namespace=operator_ns,
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "kw", "expected"),
+    [
+        ({}, {}, True),
+        ({}, {"ns": "team-b"}, False),  # a PullPolicy acts only in its own namespace
+        ({"selector": {"podSelector": {"matchLabels": {"app": "web"}}}}, {}, False),
+        (
+            {"selector": {"podSelector": {"matchLabels": {"app": "web"}}}},
+            {"pod_labels": {"app": "web"}},
+            True,
+        ),
+        ({"selector": {"images": {"include": ["nginx:*"]}}}, {}, True),
+        ({"selector": {"images": {"include": ["docker.io/library/*"]}}}, {}, True),
+        ({"selector": {"images": {"include": ["ghcr.io/*"]}}}, {}, False),
+        (
+            {"selector": {"images": {"include": ["*"], "exclude": ["*nginx*"]}}},
+            {},
+            False,
+        ),
+    ],
+)
+def test_namespaced_selection(spec: dict[str, Any], kw: dict[str, Any], expected: bool) -> None:
+    p, _ = pol.parse(body(**spec))
+    assert match(p, **kw) is expected
+
+
+@pytest.mark.parametrize(
+    ("selector", "kw", "expected"),
+    [
+        ({}, {"ns": "anything"}, True),
+        ({}, {"ns": "kube-system"}, False),
+        ({}, {"ns": "pullmedic"}, False),  # the operator's own namespace
+        ({"namespaces": ["kube-system"]}, {"ns": "kube-system"}, True),
+        ({"namespaces": ["a"]}, {"ns": "b"}, False),
+        (
+            {"namespaceSelector": {"matchLabels": {"env": "dev"}}},
+            {"ns_labels": {"env": "dev"}},
+            True,
+        ),
+        (
+            {"namespaceSelector": {"matchLabels": {"env": "dev"}}},
+            {"ns_labels": {"env": "prd"}},
+            False,
+        ),
+        (
+            {"namespaceSelector": {"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}},
+            {"ns_labels": {"x": "1"}},
+            False,
+        ),
+    ],
+)
+def test_cluster_selection(selector: dict[str, Any], kw: dict[str, Any], expected: bool) -> None:
+    p, problems = pol.parse(body("ClusterPullPolicy", None, selector=selector))
+    assert problems == []
+    assert match(p, **kw) is expected
+
+
+def test_precedence_namespaced_first_then_priority() -> None:
+    cluster_hi, _ = pol.parse(body("ClusterPullPolicy", None, priority=999))
+    ns_lo, _ = pol.parse(body(priority=-5))
+    ns_hi, _ = pol.parse({**body(priority=10), "metadata": {"name": "q", "namespace": "team-a"}})
+    kw = dict(
+        namespace="team-a",
+        namespace_labels={},
+        pod_labels={},
+        image="docker.io/library/nginx:1",
+        familiar_image="nginx:1",
+        operator_namespace=None,
+    )
+    assert pol.choose([cluster_hi, ns_lo, ns_hi], **kw) is ns_hi
+    assert pol.choose([cluster_hi], **kw) is cluster_hi
+    assert pol.choose([], **kw) is None
