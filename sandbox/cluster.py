@@ -59,8 +59,14 @@ class Cluster:
 
 
 def write_kubeconfig(
-    path: Path, api_url: str, ca: Path, *, cert: Path | None = None, key: Path | None = None,
-    token: str | None = None, user: str = "sandbox-admin",
+    path: Path,
+    api_url: str,
+    ca: Path,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    user: str = "sandbox-admin",
 ) -> Path:
     """A kubeconfig kubectl and the Python client both read (JSON is valid YAML)."""
     creds: dict[str, str] = {}
@@ -106,7 +112,12 @@ def start_cluster(state: Path, *, tie: bool = True) -> Cluster:
 
 
 def _start(
-    cluster: Cluster, logs: Path, etcd_port: int, etcd_peer: int, api_port: int, kcm_port: int,
+    cluster: Cluster,
+    logs: Path,
+    etcd_port: int,
+    etcd_peer: int,
+    api_port: int,
+    kcm_port: int,
     tie: bool,
 ) -> None:
     state, keys = cluster.state, cluster.pki
@@ -130,7 +141,10 @@ def _start(
     )
     procs.wait_until(
         lambda: httpx.get(f"{etcd_url}/health", timeout=1).status_code == 200,
-        "etcd", 60, cluster.procs["etcd"], logs / "etcd.log",
+        "etcd",
+        60,
+        cluster.procs["etcd"],
+        logs / "etcd.log",
     )
 
     token_file = state / "tokens.csv"
@@ -166,7 +180,10 @@ def _start(
     ctx = cluster.ssl_context()
     procs.wait_until(
         lambda: httpx.get(f"{cluster.api_url}/readyz", verify=ctx, timeout=2).status_code == 200,
-        "kube-apiserver", 120, cluster.procs["kube-apiserver"], logs / "kube-apiserver.log",
+        "kube-apiserver",
+        120,
+        cluster.procs["kube-apiserver"],
+        logs / "kube-apiserver.log",
     )
 
     cluster.procs["kube-controller-manager"] = procs.spawn(
@@ -194,19 +211,27 @@ def _start(
         tie=tie,
     )
     procs.wait_until(
-        lambda: httpx.get(
-            f"https://127.0.0.1:{kcm_port}/healthz", verify=False, timeout=2
-        ).status_code == 200,
-        "kube-controller-manager", 120, cluster.procs["kube-controller-manager"],
+        lambda: (
+            httpx.get(f"https://127.0.0.1:{kcm_port}/healthz", verify=False, timeout=2).status_code
+            == 200
+        ),
+        "kube-controller-manager",
+        120,
+        cluster.procs["kube-controller-manager"],
         logs / "kube-controller-manager.log",
     )
     # Pods can only be created once the serviceaccount controller made `default`.
     procs.wait_until(
-        lambda: httpx.get(
-            f"{cluster.api_url}/api/v1/namespaces/default/serviceaccounts/default",
-            verify=ctx, timeout=2,
-        ).status_code == 200,
-        "default ServiceAccount", 60,
+        lambda: (
+            httpx.get(
+                f"{cluster.api_url}/api/v1/namespaces/default/serviceaccounts/default",
+                verify=ctx,
+                timeout=2,
+            ).status_code
+            == 200
+        ),
+        "default ServiceAccount",
+        60,
     )
 
 

@@ -1,0 +1,269 @@
+"""Applies plans to the cluster: idempotent, with preconditions, restart-safe.
+
+Every write either tests the value it replaces (JSON patch ``test``) or checks the current
+state first, so a plan applied twice — by a restarted operator, say — writes once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from pullmedic.planning import Action, ActionType, ObjectRef, Plan
+from pullmedic.planning import MANAGED_SECRET_LABEL, SOURCE_ANNOTATION
+
+log = logging.getLogger(__name__)
+
+REMEDIATION_ANNOTATION = "pullmedic.dev/last-remediation"
+CIRCUIT_ANNOTATION = "pullmedic.dev/circuit"
+
+PATHS = {
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+    "CronJob": "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}",
+    "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+    "Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    action: Action
+    outcome: str  # "applied" | "unchanged" | "skipped" | "failed" | "dry-run"
+    detail: str = ""
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
+    cur: Any = obj
+    for part in pointer.strip("/").split("/"):
+        if isinstance(cur, list):
+            idx = int(part)
+            if idx >= len(cur):
+                return None
+            cur = cur[idx]
+        elif isinstance(cur, Mapping):
+            cur = cur.get(part)
+        else:
+            return None
+        if cur is None:
+            return None
+    return cur
+
+
+class Kube:
+    """A thin, generic REST edge over the official client's ApiClient."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def _call(self, method: str, path: str, body: Any = None, content_type: str | None = None,
+              query: list[tuple[str, str]] | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        resp = self.api.call_api(
+            path, method, header_params=headers, body=body, query_params=query or [],
+            auth_settings=["BearerToken"], response_type="object",
+            _return_http_data_only=True, _preload_content=True,
+        )
+        return resp
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   content_type: str | None = None,
+                   query: list[tuple[str, str]] | None = None) -> Any:
+        return await asyncio.to_thread(self._call, method, path, body, content_type, query)
+
+    async def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = await self.call("GET", PATHS[kind].format(ns=ns, name=name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+    async def json_patch(self, kind: str, ns: str, name: str, ops: list[dict[str, Any]],
+                         dry_run: bool = False) -> Any:
+        query = [("fieldManager", "pullmedic")] + ([("dryRun", "All")] if dry_run else [])
+        return await self.call("PATCH", PATHS[kind].format(ns=ns, name=name), ops,
+                               "application/json-patch+json", query)
+
+
+class Actuator:
+    def __init__(self, kube: Kube, *, dry_run: bool = False) -> None:
+        self.kube = kube
+        self.dry_run = dry_run
+
+    async def apply(self, plan: Plan) -> list[Result]:
+        results: list[Result] = []
+        for action in plan.actions:
+            try:
+                results.append(await self._apply_one(plan, action))
+            except ApiException as e:
+                results.append(Result(action, "failed", f"API {e.status}: {e.reason}"))
+                break  # later actions depend on earlier ones (copy before attach)
+        return results
+
+    async def _apply_one(self, plan: Plan, a: Action) -> Result:
+        if a.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
+            return await self._patch_image(plan, a)
+        if a.type is ActionType.COPY_SECRET:
+            return await self._copy_secret(a)
+        if a.type is ActionType.ATTACH_PULL_SECRET:
+            return await self._attach(a)
+        if a.type is ActionType.RECREATE_PODS:
+            return await self._recreate(a)
+        return Result(a, "skipped", "report only")
+
+    async def _patch_image(self, plan: Plan, a: Action) -> Result:
+        t = a.target
+        obj = await self.kube.get(t.kind, t.namespace, t.name)
+        if obj is None:
+            return Result(a, "skipped", f"{t} is gone")
+        current = _get_path(obj, a.container_path)
+        if current == a.new_image:
+            return Result(a, "unchanged", "already set")
+        if current != a.old_image:
+            return Result(a, "skipped", f"image changed meanwhile to {current!r}; not touching it")
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": a.container_path, "value": a.old_image},
+            {"op": "replace", "path": a.container_path, "value": a.new_image},
+        ]
+        if t.kind != "Pod":  # never annotate pods: they are not ours to mark
+            ops += self._annotation_ops(obj, plan, a)
+        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
+        return Result(a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}")
+
+    @staticmethod
+    def _annotation_ops(obj: Mapping[str, Any], plan: Plan, a: Action) -> list[dict[str, Any]]:
+        record = remediation_record(plan, a)
+        if not (obj.get("metadata") or {}).get("annotations"):
+            return [{"op": "add", "path": "/metadata/annotations",
+                     "value": {REMEDIATION_ANNOTATION: record}}]
+        return [{"op": "add", "path": f"/metadata/annotations/{_escape(REMEDIATION_ANNOTATION)}",
+                 "value": record}]
+
+    async def record(self, plan: Plan, a: Action, workload: ObjectRef) -> None:
+        """Note a non-image remediation (secrets, recreation) on the workload for humans."""
+        obj = await self.kube.get(workload.kind, workload.namespace, workload.name)
+        if obj is None or self.dry_run:
+            return
+        await self.kube.json_patch(workload.kind, workload.namespace, workload.name,
+                                   self._annotation_ops(obj, plan, a))
+
+    async def _copy_secret(self, a: Action) -> Result:
+        assert a.source is not None
+        src = await self.kube.get("Secret", a.source.namespace, a.source.name)
+        if src is None:
+            return Result(a, "failed", f"source secret {a.source} not found")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": a.secret,
+                "namespace": a.target.namespace,
+                "labels": {MANAGED_SECRET_LABEL: "true"},
+                "annotations": {SOURCE_ANNOTATION: str(a.source)},
+            },
+            "type": src.get("type"),
+            "data": src.get("data") or {},
+        }
+        existing = await self.kube.get("Secret", a.target.namespace, a.secret)
+        if existing is None:
+            if self.dry_run:
+                return Result(a, "dry-run")
+            path = f"/api/v1/namespaces/{a.target.namespace}/secrets"
+            try:
+                await self.kube.call("POST", path, body, "application/json",
+                                     [("fieldManager", "pullmedic")])
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                return Result(a, "unchanged", "created concurrently")
+            return Result(a, "applied", f"copied {a.source} (names only; content never logged)")
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        if labels.get(MANAGED_SECRET_LABEL) != "true":
+            return Result(a, "failed", f"secret {a.target.namespace}/{a.secret} exists and is "
+                          "not managed by pullmedic; not overwriting it")
+        if existing.get("data") == body["data"] and existing.get("type") == body["type"]:
+            return Result(a, "unchanged", "copy is current")
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion",
+             "value": existing["metadata"]["resourceVersion"]},
+            {"op": "replace", "path": "/data", "value": body["data"]},
+        ]
+        await self.kube.json_patch("Secret", a.target.namespace, a.secret, ops, self.dry_run)
+        return Result(a, "applied", f"refreshed copy of {a.source}")
+
+    async def _attach(self, a: Action) -> Result:
+        t = a.target
+        for _ in range(3):
+            sa = await self.kube.get("ServiceAccount", t.namespace, t.name)
+            if sa is None:
+                return Result(a, "failed", f"ServiceAccount {t.namespace}/{t.name} not found")
+            refs = sa.get("imagePullSecrets") or []
+            if any(r.get("name") == a.secret for r in refs):
+                return Result(a, "unchanged", "already attached")
+            ops: list[dict[str, Any]] = [
+                {"op": "test", "path": "/metadata/resourceVersion",
+                 "value": sa["metadata"]["resourceVersion"]},
+                {"op": "add", "path": "/imagePullSecrets/-" if refs else "/imagePullSecrets",
+                 "value": {"name": a.secret} if refs else [{"name": a.secret}]},
+            ]
+            try:
+                await self.kube.json_patch("ServiceAccount", t.namespace, t.name, ops,
+                                           self.dry_run)
+            except ApiException as e:
+                if e.status in (409, 422):
+                    continue  # someone else wrote it: read again
+                raise
+            return Result(a, "dry-run" if self.dry_run else "applied", f"attached {a.secret}")
+        return Result(a, "failed", "ServiceAccount kept changing")
+
+    async def _recreate(self, a: Action) -> Result:
+        deleted = 0
+        for p in a.pods:
+            body = {"apiVersion": "v1", "kind": "DeleteOptions",
+                    "preconditions": {"uid": p.uid} if p.uid else None}
+            query = [("dryRun", "All")] if self.dry_run else []
+            try:
+                await self.kube.call("DELETE", PATHS["Pod"].format(ns=p.namespace, name=p.name),
+                                     body, "application/json", query)
+                deleted += 1
+            except ApiException as e:
+                if e.status not in (404, 409):
+                    raise
+        outcome = "dry-run" if self.dry_run else ("applied" if deleted else "unchanged")
+        return Result(a, outcome, f"deleted {deleted} of {len(a.pods)} stuck pods")
+
+
+def remediation_record(plan: Plan, a: Action) -> str:
+    return json.dumps(
+        {
+            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cause": str(plan.cause),
+            "policy": plan.policy,
+            "action": str(a.type),
+            "container": plan.failure.container,
+            "previousImage": a.old_image or plan.failure.image,
+            "newImage": a.new_image or plan.failure.image,
+            "secret": a.secret or None,
+        },
+        sort_keys=True,
+    )
