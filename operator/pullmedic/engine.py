@@ -1,0 +1,609 @@
+"""The control loop: stuck pods in, diagnoses and plans out, applied under policy.
+
+The kopf handlers feed pod, namespace and policy events here. Failures are grouped by
+(owner, container, image) so a thousand failing replicas cost one diagnosis and one plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes.client.rest import ApiException
+
+from pullmedic import backoff, events, metrics, reference
+from pullmedic import policy as pol
+from pullmedic.actuator import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, Actuator, Kube, Result
+from pullmedic.detection import StuckContainer, controller_of, is_terminating, parse_time
+from pullmedic.detection import stuck_containers
+from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.keyring import Keyring, PullSecret
+from pullmedic.planning import API_VERSIONS, ActionType, Failure, ObjectRef, Plan, plan
+from pullmedic.platforms import Platform
+
+log = logging.getLogger("pullmedic")
+
+CREDENTIAL_CAUSES = (Cause.AuthenticationRequired, Cause.CredentialsRejected,
+                     Cause.NotFoundOrPrivate)
+
+
+class Diagnoser(Protocol):
+    async def diagnose(
+        self, image: str, keyring: Keyring, platform: Platform, *, suggest: bool = True,
+        candidate_keyrings: Mapping[str, Keyring] | None = None,
+        tag_policy: pol.TagCorrection | None = None,
+    ) -> Diagnosis: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    operator_namespace: str | None = None
+    default_platform: str = "linux/amd64"
+    debounce: float = 0.25  # gather sibling pods of one owner before deciding
+    recheck_after: float = 30.0  # re-diagnose a group still stuck after this long
+    circuit_window: float = 3600.0
+    status_interval: float = 1.0
+    dry_run: bool = False
+
+
+@dataclass
+class PodState:
+    ref: ObjectRef
+    body: dict[str, Any]  # a trimmed copy: only what planning and keyrings need
+    containers: list[StuckContainer]
+    first_seen: float
+    created: float
+    policy: str | None = None
+
+
+@dataclass
+class Group:
+    key: tuple[str, str, str]
+    first_seen: float
+    task: asyncio.Task[None] | None = None
+    handled_at: float = 0.0
+    cause: str = ""
+    pods: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PolicyStats:
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"detected": 0, "suggested": 0, "remediated": 0, "failed": 0}
+    )
+    last_actions: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10))
+    attempts: int = 0
+    lost: float = 0.0
+    saved: float = 0.0
+    remediations: deque[float] = field(default_factory=deque)
+    dirty: bool = True
+
+
+def _trim(pod: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in
+                     ("name", "namespace", "uid", "labels", "ownerReferences",
+                      "creationTimestamp")},
+        "spec": {
+            "serviceAccountName": spec.get("serviceAccountName") or "default",
+            "imagePullSecrets": spec.get("imagePullSecrets") or [],
+            "nodeName": spec.get("nodeName"),
+        },
+    }
+
+
+def _owner_key(pod: Mapping[str, Any]) -> str:
+    ref = controller_of(pod)
+    meta = pod.get("metadata") or {}
+    if ref is None:
+        return f"Pod/{meta.get('namespace')}/{meta.get('name')}"
+    return f"{ref.get('kind')}/{meta.get('namespace')}/{ref.get('name')}"
+
+
+class Engine:
+    def __init__(self, kube: Kube, prober: Diagnoser, settings: EngineSettings) -> None:
+        self.kube = kube
+        self.prober = prober
+        self.settings = settings
+        self.actuator = Actuator(kube, dry_run=settings.dry_run)
+        self.policies: dict[str, pol.Policy] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.pods: dict[str, PodState] = {}
+        self.groups: dict[tuple[str, str, str], Group] = {}
+        self.stats: dict[str, PolicyStats] = {}
+        self.policy_status: dict[str, dict[str, Any]] = {}
+        self._node_platforms: dict[str, Platform] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def on_namespace(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        name = (body.get("metadata") or {}).get("name")
+        if not name:
+            return
+        if event_type == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = dict((body.get("metadata") or {}).get("labels") or {})
+
+    async def on_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        policy, problems = pol.parse(body)
+        if event_type == "DELETED":
+            self.policies.pop(policy.key, None)
+            self.stats.pop(policy.key, None)
+            return
+        if problems:
+            self.policies.pop(policy.key, None)
+        else:
+            self.policies[policy.key] = policy
+        cond = {
+            "type": "Ready",
+            "status": "False" if problems else "True",
+            "reason": "InvalidSpec" if problems else "Accepted",
+            "message": "; ".join(problems) if problems else f"mode {policy.mode}",
+            "observedGeneration": policy.generation,
+        }
+        status = body.get("status") or {}
+        old = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+        if {k: old.get(k) for k in cond} != cond or status.get("observedGeneration") != (
+            policy.generation
+        ):
+            cond["lastTransitionTime"] = _now_iso()
+            await self._patch_policy_status(
+                policy, {"observedGeneration": policy.generation, "conditions": [cond]}
+            )
+            if problems:
+                await events.post(self.kube, _policy_involved(policy), "InvalidSpec",
+                                  "; ".join(problems), "Warning")
+        self.stats.setdefault(policy.key, PolicyStats())
+
+    def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Cheap: runs for every pod event in the cluster."""
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid:
+            return
+        stuck = [] if event_type == "DELETED" or is_terminating(body) else stuck_containers(body)
+        if not stuck:
+            if uid in self.pods:
+                self._recovered(self.pods.pop(uid), deleted=event_type == "DELETED")
+            return
+        now = time.monotonic()
+        state = self.pods.get(uid)
+        if state is None:
+            state = PodState(
+                ref=ObjectRef("Pod", meta.get("namespace", ""), meta.get("name", ""), uid),
+                body=_trim(body), containers=stuck, first_seen=now,
+                created=parse_time(meta.get("creationTimestamp")) or time.time(),
+            )
+            self.pods[uid] = state
+        else:
+            state.containers = stuck
+        owner = _owner_key(body)
+        for c in stuck:
+            key = (owner, c.name, c.image)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = Group(key, now)
+            group.pods.add(uid)
+            self._schedule(group, now)
+
+    def _schedule(self, group: Group, now: float) -> None:
+        if group.task is not None and not group.task.done():
+            return
+        if group.handled_at and now - group.handled_at < self.settings.recheck_after:
+            return
+        group.task = asyncio.get_running_loop().create_task(self._handle(group))
+
+    def _recovered(self, state: PodState, *, deleted: bool) -> None:
+        lost = time.monotonic() - state.first_seen
+        metrics.SECONDS_LOST.inc(lost)
+        if state.policy and state.policy in self.stats:
+            st = self.stats[state.policy]
+            st.lost += lost
+            st.dirty = True
+        for key, group in list(self.groups.items()):
+            group.pods.discard(state.ref.uid)
+            if not group.pods and (group.task is None or group.task.done()):
+                del self.groups[key]
+
+    # ---- the decision loop --------------------------------------------------------------
+
+    async def _handle(self, group: Group) -> None:
+        try:
+            await asyncio.sleep(self.settings.debounce)
+            await self._decide(group)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handling %s failed; will retry", "/".join(group.key))
+            group.handled_at = time.monotonic() - self.settings.recheck_after + 5.0
+        else:
+            group.handled_at = time.monotonic()
+
+    async def _decide(self, group: Group) -> None:
+        members = [self.pods[u] for u in sorted(group.pods) if u in self.pods]
+        if not members:
+            return
+        rep = members[0]
+        _, container_name, image = group.key
+        sc = next((c for c in rep.containers if c.name == container_name), None)
+        if sc is None:
+            return
+        pod = rep.body
+        ns = rep.ref.namespace
+        workload, job, wobj = await self._owner_chain(pod)
+        wspec_index = _template_index(wobj, workload, sc) if wobj else None
+
+        failure = Failure(
+            pod=rep.ref, container=sc.name, container_kind=sc.kind, container_index=sc.index,
+            image=sc.image, reason=sc.reason,
+            service_account=pod["spec"]["serviceAccountName"],
+            pod_pull_secrets=tuple(s.get("name", "") for s in pod["spec"]["imagePullSecrets"]),
+            workload=workload, job=job, workload_container_index=wspec_index,
+            workload_labels=tuple(sorted(((wobj or {}).get("metadata") or {}).get("labels", {})
+                                         .items())) if wobj else (),
+            workload_annotations=tuple(sorted((((wobj or {}).get("metadata") or {})
+                                               .get("annotations") or {}).items())),
+            stuck_pods=tuple(m.ref for m in members),
+        )
+        try:
+            ref = reference.parse(sc.image)
+            canonical, familiar = str(ref), ref.familiar()
+        except reference.InvalidReference:
+            canonical = familiar = sc.image
+        policy = pol.choose(
+            list(self.policies.values()), namespace=ns,
+            namespace_labels=self.namespaces.get(ns, {}),
+            pod_labels=(pod["metadata"].get("labels") or {}), image=canonical,
+            familiar_image=familiar, operator_namespace=self.settings.operator_namespace,
+        )
+        for m in members:
+            m.policy = policy.key if policy else None
+
+        keyring, candidates = await self._keyrings(pod, policy)
+        platform = await self._platform(pod["spec"].get("nodeName"))
+        t0 = time.monotonic()
+        diagnosis = await self.prober.diagnose(
+            sc.image, keyring, platform,
+            suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
+            candidate_keyrings=candidates or None,
+            tag_policy=policy.tags if policy else None,
+        )
+        metrics.PROBE_SECONDS.observe(time.monotonic() - t0)
+        first = group.cause == ""
+        group.cause = str(diagnosis.cause)
+        if first:
+            metrics.DETECTIONS.labels(cause=str(diagnosis.cause)).inc()
+
+        mirror_image = None
+        if policy and diagnosis.cause in (Cause.RegistryUnreachable, Cause.RateLimited):
+            mirror_image = await self._verified_mirror(sc.image, policy, keyring, platform)
+
+        circuit = self._circuit_open(wobj, failure, diagnosis, rep.created)
+        stats = self.stats.setdefault(policy.key, PolicyStats()) if policy else None
+        rate_limited = False
+        if stats is not None and policy is not None:
+            now = time.time()
+            while stats.remediations and now - stats.remediations[0] > 3600:
+                stats.remediations.popleft()
+            rate_limited = len(stats.remediations) >= policy.remediations_per_hour
+        p = plan(failure, diagnosis, policy, mirror_image=mirror_image, circuit_open=circuit,
+                 rate_limited=rate_limited)
+        log.info("plan %s", p.render(), extra={"cause": str(diagnosis.cause),
+                                              "workload": str(workload or rep.ref)})
+        await self._report_diagnosis(failure, diagnosis, p, first)
+        if stats is not None and first:
+            stats.counts["detected"] += 1
+            stats.dirty = True
+        self._account_backoff(members, stats)
+
+        if circuit and workload is not None:
+            await self._open_circuit(failure, workload, diagnosis, stats)
+            return
+        if p.apply:
+            await self._apply(p, failure, members, stats, group)
+        elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
+            await self._suggest(p, failure, stats)
+        metrics.PLANS.labels(mode=str(p.mode), decision=(
+            "applied" if p.apply else "suggested" if p.actions and policy and
+            policy.mode is not pol.Mode.OBSERVE else "observed")).inc()
+
+    async def _apply(self, p: Plan, f: Failure, members: list[PodState],
+                     stats: PolicyStats | None, group: Group) -> None:
+        results = await self.actuator.apply(p)
+        ok = all(r.outcome in ("applied", "unchanged", "dry-run", "skipped") for r in results)
+        for r in results:
+            metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
+        metrics.TIME_TO_ACTION.observe(time.monotonic() - group.first_seen)
+        wrote = any(r.outcome == "applied" for r in results)
+        if f.workload is not None and wrote and not any(
+            r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
+            for r in results
+        ):
+            # Image patches carry their record; secret fixes and recreations get one too.
+            with contextlib.suppress(ApiException):
+                await self.actuator.record(p, p.actions[-1], f.workload)
+        saved = 0.0
+        if any(r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied"
+               for r in results):
+            now = time.monotonic()
+            saved = sum(backoff.saved_by_recreation(now - m.first_seen) for m in members)
+            metrics.SECONDS_SAVED.inc(saved)
+        text = "; ".join(f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail
+                                                              else "") for r in results)
+        target = f.workload or f.pod
+        if wrote:
+            msg = f"Remediated {p.cause} for container {f.container}: {text}"
+            if saved:
+                msg += f"; back-off waiting saved by recreating pods: {saved:.0f}s"
+            await events.post(self.kube, _involved(target), "Remediated", msg)
+            if p.policy and p.policy in self.policies:
+                await events.post(self.kube, _policy_involved(self.policies[p.policy]),
+                                  "Remediated", f"{target}: {msg}")
+        elif not ok:
+            await events.post(self.kube, _involved(target), "RemediationFailed",
+                              f"Could not remediate {p.cause}: {text}", "Warning")
+        if stats is not None:
+            if wrote:
+                stats.counts["remediated"] += 1
+                stats.remediations.append(time.time())
+            if not ok:
+                stats.counts["failed"] += 1
+            stats.saved += saved
+            stats.last_actions.append({
+                "time": _now_iso(), "workload": str(target), "cause": str(p.cause),
+                "action": ",".join(str(a.type) for a in p.actions),
+                "result": "applied" if wrote else ("failed" if not ok else "unchanged"),
+                "detail": text[:500],
+            })
+            stats.dirty = True
+
+    async def _suggest(self, p: Plan, f: Failure, stats: PolicyStats | None) -> None:
+        target = f.workload or f.pod
+        cmds = " && ".join(p.suggestions)
+        msg = f"Suggested fix for {p.cause} in container {f.container}: " + "; ".join(
+            a.summary for a in p.actions) + (f". Run: {cmds}" if cmds else "")
+        if p.note:
+            msg += f" ({p.note})"
+        await events.post(self.kube, _involved(target), "SuggestedFix", msg)
+        if stats is not None:
+            stats.counts["suggested"] += 1
+            stats.last_actions.append({
+                "time": _now_iso(), "workload": str(target), "cause": str(p.cause),
+                "action": "Suggest", "result": "suggested", "detail": msg[:500],
+            })
+            stats.dirty = True
+
+    async def _report_diagnosis(self, f: Failure, d: Diagnosis, p: Plan, first: bool) -> None:
+        if not first:
+            return
+        msg = f"{d.summary} (cause {d.cause}, confidence {d.confidence})"
+        if p.note:
+            msg += f"; {p.note}"
+        await events.post(self.kube, _involved(f.pod), "PullDiagnosed", msg,
+                          "Normal" if d.cause is Cause.ImageAvailable else "Warning")
+
+    def _account_backoff(self, members: list[PodState], stats: PolicyStats | None) -> None:
+        now = time.monotonic()
+        attempts = sum(backoff.state(now - m.first_seen).attempts for m in members)
+        metrics.PULL_ATTEMPTS.set(sum(
+            backoff.state(now - s.first_seen).attempts for s in self.pods.values()))
+        if stats is not None:
+            stats.attempts = max(stats.attempts, attempts)
+            stats.dirty = True
+
+    # ---- circuit breaker ----------------------------------------------------------------
+
+    def _circuit_open(self, wobj: Mapping[str, Any] | None, f: Failure, d: Diagnosis,
+                      pod_created: float) -> bool:
+        """Open when a pod created AFTER our remediation fails again with the same cause."""
+        if not wobj:
+            return False
+        ann = (wobj.get("metadata") or {}).get("annotations") or {}
+        if ann.get(CIRCUIT_ANNOTATION) == "open":
+            return True
+        raw = ann.get(REMEDIATION_ANNOTATION)
+        if not raw:
+            return False
+        try:
+            rec = json.loads(raw)
+            at = parse_time(rec.get("time")) or 0.0
+        except (ValueError, TypeError):
+            return False
+        if time.time() - at > self.settings.circuit_window:
+            return False
+        same = rec.get("cause") == str(d.cause) or (
+            rec.get("cause") in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES)
+        return bool(same and rec.get("container") == f.container and pod_created > at + 1)
+
+    async def _open_circuit(self, f: Failure, workload: ObjectRef, d: Diagnosis,
+                            stats: PolicyStats | None) -> None:
+        with contextlib.suppress(ApiException):
+            await self.kube.json_patch(workload.kind, workload.namespace, workload.name, [
+                {"op": "add", "path": "/metadata/annotations/pullmedic.dev~1circuit",
+                 "value": "open"}], self.settings.dry_run)
+        await events.post(
+            self.kube, _involved(workload), "RemediationIneffective",
+            f"{d.cause} came back for container {f.container} after pullmedic's remediation; "
+            "not acting again. Remove annotation pullmedic.dev/circuit to re-arm.", "Warning")
+        if stats is not None:
+            stats.counts["failed"] += 1
+            stats.last_actions.append({
+                "time": _now_iso(), "workload": str(workload), "cause": str(d.cause),
+                "action": "CircuitBreaker", "result": "failed",
+                "detail": "same cause after remediation",
+            })
+            stats.dirty = True
+
+    # ---- lookups ------------------------------------------------------------------------
+
+    async def _owner_chain(
+        self, pod: Mapping[str, Any]
+    ) -> tuple[ObjectRef | None, ObjectRef | None, dict[str, Any] | None]:
+        ns = pod["metadata"]["namespace"]
+        ref = controller_of(pod)
+        if ref is None:
+            return None, None, None
+        kind, name = ref.get("kind", ""), ref.get("name", "")
+        if kind == "ReplicaSet":
+            rs = await self.kube.get("ReplicaSet", ns, name)
+            up = controller_of(rs) if rs else None
+            if up is None or up.get("kind") != "Deployment":
+                return ObjectRef("ReplicaSet", ns, name, ref.get("uid", "")), None, rs
+            kind, name = "Deployment", up.get("name", "")
+        if kind == "Job":
+            job = await self.kube.get("Job", ns, name)
+            job_ref = ObjectRef("Job", ns, name, ref.get("uid", ""))
+            up = controller_of(job) if job else None
+            if up is None or up.get("kind") != "CronJob":
+                return job_ref, None, job
+            cj = await self.kube.get("CronJob", ns, up.get("name", ""))
+            if cj is None:
+                return job_ref, None, job
+            return ObjectRef("CronJob", ns, up.get("name", ""), cj["metadata"]["uid"]), job_ref, cj
+        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
+            obj = await self.kube.get(kind, ns, name)
+            if obj is None:
+                return None, None, None
+            return ObjectRef(kind, ns, name, obj["metadata"]["uid"]), None, obj
+        return ObjectRef(kind, ns, name, ref.get("uid", "")), None, None
+
+    async def _secret(self, ns: str, name: str) -> PullSecret | None:
+        obj = await self.kube.get("Secret", ns, name)
+        if obj is None:
+            return None
+        return PullSecret(namespace=ns, name=name, type=str(obj.get("type", "")),
+                          data=dict(obj.get("data") or {}))
+
+    async def _keyrings(
+        self, pod: Mapping[str, Any], policy: pol.Policy | None
+    ) -> tuple[Keyring, dict[str, Keyring]]:
+        """Exactly the kubelet's credentials for this pod, plus the policy's candidates."""
+        ns = pod["metadata"]["namespace"]
+        own = [s for n in pod["spec"]["imagePullSecrets"]
+               if (s := await self._secret(ns, n.get("name", ""))) is not None]
+        keyring, _ = Keyring.from_secrets(own)
+        candidates: dict[str, Keyring] = {}
+        if policy is not None and policy.credentials_enabled:
+            for ref in policy.secrets:
+                if not policy.is_cluster and ref.namespace != policy.namespace:
+                    continue  # defence in depth: parse() already refuses these
+                s = await self._secret(ref.namespace, ref.name)
+                if s is not None:
+                    candidates[str(ref)], _ = Keyring.from_secrets([s])
+        return keyring, candidates
+
+    async def _platform(self, node: str | None) -> Platform:
+        default = Platform.parse(self.settings.default_platform)
+        if not node:
+            return default
+        if node not in self._node_platforms:
+            try:
+                obj = await self.kube.call("GET", f"/api/v1/nodes/{node}")
+                labels = (obj.get("metadata") or {}).get("labels") or {}
+                self._node_platforms[node] = Platform(
+                    labels.get("kubernetes.io/os", default.os),
+                    labels.get("kubernetes.io/arch", default.architecture),
+                )
+            except ApiException:
+                return default
+        return self._node_platforms[node]
+
+    async def _verified_mirror(self, image: str, policy: pol.Policy, keyring: Keyring,
+                               platform: Platform) -> str | None:
+        try:
+            ref = reference.parse(image)
+        except reference.InvalidReference:
+            return None
+        mirror = policy.mirror_for(ref.domain) or policy.mirror_for(ref.registry_host)
+        if not mirror:
+            return None
+        candidate = f"{mirror}/{ref.path}" + (f":{ref.tag}" if ref.tag else "") + (
+            f"@{ref.digest}" if ref.digest else "")
+        d = await self.prober.diagnose(candidate, keyring, platform, suggest=False)
+        return candidate if d.cause is Cause.ImageAvailable else None
+
+    # ---- policy status ------------------------------------------------------------------
+
+    async def run_status_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            self._update_stuck_gauge()
+            for key, st in list(self.stats.items()):
+                p = self.policies.get(key)
+                if p is None or not st.dirty:
+                    continue
+                st.dirty = False
+                stuck = sum(1 for s in self.pods.values() if s.policy == key)
+                try:
+                    await self._patch_policy_status(p, {
+                        "counts": {**st.counts, "stuck": stuck},
+                        "backoff": {"pullAttempts": st.attempts,
+                                    "secondsLostWaiting": round(st.lost, 1),
+                                    "secondsSavedByRecreation": round(st.saved, 1)},
+                        "lastActions": list(st.last_actions),
+                    })
+                except ApiException as e:
+                    log.warning("status of %s not written: %s", key, e.status)
+                    st.dirty = True
+
+    def _update_stuck_gauge(self) -> None:
+        by_cause: dict[str, int] = {}
+        for g in self.groups.values():
+            if g.cause:
+                by_cause[g.cause] = by_cause.get(g.cause, 0) + len(g.pods)
+        for cause in Cause:
+            metrics.STUCK_PODS.labels(cause=str(cause)).set(by_cause.get(str(cause), 0))
+
+    async def _patch_policy_status(self, p: pol.Policy, status: dict[str, Any]) -> None:
+        if p.is_cluster:
+            path = f"/apis/{pol.GROUP}/{pol.VERSION}/clusterpullpolicies/{p.name}/status"
+        else:
+            path = (f"/apis/{pol.GROUP}/{pol.VERSION}/namespaces/{p.namespace}/pullpolicies/"
+                    f"{p.name}/status")
+        try:
+            await self.kube.call("PATCH", path, {"status": status},
+                                 "application/merge-patch+json")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def _template_index(wobj: Mapping[str, Any], workload: ObjectRef | None,
+                    sc: StuckContainer) -> int | None:
+    if workload is None:
+        return None
+    spec: Any = wobj.get("spec") or {}
+    if workload.kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec") or {})
+    tspec = ((spec.get("template") or {}).get("spec") or {})
+    for i, c in enumerate(tspec.get(sc.kind) or ()):
+        if c.get("name") == sc.name:
+            return i
+    return None
+
+
+def _involved(ref: ObjectRef) -> events.Involved:
+    return events.Involved(API_VERSIONS.get(ref.kind, "v1"), ref.kind, ref.namespace, ref.name,
+                           ref.uid)
+
+
+def _policy_involved(p: pol.Policy) -> events.Involved:
+    return events.Involved(f"{pol.GROUP}/{pol.VERSION}", p.kind, p.namespace, p.name, p.uid)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+__all__ = ["Diagnoser", "Engine", "EngineSettings", "Result"]

@@ -1,0 +1,57 @@
+"""Kubernetes Events from pullmedic: what `kubectl describe` shows application teams.
+
+Messages carry names (images, secrets, workloads), never credential material.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+
+from kubernetes.client.rest import ApiException
+
+from pullmedic.actuator import Kube
+
+log = logging.getLogger(__name__)
+COMPONENT = "pullmedic"
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Involved:
+    api_version: str
+    kind: str
+    namespace: str | None
+    name: str
+    uid: str = ""
+
+
+async def post(kube: Kube, obj: Involved, reason: str, message: str,
+               type_: str = "Normal") -> None:
+    """Best effort: a failed Event must never fail a remediation."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ns = obj.namespace or "default"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{obj.name[:200]}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+        "involvedObject": {
+            "apiVersion": obj.api_version, "kind": obj.kind, "name": obj.name,
+            "namespace": obj.namespace, "uid": obj.uid or None,
+        },
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "type": type_,
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": COMPONENT,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        await kube.call("POST", f"/api/v1/namespaces/{ns}/events", body, "application/json")
+    except ApiException as e:
+        log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, e.status)

@@ -1,0 +1,79 @@
+"""kopf wiring: events in, engine out. Nothing here decides anything.
+
+Pods are watched with ``on.event`` only: no annotations, finalizers or status are ever
+written on pods (kopf's on.create/on.update would annotate every pod in the cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from pullmedic.detection import PULL_REASONS
+from pullmedic.engine import Engine
+from pullmedic.policy import GROUP, VERSION
+
+log = logging.getLogger("pullmedic")
+
+
+def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    holder: dict[str, Engine] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are explicit, never log lines
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
+        engine = make_engine()
+        holder["engine"] = engine
+        tasks.append(asyncio.get_running_loop().create_task(engine.run_status_flusher()))
+        log.info("pullmedic started")
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for t in tasks:
+            t.cancel()
+
+    @kopf.on.probe(id="policies", registry=registry)
+    def probe_policies(**_: Any) -> int:
+        engine = holder.get("engine")
+        return len(engine.policies) if engine else 0
+
+    @kopf.on.event("v1", "pods", registry=registry)
+    async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        engine = holder.get("engine")
+        if engine is None:
+            return
+        # Cheap pre-filter: only pods that have, or had, a pull failure reach the engine.
+        status = body.get("status") or {}
+        interesting = body.get("metadata", {}).get("uid") in engine.pods or any(
+            ((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS
+            for f in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
+            for cs in status.get(f) or ()
+        )
+        if interesting:
+            engine.on_pod(event.get("type"), body)
+
+    @kopf.on.event("v1", "namespaces", registry=registry)
+    async def namespace_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        engine = holder.get("engine")
+        if engine is not None:
+            engine.on_namespace(event.get("type"), body)
+
+    for plural in ("pullpolicies", "clusterpullpolicies"):
+
+        @kopf.on.event(GROUP, VERSION, plural, id=f"policy-{plural}", registry=registry)
+        async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            engine = holder.get("engine")
+            if engine is not None:
+                await engine.on_policy(event.get("type"), body)
+
+    return registry
