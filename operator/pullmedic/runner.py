@@ -1,0 +1,140 @@
+"""`pullmedic run`: settings as nested value objects, then kopf with our registry."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+
+import kopf
+from kubernetes import client, config
+
+from pullmedic import metrics
+from pullmedic.actuator import Kube
+from pullmedic.engine import Engine, EngineSettings
+from pullmedic.handlers import build_registry
+from pullmedic.netguard import AddressPolicy
+from pullmedic.prober import Prober
+from pullmedic.registry import ClientConfig
+
+log = logging.getLogger("pullmedic")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    metrics_port: int = 9090
+    liveness_port: int = 8080
+    bind: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class PeeringSettings:
+    standalone: bool = True
+    name: str = "pullmedic"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    probe: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    peering: PeeringSettings = field(default_factory=PeeringSettings)
+    log_format: str = "plain"
+    kubeconfig: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
+                   help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    p.add_argument("--standalone", action="store_true", default=True,
+                   help="run without peering (default; one replica)")
+    p.add_argument("--peering", metavar="NAME",
+                   help="use kopf peering under this name (needs the kopf.dev peering CRDs)")
+    p.add_argument("--priority", type=int, default=0, help="peering priority")
+    p.add_argument("--metrics-port", type=int, default=int(env("PULLMEDIC_METRICS_PORT", "9090")))
+    p.add_argument("--liveness-port", type=int,
+                   default=int(env("PULLMEDIC_LIVENESS_PORT", "8080")))
+    p.add_argument("--bind", default=env("PULLMEDIC_BIND", "0.0.0.0"))
+    p.add_argument("--log-format", choices=["plain", "json"],
+                   default=env("PULLMEDIC_LOG_FORMAT", "plain"))
+    p.add_argument("--operator-namespace", default=env("POD_NAMESPACE"),
+                   help="excluded from ClusterPullPolicies unless named explicitly")
+    p.add_argument("--default-platform", default=env("PULLMEDIC_PLATFORM", "linux/amd64"))
+    p.add_argument("--allow-address", action="append",
+                   default=_split(env("PULLMEDIC_ALLOW_ADDRESSES")),
+                   help="CIDR the registry prober may reach despite being internal (repeat)")
+    p.add_argument("--insecure-registry", action="append",
+                   default=_split(env("PULLMEDIC_INSECURE_REGISTRIES")),
+                   help="registry host[:port] reached over plain http (repeat)")
+    p.add_argument("--recheck-after", type=float, default=30.0,
+                   help="seconds before a still-stuck workload is diagnosed again")
+    p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    nets = tuple(ipaddress.ip_network(a, strict=False) for a in args.allow_address)
+    return OperatorSettings(
+        engine=EngineSettings(
+            operator_namespace=args.operator_namespace,
+            default_platform=args.default_platform,
+            recheck_after=args.recheck_after,
+            dry_run=args.dry_run,
+        ),
+        probe=ClientConfig(
+            insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
+            address_policy=AddressPolicy(allow=nets),
+        ),
+        server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
+        peering=PeeringSettings(standalone=not args.peering, name=args.peering or "pullmedic",
+                                priority=args.priority),
+        log_format=args.log_format,
+        kubeconfig=args.kubeconfig,
+    )
+
+
+def _api_client(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def run(settings: OperatorSettings) -> int:
+    kopf.configure(
+        verbose=False,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger("pullmedic").setLevel(logging.INFO)
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
+    api = _api_client(settings.kubeconfig)
+    pool = max(32, (os.cpu_count() or 2) * 8)
+    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
+
+    def make_engine() -> Engine:
+        return Engine(Kube(api), Prober(settings.probe), settings.engine)  # type: ignore[arg-type]
+
+    metrics.serve(settings.server.metrics_port, settings.server.bind)
+    registry = build_registry(make_engine)
+    liveness = f"http://{settings.server.bind}:{settings.server.liveness_port}/healthz"
+    asyncio.run(kopf.operator(
+        registry=registry,
+        clusterwide=True,
+        standalone=settings.peering.standalone,
+        peering_name=settings.peering.name,
+        priority=settings.peering.priority,
+        liveness_endpoint=liveness,
+    ))
+    return 0
