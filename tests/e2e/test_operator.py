@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from sandbox.images import delete_tag, push_image
-from tests.e2e.conftest import (
+from sandbox.kube import (
     deployment,
     dockerconfig_secret,
     events_for,
@@ -37,8 +37,13 @@ def reasons(core: Any, ns: str, name: str | None = None) -> set[str]:
 
 
 def test_bad_tag_on_deployment_is_fixed_on_the_owner(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str,
-    cluster_policy: Any, custom: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
+    custom: Any,
 ) -> None:
     r = repo()
     for tag in ("1.4.0", "1.4.2", "2.0.0"):
@@ -51,8 +56,11 @@ def test_bad_tag_on_deployment_is_fixed_on_the_owner(
         d = apps.read_namespaced_deployment("web", namespace)
         image = d.spec.template.spec.containers[0].image
         pods = running_pods(core, namespace, "app=web")
-        return image.endswith(":1.4.2") and len(pods) == 3 and all(
-            p.spec.containers[0].image.endswith(":1.4.2") for p in pods)
+        return (
+            image.endswith(":1.4.2")
+            and len(pods) == 3
+            and all(p.spec.containers[0].image.endswith(":1.4.2") for p in pods)
+        )
 
     wait_for(healed, "the Deployment to be patched to 1.4.2 and all replicas running", 90)
     d = apps.read_namespaced_deployment("web", namespace)
@@ -65,8 +73,9 @@ def test_bad_tag_on_deployment_is_fixed_on_the_owner(
     assert "PullDiagnosed" in reasons(core, namespace)
 
     def status() -> Any:
-        obj = custom.get_cluster_custom_object("pullmedic.dev", "v1alpha1",
-                                               "clusterpullpolicies", policy)
+        obj = custom.get_cluster_custom_object(
+            "pullmedic.dev", "v1alpha1", "clusterpullpolicies", policy
+        )
         st = obj.get("status") or {}
         return st if (st.get("counts") or {}).get("remediated", 0) >= 1 else None
 
@@ -76,7 +85,12 @@ def test_bad_tag_on_deployment_is_fixed_on_the_owner(
 
 
 def test_missing_secret_is_copied_attached_and_pods_recreated(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     src_ns = f"{namespace}-src"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src_ns)))
@@ -85,13 +99,21 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
         push_image(registries.bearer, r, "1.0")
         reg = registries.bearer
         core.create_namespaced_secret(
-            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"]))
-        cluster_policy([namespace], mode="Remediate",
-                       credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]})
+            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"])
+        )
+        cluster_policy(
+            [namespace],
+            mode="Remediate",
+            credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]},
+        )
         apps.create_namespaced_deployment(
-            namespace, deployment("priv", f"{reg.host}/{r}:1.0", replicas=3))
-        wait_for(lambda: len(running_pods(core, namespace, "app=priv")) == 3,
-                 "all private replicas running", 90)
+            namespace, deployment("priv", f"{reg.host}/{r}:1.0", replicas=3)
+        )
+        wait_for(
+            lambda: len(running_pods(core, namespace, "app=priv")) == 3,
+            "all private replicas running",
+            90,
+        )
         copied = core.read_namespaced_secret(f"pullmedic-{src_ns}-regcred", namespace)
         assert copied.metadata.labels["pullmedic.dev/managed"] == "true"
         sa = core.read_namespaced_service_account("default", namespace)
@@ -104,14 +126,15 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
 
 def test_pullpolicy_cannot_name_another_namespaces_secret(custom: Any, namespace: str) -> None:
     body = {
-        "apiVersion": "pullmedic.dev/v1alpha1", "kind": "PullPolicy",
+        "apiVersion": "pullmedic.dev/v1alpha1",
+        "kind": "PullPolicy",
         "metadata": {"name": "steal"},
         "spec": {"credentials": {"secrets": [{"name": "regcred", "namespace": "kube-system"}]}},
     }
     with pytest.raises(ApiException) as err:
         custom.create_namespaced_custom_object(
-            "pullmedic.dev", "v1alpha1", namespace, "pullpolicies", body,
-            field_validation="Strict")
+            "pullmedic.dev", "v1alpha1", namespace, "pullpolicies", body, field_validation="Strict"
+        )
     assert err.value.status in (400, 422)
     assert "unknown field" in err.value.body and "namespace" in err.value.body
 
@@ -126,23 +149,32 @@ def test_pullpolicy_cannot_name_another_namespaces_secret(custom: Any, namespace
     ],
 )
 def test_malformed_policy_is_refused_by_the_apiserver(custom: Any, spec: dict[str, Any]) -> None:
-    body = {"apiVersion": "pullmedic.dev/v1alpha1", "kind": "ClusterPullPolicy",
-            "metadata": {"name": f"bad-{uuid.uuid4().hex[:6]}"}, "spec": spec}
+    body = {
+        "apiVersion": "pullmedic.dev/v1alpha1",
+        "kind": "ClusterPullPolicy",
+        "metadata": {"name": f"bad-{uuid.uuid4().hex[:6]}"},
+        "spec": spec,
+    }
     with pytest.raises(ApiException) as err:
-        custom.create_cluster_custom_object("pullmedic.dev", "v1alpha1", "clusterpullpolicies",
-                                            body)
+        custom.create_cluster_custom_object(
+            "pullmedic.dev", "v1alpha1", "clusterpullpolicies", body
+        )
     assert err.value.status == 422
     assert "spec." in err.value.body
 
 
 def test_semantically_invalid_policy_is_ready_false(
-    operator: Any, custom: Any, cluster_policy: Any, namespace: str,
+    operator: Any,
+    custom: Any,
+    cluster_policy: Any,
+    namespace: str,
 ) -> None:
     name = cluster_policy([namespace], tagCorrection={"strategy": "SemverRange"})
 
     def cond() -> Any:
-        obj = custom.get_cluster_custom_object("pullmedic.dev", "v1alpha1",
-                                               "clusterpullpolicies", name)
+        obj = custom.get_cluster_custom_object(
+            "pullmedic.dev", "v1alpha1", "clusterpullpolicies", name
+        )
         conds = (obj.get("status") or {}).get("conditions") or []
         return next((c for c in conds if c["type"] == "Ready"), None)
 
@@ -152,15 +184,23 @@ def test_semantically_invalid_policy_is_ready_false(
 
 
 def test_suggest_mode_changes_nothing_and_publishes_the_fix(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     r = repo()
     push_image(registries.open, r, "3.1.0")
     cluster_policy([namespace], mode="Suggest")
     bad = f"{registries.open.host}/{r}:3.1.1"
     apps.create_namespaced_deployment(namespace, deployment("sug", bad, replicas=2))
-    ev = wait_for(lambda: [e for e in events_for(core, namespace, "sug")
-                           if e.reason == "SuggestedFix"], "a SuggestedFix event", 60)
+    ev = wait_for(
+        lambda: [e for e in events_for(core, namespace, "sug") if e.reason == "SuggestedFix"],
+        "a SuggestedFix event",
+        60,
+    )
     assert "kubectl -n" in ev[0].message and ":3.1.0" in ev[0].message
     d = apps.read_namespaced_deployment("sug", namespace)
     assert d.spec.template.spec.containers[0].image == bad
@@ -168,23 +208,36 @@ def test_suggest_mode_changes_nothing_and_publishes_the_fix(
 
 
 def test_gitops_managed_workload_only_gets_a_suggestion(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     r = repo()
     push_image(registries.open, r, "1.0.0")
     cluster_policy([namespace], mode="Remediate")
     bad = f"{registries.open.host}/{r}:1.0.1"
     apps.create_namespaced_deployment(
-        namespace, deployment("argo", bad, replicas=1,
-                              labels={"app.kubernetes.io/managed-by": "argocd"}))
-    wait_for(lambda: [e for e in events_for(core, namespace, "argo")
-                      if e.reason == "SuggestedFix"], "a SuggestedFix event", 60)
+        namespace,
+        deployment("argo", bad, replicas=1, labels={"app.kubernetes.io/managed-by": "argocd"}),
+    )
+    wait_for(
+        lambda: [e for e in events_for(core, namespace, "argo") if e.reason == "SuggestedFix"],
+        "a SuggestedFix event",
+        60,
+    )
     d = apps.read_namespaced_deployment("argo", namespace)
     assert d.spec.template.spec.containers[0].image == bad
 
 
 def test_pod_matched_by_no_policy_is_only_observed(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
 ) -> None:
     r = repo()
     push_image(registries.open, r, "1.0.0")
@@ -197,19 +250,28 @@ def test_pod_matched_by_no_policy_is_only_observed(
 
 
 def test_unreachable_registry_switches_to_mirror_only_when_image_is_there(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     from sandbox import procs
 
     dead = f"127.0.0.1:{procs.free_port()}"  # nothing listens: connection refused
     r = repo()
     push_image(registries.mirror, r, "2.0")
-    cluster_policy([namespace], mode="Remediate",
-                   mirrors=[{"registry": dead, "mirror": registries.mirror.host}])
+    cluster_policy(
+        [namespace],
+        mode="Remediate",
+        mirrors=[{"registry": dead, "mirror": registries.mirror.host}],
+    )
     apps.create_namespaced_deployment(namespace, deployment("mir", f"{dead}/{r}:2.0", 2))
     apps.create_namespaced_deployment(namespace, deployment("nomir", f"{dead}/{r}:9.9", 1))
-    wait_for(lambda: len(running_pods(core, namespace, "app=mir")) == 2,
-             "mirrored replicas running", 90)
+    wait_for(
+        lambda: len(running_pods(core, namespace, "app=mir")) == 2, "mirrored replicas running", 90
+    )
     d = apps.read_namespaced_deployment("mir", namespace)
     assert d.spec.template.spec.containers[0].image == f"{registries.mirror.host}/{r}:2.0"
     wait_for(lambda: "PullDiagnosed" in reasons(core, namespace, None), "diagnosis", 30)
@@ -218,7 +280,12 @@ def test_unreachable_registry_switches_to_mirror_only_when_image_is_there(
 
 
 def test_init_container_statefulset_bare_pod_and_cronjob(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
     api_client: Any,
 ) -> None:
     r = repo()
@@ -230,42 +297,78 @@ def test_init_container_statefulset_bare_pod_and_cronjob(
     # init container of a Deployment
     dep = deployment("init", good, replicas=1)
     dep.spec.template.spec.init_containers = [
-        client.V1Container(name="setup", image=bad, image_pull_policy="Always")]
+        client.V1Container(name="setup", image=bad, image_pull_policy="Always")
+    ]
     apps.create_namespaced_deployment(namespace, dep)
     # StatefulSet
-    apps.create_namespaced_stateful_set(namespace, client.V1StatefulSet(
-        metadata=client.V1ObjectMeta(name="db"),
-        spec=client.V1StatefulSetSpec(
-            service_name="db", replicas=2,
-            selector=client.V1LabelSelector(match_labels={"app": "db"}),
-            template=pod_template(bad, {"app": "db"}))))
+    apps.create_namespaced_stateful_set(
+        namespace,
+        client.V1StatefulSet(
+            metadata=client.V1ObjectMeta(name="db"),
+            spec=client.V1StatefulSetSpec(
+                service_name="db",
+                replicas=2,
+                selector=client.V1LabelSelector(match_labels={"app": "db"}),
+                template=pod_template(bad, {"app": "db"}),
+            ),
+        ),
+    )
     # bare pod
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="bare", labels={"app": "bare"}),
-        spec=pod_template(bad, {}).spec))
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="bare", labels={"app": "bare"}),
+            spec=pod_template(bad, {}).spec,
+        ),
+    )
     # CronJob-owned Job (created the way the cronjob controller would, for determinism)
     batch = client.BatchV1Api(api_client)
-    cj = batch.create_namespaced_cron_job(namespace, client.V1CronJob(
-        metadata=client.V1ObjectMeta(name="nightly"),
-        spec=client.V1CronJobSpec(
-            schedule="0 3 * * *", suspend=True,
-            job_template=client.V1JobTemplateSpec(spec=client.V1JobSpec(
-                template=pod_template(bad, {"app": "nightly"}, restart_policy="Never"))))))
-    batch.create_namespaced_job(namespace, client.V1Job(
-        metadata=client.V1ObjectMeta(
-            name="nightly-manual", labels={"app": "nightly"},
-            owner_references=[client.V1OwnerReference(
-                api_version="batch/v1", kind="CronJob", name="nightly", uid=cj.metadata.uid,
-                controller=True, block_owner_deletion=True)]),
-        spec=client.V1JobSpec(template=pod_template(bad, {"app": "nightly"},
-                                                    restart_policy="Never"))))
+    cj = batch.create_namespaced_cron_job(
+        namespace,
+        client.V1CronJob(
+            metadata=client.V1ObjectMeta(name="nightly"),
+            spec=client.V1CronJobSpec(
+                schedule="0 3 * * *",
+                suspend=True,
+                job_template=client.V1JobTemplateSpec(
+                    spec=client.V1JobSpec(
+                        template=pod_template(bad, {"app": "nightly"}, restart_policy="Never")
+                    )
+                ),
+            ),
+        ),
+    )
+    batch.create_namespaced_job(
+        namespace,
+        client.V1Job(
+            metadata=client.V1ObjectMeta(
+                name="nightly-manual",
+                labels={"app": "nightly"},
+                owner_references=[
+                    client.V1OwnerReference(
+                        api_version="batch/v1",
+                        kind="CronJob",
+                        name="nightly",
+                        uid=cj.metadata.uid,
+                        controller=True,
+                        block_owner_deletion=True,
+                    )
+                ],
+            ),
+            spec=client.V1JobSpec(
+                template=pod_template(bad, {"app": "nightly"}, restart_policy="Never")
+            ),
+        ),
+    )
 
     wait_for(lambda: len(running_pods(core, namespace, "app=init")) == 1, "init fixed", 90)
     d = apps.read_namespaced_deployment("init", namespace)
     assert d.spec.template.spec.init_containers[0].image == good
     wait_for(lambda: len(running_pods(core, namespace, "app=db")) == 2, "statefulset", 90)
-    assert apps.read_namespaced_stateful_set("db", namespace).spec.template.spec.containers[
-        0].image == good
+    assert (
+        apps.read_namespaced_stateful_set("db", namespace).spec.template.spec.containers[0].image
+        == good
+    )
     wait_for(lambda: len(running_pods(core, namespace, "app=bare")) == 1, "bare pod", 90)
     assert core.read_namespaced_pod("bare", namespace).spec.containers[0].image == good
     wait_for(lambda: len(running_pods(core, namespace, "app=nightly")) == 1, "cron job", 90)
@@ -274,35 +377,62 @@ def test_init_container_statefulset_bare_pod_and_cronjob(
 
 
 def test_bare_pod_with_credential_cause_is_reported_only(
-    operator: Any, registries: Any, core: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     r = f"private/bare-{uuid.uuid4().hex[:6]}"
     push_image(registries.bearer, r, "1.0")
     reg = registries.bearer
     core.create_namespaced_secret(
-        namespace, dockerconfig_secret("regcred", namespace, reg.host, "bob", reg.users["bob"]))
-    cluster_policy([namespace], mode="Remediate",
-                   credentials={"secrets": [{"namespace": namespace, "name": "regcred"}]})
-    core.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="lonely"),
-        spec=pod_template(f"{reg.host}/{r}:1.0", {}).spec))
-    ev = wait_for(lambda: [e for e in events_for(core, namespace, "lonely")
-                           if e.reason == "PullDiagnosed"], "diagnosis", 60)
+        namespace, dockerconfig_secret("regcred", namespace, reg.host, "bob", reg.users["bob"])
+    )
+    cluster_policy(
+        [namespace],
+        mode="Remediate",
+        credentials={"secrets": [{"namespace": namespace, "name": "regcred"}]},
+    )
+    core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="lonely"),
+            spec=pod_template(f"{reg.host}/{r}:1.0", {}).spec,
+        ),
+    )
+    ev = wait_for(
+        lambda: [e for e in events_for(core, namespace, "lonely") if e.reason == "PullDiagnosed"],
+        "diagnosis",
+        60,
+    )
     assert "immutable" in ev[0].message
     sa = core.read_namespaced_service_account("default", namespace)
     assert not sa.image_pull_secrets
 
 
 def test_circuit_breaker_stops_a_remediation_that_did_not_help(
-    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
 ) -> None:
     r = repo()
     push_image(registries.open, r, "7.0.1")
     cluster_policy([namespace], mode="Remediate")
     apps.create_namespaced_deployment(
-        namespace, deployment("cb", f"{registries.open.host}/{r}:7.0.9", replicas=1))
-    wait_for(lambda: ANNOTATION in (apps.read_namespaced_deployment("cb", namespace)
-                                    .metadata.annotations or {}), "first remediation", 60)
+        namespace, deployment("cb", f"{registries.open.host}/{r}:7.0.9", replicas=1)
+    )
+    wait_for(
+        lambda: (
+            ANNOTATION
+            in (apps.read_namespaced_deployment("cb", namespace).metadata.annotations or {})
+        ),
+        "first remediation",
+        60,
+    )
     delete_tag(registries.open, r, "7.0.1")  # the fix stops working
     for p in core.list_namespaced_pod(namespace, label_selector="app=cb").items:
         core.delete_namespaced_pod(p.metadata.name, namespace, grace_period_seconds=0)
@@ -318,7 +448,12 @@ def test_circuit_breaker_stops_a_remediation_that_did_not_help(
 
 
 def test_restart_mid_remediation_converges_without_duplicate_writes(
-    sandbox: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any,
+    sandbox: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
     tmp_path: Any,
 ) -> None:
     from tests.e2e.conftest import OperatorProcess
@@ -331,15 +466,21 @@ def test_restart_mid_remediation_converges_without_duplicate_writes(
         push_image(registries.bearer, r, "1.0")
         reg = registries.bearer
         core.create_namespaced_secret(
-            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"]))
-        cluster_policy([namespace], mode="Remediate",
-                       credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]})
+            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"])
+        )
+        cluster_policy(
+            [namespace],
+            mode="Remediate",
+            credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]},
+        )
         apps.create_namespaced_deployment(
-            namespace, deployment("rs", f"{reg.host}/{r}:1.0", replicas=2))
+            namespace, deployment("rs", f"{reg.host}/{r}:1.0", replicas=2)
+        )
         op.start()
         copied = f"pullmedic-{src_ns}-regcred"
-        wait_for(lambda: core.read_namespaced_secret(copied, namespace), "first write", 60,
-                 every=0.05)
+        wait_for(
+            lambda: core.read_namespaced_secret(copied, namespace), "first write", 60, every=0.05
+        )
         op.stop(kill=True)  # killed right after its first write
         rv = core.read_namespaced_secret(copied, namespace).metadata.resource_version
         op.log = tmp_path / "op2.log"
@@ -354,7 +495,10 @@ def test_restart_mid_remediation_converges_without_duplicate_writes(
 
 
 def test_no_marks_on_pods_and_no_secret_material_anywhere(
-    operator: Any, registries: Any, core: Any, custom: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    custom: Any,
 ) -> None:
     """Runs last in this module: searches everything the operator wrote so far."""
     for p in core.list_pod_for_all_namespaces().items:
@@ -366,7 +510,8 @@ def test_no_marks_on_pods_and_no_secret_material_anywhere(
 
     needles = set(secrets) | {
         base64.b64encode(f"{u}:{pw}".encode()).decode()
-        for r in registries.all() for u, pw in r.users.items()
+        for r in registries.all()
+        for u, pw in r.users.items()
     }
     haystacks = [operator.logs()]
     haystacks += [f"{e.message} {e.reason}" for e in core.list_event_for_all_namespaces().items]

@@ -1,0 +1,97 @@
+"""Kubernetes object builders and waits shared by the tests, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, utils
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as e:  # the API may briefly 404 while things are created
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def install_crds(api_client: Any) -> None:
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        try:
+            utils.create_from_dict(api_client, doc)
+        except utils.FailToCreateError as e:
+            if not all(getattr(x, "status", 0) == 409 for x in e.api_exceptions):
+                raise
+    ext = client.ApiextensionsV1Api(api_client)
+    for name in ("pullpolicies.pullmedic.dev", "clusterpullpolicies.pullmedic.dev"):
+        wait_for(
+            lambda n=name: any(
+                c.type == "Established" and c.status == "True"
+                for c in (ext.read_custom_resource_definition(n).status.conditions or [])
+            ),
+            f"CRD {name} established",
+        )
+
+
+def dockerconfig_secret(name: str, namespace: str, host: str, user: str, password: str) -> Any:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    cfg = {"auths": {host: {"username": user, "password": password, "auth": auth}}}
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+        type="kubernetes.io/dockerconfigjson",
+        data={".dockerconfigjson": base64.b64encode(json.dumps(cfg).encode()).decode()},
+    )
+
+
+def pod_template(image: str, labels: dict[str, str], **spec: Any) -> Any:
+    return client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels=labels),
+        spec=client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="app", image=image, image_pull_policy=spec.pop("pull_policy", "Always")
+                )
+            ],
+            termination_grace_period_seconds=0,
+            **spec,
+        ),
+    )
+
+
+def deployment(
+    name: str, image: str, replicas: int = 3, labels: dict[str, str] | None = None, **spec: Any
+) -> Any:
+    sel = {"app": name}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=sel),
+            template=pod_template(image, sel, **spec),
+        ),
+    )
+
+
+def running_pods(core: Any, ns: str, selector: str) -> list[Any]:
+    pods = core.list_namespaced_pod(ns, label_selector=selector).items
+    return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+
+def events_for(core: Any, ns: str, name: str | None = None) -> list[Any]:
+    evs = core.list_namespaced_event(ns).items
+    return [e for e in evs if name is None or e.involved_object.name == name]
