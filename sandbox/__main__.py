@@ -58,9 +58,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         [str(paths.REPO), str(paths.REPO / "operator"), env_vars.get("PYTHONPATH", "")]
     )
     proc = procs.spawn(
-        [sys.executable, "-m", "sandbox", "--state", str(state), "serve",
-         "--time-scale", str(args.time_scale)],
-        state / "serve.log", env=env_vars, tie=False,
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "--state",
+            str(state),
+            "serve",
+            "--time-scale",
+            str(args.time_scale),
+        ],
+        state / "serve.log",
+        env=env_vars,
+        tie=False,
     )
     (state / "serve.pid").write_text(str(proc.pid))
     procs.wait_until(lambda: (state / "ready").exists(), "sandbox", 300, proc, state / "serve.log")
@@ -82,10 +92,11 @@ def _alive(state: Path) -> bool:
 
 def cmd_down(args: argparse.Namespace) -> int:
     state = _state(args)
-    pid_file = state / "serve.pid"
-    if pid_file.exists():
-        procs.kill_pid(int(pid_file.read_text()))
-        pid_file.unlink()
+    for name in ("operator.pid", "serve.pid"):
+        pid_file = state / name
+        if pid_file.exists():
+            procs.kill_pid(int(pid_file.read_text()))
+            pid_file.unlink()
     (state / "ready").unlink(missing_ok=True)
     return 0
 
@@ -109,13 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     p.add_argument("--state", help="state folder (default: .sandbox in the repo)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, fn in [("build", cmd_build), ("down", cmd_down), ("status", cmd_status),
-                     ("kubeconfig", cmd_kubeconfig)]:
+    for name, fn in [
+        ("build", cmd_build),
+        ("down", cmd_down),
+        ("status", cmd_status),
+        ("kubeconfig", cmd_kubeconfig),
+    ]:
         sub.add_parser(name).set_defaults(fn=fn)
     for name, fn in [("up", cmd_up), ("serve", cmd_serve)]:
         sp = sub.add_parser(name)
-        sp.add_argument("--time-scale", type=float, default=1.0,
-                        help="kubelet back-off multiplier (1.0 = real timing)")
+        sp.add_argument(
+            "--time-scale",
+            type=float,
+            default=1.0,
+            help="kubelet back-off multiplier (1.0 = real timing)",
+        )
         sp.set_defaults(fn=fn)
     args = p.parse_args(argv)
     return int(args.fn(args))
