@@ -1,0 +1,152 @@
+"""Probe storm: 1,000 concurrent diagnoses over 10 images, with and without probe economy.
+
+Not a test. Starts the sandbox registries, pushes 10 distinct images (some broken), then
+runs the same 1,000 diagnoses twice: once with the prober's cache + single-flight (and
+shared pings/tokens), once as a naive baseline with all of that off. Requests are counted
+per kind at the HTTP transport, so the numbers are what registries actually receive.
+
+    .venv/bin/python bench/probe_storm.py [--diagnoses 1000]
+
+The point: requests should scale with distinct images, not with diagnoses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "operator")]
+
+from pullmedic.keyring import Keyring, PullSecret  # noqa: E402
+from pullmedic.netguard import AddressPolicy, guarded_transport  # noqa: E402
+from pullmedic.platforms import Platform  # noqa: E402
+from pullmedic.prober import Prober, ProberConfig  # noqa: E402
+from pullmedic.registry import ClientConfig, CountingTransport  # noqa: E402
+from sandbox.images import push_image  # noqa: E402
+from sandbox.registries import RegistrySet, start_registries  # noqa: E402
+
+KINDS = ("ping", "token", "manifest_head", "manifest_get", "blob", "tags")
+
+
+def _keyring(name: str, host: str, user: str, password: str) -> Keyring:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    raw = json.dumps({"auths": {host: {"auth": auth}}}).encode()
+    secret = PullSecret(
+        "bench",
+        name,
+        "kubernetes.io/dockerconfigjson",
+        {".dockerconfigjson": base64.b64encode(raw).decode()},
+    )
+    return Keyring.from_secrets([secret])[0]
+
+
+def setup(regs: RegistrySet) -> list[tuple[str, Keyring]]:
+    """Ten distinct (image, keyring) pairs: five pullable, five broken in different ways."""
+    o, b, t = regs.open, regs.basic, regs.bearer
+    push_image(o, "app/a", "1.0.0")
+    push_image(o, "app/b", "2.1.0", platforms=("linux/amd64", "linux/arm64"), index="oci")
+    for i in range(1, 4):
+        push_image(o, "app/c", f"1.0.{i}")
+    push_image(o, "app/armonly", "1", platforms=("linux/arm64",))
+    push_image(b, "team/api", "1.0")
+    push_image(b, "team/api2", "1.0")
+    push_image(t, "public/tool", "1.0")
+    push_image(t, "private/db", "1")
+    push_image(t, "private/cache", "2")
+    alice = _keyring("alice", b.host, "alice", "alice-secret")
+    alice_bad = _keyring("alice-old", b.host, "alice", "rotated")
+    bob = _keyring("bob", t.host, "bob", "bob-secret")
+    empty = Keyring()
+    return [
+        (f"{o.host}/app/a:1.0.0", empty),  # available
+        (f"{o.host}/app/b:2.1.0", empty),  # available (index)
+        (f"{o.host}/app/c:1.0.9", empty),  # tag typo -> verified fix
+        (f"{o.host}/app/missing:1", empty),  # repository missing
+        (f"{o.host}/app/armonly:1", empty),  # platform mismatch
+        (f"{b.host}/team/api:1.0", alice),  # available with Basic
+        (f"{b.host}/team/api2:1.0", alice_bad),  # credentials rejected
+        (f"{t.host}/public/tool:1.0", empty),  # available, anonymous token
+        (f"{t.host}/private/db:1", empty),  # not found or private
+        (f"{t.host}/private/cache:2", bob),  # available with token
+    ]
+
+
+async def storm(
+    regs: RegistrySet, cases: list[tuple[str, Keyring]], n: int, economy: bool
+) -> dict[str, object]:
+    hosts = {r.host for r in regs.all()} | {regs.token_url.split("/")[2]}
+    config = ClientConfig(
+        insecure_hosts=frozenset(hosts),
+        address_policy=AddressPolicy(("127.0.0.0/8",)),
+        # Same generous limits for both runs so the comparison is about request counts.
+        per_host_concurrency=16,
+        per_host_rate=5000.0,
+        per_host_burst=5000,
+        cache_auth=economy,
+        read_timeout=30.0,
+        operation_timeout=120.0,
+    )
+    pconfig = ProberConfig(cache=economy, single_flight=economy)
+    counting = CountingTransport(guarded_transport(config.address_policy))
+    platform = Platform.parse("linux/amd64")
+    tokens_before = regs.token_server.request_count if regs.token_server else 0
+    async with Prober(config, prober_config=pconfig, transport=counting) as prober:
+        start = time.perf_counter()
+        results = await asyncio.gather(
+            *(prober.diagnose(img, kr, platform) for img, kr in (cases * (n // len(cases) + 1))[:n])
+        )
+        wall = time.perf_counter() - start
+    causes = Counter(str(r.cause) for r in results)
+    token_server = (regs.token_server.request_count if regs.token_server else 0) - tokens_before
+    return {
+        "economy": economy,
+        "diagnoses": n,
+        "distinct_images": len(cases),
+        "wall_seconds": round(wall, 3),
+        "requests": {k: counting.counts.get(k, 0) for k in KINDS},
+        "total_requests": counting.total,
+        "token_server_requests": token_server,
+        "causes": dict(sorted(causes.items())),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--diagnoses", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "probe_storm.json")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="probe-storm-") as tmp:
+        regs = start_registries(Path(tmp))
+        try:
+            cases = setup(regs)
+            with_economy = asyncio.run(storm(regs, cases, args.diagnoses, economy=True))
+            baseline = asyncio.run(storm(regs, cases, args.diagnoses, economy=False))
+        finally:
+            regs.stop()
+    print(f"{args.diagnoses} concurrent diagnoses over {len(cases)} distinct images\n")
+    print(f"{'requests':<16}{'economy':>10}{'baseline':>10}")
+    for kind in KINDS:
+        a = with_economy["requests"][kind]  # type: ignore[index]
+        b = baseline["requests"][kind]  # type: ignore[index]
+        print(f"{kind:<16}{a:>10}{b:>10}")
+    print(f"{'total':<16}{with_economy['total_requests']:>10}{baseline['total_requests']:>10}")
+    print(f"{'wall seconds':<16}{with_economy['wall_seconds']:>10}{baseline['wall_seconds']:>10}")
+    print(f"\ncauses: {with_economy['causes']}")
+    if with_economy["causes"] != baseline["causes"]:
+        print(f"baseline causes differ: {baseline['causes']}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"economy": with_economy, "baseline": baseline}, indent=2))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
