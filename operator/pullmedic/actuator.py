@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
-from pullmedic.planning import Action, ActionType, ObjectRef, Plan
-from pullmedic.planning import MANAGED_SECRET_LABEL, SOURCE_ANNOTATION
+from pullmedic.planning import (
+    MANAGED_SECRET_LABEL,
+    SOURCE_ANNOTATION,
+    Action,
+    ActionType,
+    ObjectRef,
+    Plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +78,40 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
 
-    def _call(self, method: str, path: str, body: Any = None, content_type: str | None = None,
-              query: list[tuple[str, str]] | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        resp = self.api.call_api(
-            path, method, header_params=headers, body=body, query_params=query or [],
-            auth_settings=["BearerToken"], response_type="object",
-            _return_http_data_only=True, _preload_content=True,
+        m, url, hdrs, data, post = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
         )
-        return resp
+        resp = self.api.call_api(m, url, header_params=hdrs, body=data, post_params=post)
+        raw = resp.read()  # type: ignore[no-untyped-call]
+        text = raw.decode("utf-8", "replace") if raw else ""
+        if not 200 <= resp.status < 300:
+            raise ApiException.from_response(http_resp=resp, body=text, data=None)
+        return json.loads(text) if text else None
 
-    async def call(self, method: str, path: str, body: Any = None,
-                   content_type: str | None = None,
-                   query: list[tuple[str, str]] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
         return await asyncio.to_thread(self._call, method, path, body, content_type, query)
 
     async def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
@@ -98,11 +123,13 @@ class Kube:
             raise
         return dict(obj)
 
-    async def json_patch(self, kind: str, ns: str, name: str, ops: list[dict[str, Any]],
-                         dry_run: bool = False) -> Any:
+    async def json_patch(
+        self, kind: str, ns: str, name: str, ops: list[dict[str, Any]], dry_run: bool = False
+    ) -> Any:
         query = [("fieldManager", "pullmedic")] + ([("dryRun", "All")] if dry_run else [])
-        return await self.call("PATCH", PATHS[kind].format(ns=ns, name=name), ops,
-                               "application/json-patch+json", query)
+        return await self.call(
+            "PATCH", PATHS[kind].format(ns=ns, name=name), ops, "application/json-patch+json", query
+        )
 
 
 class Actuator:
@@ -148,24 +175,37 @@ class Actuator:
         if t.kind != "Pod":  # never annotate pods: they are not ours to mark
             ops += self._annotation_ops(obj, plan, a)
         await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
-        return Result(a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}")
+        return Result(
+            a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
+        )
 
     @staticmethod
     def _annotation_ops(obj: Mapping[str, Any], plan: Plan, a: Action) -> list[dict[str, Any]]:
         record = remediation_record(plan, a)
         if not (obj.get("metadata") or {}).get("annotations"):
-            return [{"op": "add", "path": "/metadata/annotations",
-                     "value": {REMEDIATION_ANNOTATION: record}}]
-        return [{"op": "add", "path": f"/metadata/annotations/{_escape(REMEDIATION_ANNOTATION)}",
-                 "value": record}]
+            return [
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {REMEDIATION_ANNOTATION: record},
+                }
+            ]
+        return [
+            {
+                "op": "add",
+                "path": f"/metadata/annotations/{_escape(REMEDIATION_ANNOTATION)}",
+                "value": record,
+            }
+        ]
 
     async def record(self, plan: Plan, a: Action, workload: ObjectRef) -> None:
         """Note a non-image remediation (secrets, recreation) on the workload for humans."""
         obj = await self.kube.get(workload.kind, workload.namespace, workload.name)
         if obj is None or self.dry_run:
             return
-        await self.kube.json_patch(workload.kind, workload.namespace, workload.name,
-                                   self._annotation_ops(obj, plan, a))
+        await self.kube.json_patch(
+            workload.kind, workload.namespace, workload.name, self._annotation_ops(obj, plan, a)
+        )
 
     async def _copy_secret(self, a: Action) -> Result:
         assert a.source is not None
@@ -190,8 +230,9 @@ class Actuator:
                 return Result(a, "dry-run")
             path = f"/api/v1/namespaces/{a.target.namespace}/secrets"
             try:
-                await self.kube.call("POST", path, body, "application/json",
-                                     [("fieldManager", "pullmedic")])
+                await self.kube.call(
+                    "POST", path, body, "application/json", [("fieldManager", "pullmedic")]
+                )
             except ApiException as e:
                 if e.status != 409:
                     raise
@@ -199,13 +240,20 @@ class Actuator:
             return Result(a, "applied", f"copied {a.source} (names only; content never logged)")
         labels = (existing.get("metadata") or {}).get("labels") or {}
         if labels.get(MANAGED_SECRET_LABEL) != "true":
-            return Result(a, "failed", f"secret {a.target.namespace}/{a.secret} exists and is "
-                          "not managed by pullmedic; not overwriting it")
+            return Result(
+                a,
+                "failed",
+                f"secret {a.target.namespace}/{a.secret} exists and is "
+                "not managed by pullmedic; not overwriting it",
+            )
         if existing.get("data") == body["data"] and existing.get("type") == body["type"]:
             return Result(a, "unchanged", "copy is current")
         ops = [
-            {"op": "test", "path": "/metadata/resourceVersion",
-             "value": existing["metadata"]["resourceVersion"]},
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": existing["metadata"]["resourceVersion"],
+            },
             {"op": "replace", "path": "/data", "value": body["data"]},
         ]
         await self.kube.json_patch("Secret", a.target.namespace, a.secret, ops, self.dry_run)
@@ -221,14 +269,19 @@ class Actuator:
             if any(r.get("name") == a.secret for r in refs):
                 return Result(a, "unchanged", "already attached")
             ops: list[dict[str, Any]] = [
-                {"op": "test", "path": "/metadata/resourceVersion",
-                 "value": sa["metadata"]["resourceVersion"]},
-                {"op": "add", "path": "/imagePullSecrets/-" if refs else "/imagePullSecrets",
-                 "value": {"name": a.secret} if refs else [{"name": a.secret}]},
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": sa["metadata"]["resourceVersion"],
+                },
+                {
+                    "op": "add",
+                    "path": "/imagePullSecrets/-" if refs else "/imagePullSecrets",
+                    "value": {"name": a.secret} if refs else [{"name": a.secret}],
+                },
             ]
             try:
-                await self.kube.json_patch("ServiceAccount", t.namespace, t.name, ops,
-                                           self.dry_run)
+                await self.kube.json_patch("ServiceAccount", t.namespace, t.name, ops, self.dry_run)
             except ApiException as e:
                 if e.status in (409, 422):
                     continue  # someone else wrote it: read again
@@ -239,12 +292,20 @@ class Actuator:
     async def _recreate(self, a: Action) -> Result:
         deleted = 0
         for p in a.pods:
-            body = {"apiVersion": "v1", "kind": "DeleteOptions",
-                    "preconditions": {"uid": p.uid} if p.uid else None}
+            body = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"uid": p.uid} if p.uid else None,
+            }
             query = [("dryRun", "All")] if self.dry_run else []
             try:
-                await self.kube.call("DELETE", PATHS["Pod"].format(ns=p.namespace, name=p.name),
-                                     body, "application/json", query)
+                await self.kube.call(
+                    "DELETE",
+                    PATHS["Pod"].format(ns=p.namespace, name=p.name),
+                    body,
+                    "application/json",
+                    query,
+                )
                 deleted += 1
             except ApiException as e:
                 if e.status not in (404, 409):

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pullmedic import runner
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.keyring import (
     DOCKERCFG_KEY,
@@ -114,7 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="S", help="per-request timeout"
     )
     diag.set_defaults(func=cmd_diagnose)
+
+    run = sub.add_parser("run", help="run the operator (watch pods, heal under policies)")
+    runner.add_arguments(run)
+    run.set_defaults(func=cmd_run)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = runner.settings_from(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return runner.run(settings)
 
 
 def _render(d: Diagnosis) -> str:

@@ -46,7 +46,9 @@ def stuck_containers(pod: Mapping[str, Any]) -> list[StuckContainer]:
         statuses = status.get(status_field) or ()
         if not statuses:
             continue
-        index = {c.get("name"): (i, c.get("image", "")) for i, c in enumerate(spec.get(spec_field) or ())}
+        index = {
+            c.get("name"): (i, c.get("image", "")) for i, c in enumerate(spec.get(spec_field) or ())
+        }
         for cs in statuses:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
@@ -55,7 +57,9 @@ def stuck_containers(pod: Mapping[str, Any]) -> list[StuckContainer]:
             name = cs.get("name", "")
             i, image = index.get(name, (-1, cs.get("image", "")))
             out.append(
-                StuckContainer(spec_field, i, name, image, str(reason), str(waiting.get("message", "")))
+                StuckContainer(
+                    spec_field, i, name, image, str(reason), str(waiting.get("message", ""))
+                )
             )
     return out
 

@@ -16,13 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from pullmedic import backoff, events, metrics, reference
 from pullmedic import policy as pol
 from pullmedic.actuator import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, Actuator, Kube, Result
-from pullmedic.detection import StuckContainer, controller_of, is_terminating, parse_time
-from pullmedic.detection import stuck_containers
+from pullmedic.detection import (
+    StuckContainer,
+    controller_of,
+    is_terminating,
+    parse_time,
+    stuck_containers,
+)
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.keyring import Keyring, PullSecret
 from pullmedic.planning import API_VERSIONS, ActionType, Failure, ObjectRef, Plan, plan
@@ -30,13 +35,21 @@ from pullmedic.platforms import Platform
 
 log = logging.getLogger("pullmedic")
 
-CREDENTIAL_CAUSES = (Cause.AuthenticationRequired, Cause.CredentialsRejected,
-                     Cause.NotFoundOrPrivate)
+CREDENTIAL_CAUSES = (
+    Cause.AuthenticationRequired,
+    Cause.CredentialsRejected,
+    Cause.NotFoundOrPrivate,
+)
 
 
 class Diagnoser(Protocol):
     async def diagnose(
-        self, image: str, keyring: Keyring, platform: Platform, *, suggest: bool = True,
+        self,
+        image: str,
+        keyring: Keyring,
+        platform: Platform,
+        *,
+        suggest: bool = True,
         candidate_keyrings: Mapping[str, Keyring] | None = None,
         tag_policy: pol.TagCorrection | None = None,
     ) -> Diagnosis: ...
@@ -90,9 +103,10 @@ def _trim(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     return {
-        "metadata": {k: meta.get(k) for k in
-                     ("name", "namespace", "uid", "labels", "ownerReferences",
-                      "creationTimestamp")},
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp")
+        },
         "spec": {
             "serviceAccountName": spec.get("serviceAccountName") or "default",
             "imagePullSecrets": spec.get("imagePullSecrets") or [],
@@ -153,7 +167,9 @@ class Engine:
             "observedGeneration": policy.generation,
         }
         status = body.get("status") or {}
-        old = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+        old: dict[str, Any] = next(
+            (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
+        )
         if {k: old.get(k) for k in cond} != cond or status.get("observedGeneration") != (
             policy.generation
         ):
@@ -162,8 +178,13 @@ class Engine:
                 policy, {"observedGeneration": policy.generation, "conditions": [cond]}
             )
             if problems:
-                await events.post(self.kube, _policy_involved(policy), "InvalidSpec",
-                                  "; ".join(problems), "Warning")
+                await events.post(
+                    self.kube,
+                    _policy_involved(policy),
+                    "InvalidSpec",
+                    "; ".join(problems),
+                    "Warning",
+                )
         self.stats.setdefault(policy.key, PolicyStats())
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -182,7 +203,9 @@ class Engine:
         if state is None:
             state = PodState(
                 ref=ObjectRef("Pod", meta.get("namespace", ""), meta.get("name", ""), uid),
-                body=_trim(body), containers=stuck, first_seen=now,
+                body=_trim(body),
+                containers=stuck,
+                first_seen=now,
                 created=parse_time(meta.get("creationTimestamp")) or time.time(),
             )
             self.pods[uid] = state
@@ -235,7 +258,7 @@ class Engine:
         if not members:
             return
         rep = members[0]
-        _, container_name, image = group.key
+        _, container_name, _image = group.key
         sc = next((c for c in rep.containers if c.name == container_name), None)
         if sc is None:
             return
@@ -245,15 +268,25 @@ class Engine:
         wspec_index = _template_index(wobj, workload, sc) if wobj else None
 
         failure = Failure(
-            pod=rep.ref, container=sc.name, container_kind=sc.kind, container_index=sc.index,
-            image=sc.image, reason=sc.reason,
+            pod=rep.ref,
+            container=sc.name,
+            container_kind=sc.kind,
+            container_index=sc.index,
+            image=sc.image,
+            reason=sc.reason,
             service_account=pod["spec"]["serviceAccountName"],
             pod_pull_secrets=tuple(s.get("name", "") for s in pod["spec"]["imagePullSecrets"]),
-            workload=workload, job=job, workload_container_index=wspec_index,
-            workload_labels=tuple(sorted(((wobj or {}).get("metadata") or {}).get("labels", {})
-                                         .items())) if wobj else (),
-            workload_annotations=tuple(sorted((((wobj or {}).get("metadata") or {})
-                                               .get("annotations") or {}).items())),
+            workload=workload,
+            job=job,
+            workload_container_index=wspec_index,
+            workload_labels=tuple(
+                sorted(((wobj or {}).get("metadata") or {}).get("labels", {}).items())
+            )
+            if wobj
+            else (),
+            workload_annotations=tuple(
+                sorted((((wobj or {}).get("metadata") or {}).get("annotations") or {}).items())
+            ),
             stuck_pods=tuple(m.ref for m in members),
         )
         try:
@@ -262,10 +295,13 @@ class Engine:
         except reference.InvalidReference:
             canonical = familiar = sc.image
         policy = pol.choose(
-            list(self.policies.values()), namespace=ns,
+            list(self.policies.values()),
+            namespace=ns,
             namespace_labels=self.namespaces.get(ns, {}),
-            pod_labels=(pod["metadata"].get("labels") or {}), image=canonical,
-            familiar_image=familiar, operator_namespace=self.settings.operator_namespace,
+            pod_labels=(pod["metadata"].get("labels") or {}),
+            image=canonical,
+            familiar_image=familiar,
+            operator_namespace=self.settings.operator_namespace,
         )
         for m in members:
             m.policy = policy.key if policy else None
@@ -274,7 +310,9 @@ class Engine:
         platform = await self._platform(pod["spec"].get("nodeName"))
         t0 = time.monotonic()
         diagnosis = await self.prober.diagnose(
-            sc.image, keyring, platform,
+            sc.image,
+            keyring,
+            platform,
             suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
             candidate_keyrings=candidates or None,
             tag_policy=policy.tags if policy else None,
@@ -297,10 +335,19 @@ class Engine:
             while stats.remediations and now - stats.remediations[0] > 3600:
                 stats.remediations.popleft()
             rate_limited = len(stats.remediations) >= policy.remediations_per_hour
-        p = plan(failure, diagnosis, policy, mirror_image=mirror_image, circuit_open=circuit,
-                 rate_limited=rate_limited)
-        log.info("plan %s", p.render(), extra={"cause": str(diagnosis.cause),
-                                              "workload": str(workload or rep.ref)})
+        p = plan(
+            failure,
+            diagnosis,
+            policy,
+            mirror_image=mirror_image,
+            circuit_open=circuit,
+            rate_limited=rate_limited,
+        )
+        log.info(
+            "plan %s",
+            p.render(),
+            extra={"cause": str(diagnosis.cause), "workload": str(workload or rep.ref)},
+        )
         await self._report_diagnosis(failure, diagnosis, p, first)
         if stats is not None and first:
             stats.counts["detected"] += 1
@@ -314,33 +361,48 @@ class Engine:
             await self._apply(p, failure, members, stats, group)
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats)
-        metrics.PLANS.labels(mode=str(p.mode), decision=(
-            "applied" if p.apply else "suggested" if p.actions and policy and
-            policy.mode is not pol.Mode.OBSERVE else "observed")).inc()
+        metrics.PLANS.labels(
+            mode=str(p.mode),
+            decision=(
+                "applied"
+                if p.apply
+                else "suggested"
+                if p.actions and policy and policy.mode is not pol.Mode.OBSERVE
+                else "observed"
+            ),
+        ).inc()
 
-    async def _apply(self, p: Plan, f: Failure, members: list[PodState],
-                     stats: PolicyStats | None, group: Group) -> None:
+    async def _apply(
+        self, p: Plan, f: Failure, members: list[PodState], stats: PolicyStats | None, group: Group
+    ) -> None:
         results = await self.actuator.apply(p)
         ok = all(r.outcome in ("applied", "unchanged", "dry-run", "skipped") for r in results)
         for r in results:
             metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
         metrics.TIME_TO_ACTION.observe(time.monotonic() - group.first_seen)
         wrote = any(r.outcome == "applied" for r in results)
-        if f.workload is not None and wrote and not any(
-            r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
-            for r in results
+        if (
+            f.workload is not None
+            and wrote
+            and not any(
+                r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
+                for r in results
+            )
         ):
             # Image patches carry their record; secret fixes and recreations get one too.
             with contextlib.suppress(ApiException):
                 await self.actuator.record(p, p.actions[-1], f.workload)
         saved = 0.0
-        if any(r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied"
-               for r in results):
+        if any(
+            r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied" for r in results
+        ):
             now = time.monotonic()
             saved = sum(backoff.saved_by_recreation(now - m.first_seen) for m in members)
             metrics.SECONDS_SAVED.inc(saved)
-        text = "; ".join(f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail
-                                                              else "") for r in results)
+        text = "; ".join(
+            f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail else "")
+            for r in results
+        )
         target = f.workload or f.pod
         if wrote:
             msg = f"Remediated {p.cause} for container {f.container}: {text}"
@@ -348,11 +410,20 @@ class Engine:
                 msg += f"; back-off waiting saved by recreating pods: {saved:.0f}s"
             await events.post(self.kube, _involved(target), "Remediated", msg)
             if p.policy and p.policy in self.policies:
-                await events.post(self.kube, _policy_involved(self.policies[p.policy]),
-                                  "Remediated", f"{target}: {msg}")
+                await events.post(
+                    self.kube,
+                    _policy_involved(self.policies[p.policy]),
+                    "Remediated",
+                    f"{target}: {msg}",
+                )
         elif not ok:
-            await events.post(self.kube, _involved(target), "RemediationFailed",
-                              f"Could not remediate {p.cause}: {text}", "Warning")
+            await events.post(
+                self.kube,
+                _involved(target),
+                "RemediationFailed",
+                f"Could not remediate {p.cause}: {text}",
+                "Warning",
+            )
         if stats is not None:
             if wrote:
                 stats.counts["remediated"] += 1
@@ -360,28 +431,41 @@ class Engine:
             if not ok:
                 stats.counts["failed"] += 1
             stats.saved += saved
-            stats.last_actions.append({
-                "time": _now_iso(), "workload": str(target), "cause": str(p.cause),
-                "action": ",".join(str(a.type) for a in p.actions),
-                "result": "applied" if wrote else ("failed" if not ok else "unchanged"),
-                "detail": text[:500],
-            })
+            stats.last_actions.append(
+                {
+                    "time": _now_iso(),
+                    "workload": str(target),
+                    "cause": str(p.cause),
+                    "action": ",".join(str(a.type) for a in p.actions),
+                    "result": "applied" if wrote else ("failed" if not ok else "unchanged"),
+                    "detail": text[:500],
+                }
+            )
             stats.dirty = True
 
     async def _suggest(self, p: Plan, f: Failure, stats: PolicyStats | None) -> None:
         target = f.workload or f.pod
         cmds = " && ".join(p.suggestions)
-        msg = f"Suggested fix for {p.cause} in container {f.container}: " + "; ".join(
-            a.summary for a in p.actions) + (f". Run: {cmds}" if cmds else "")
+        msg = (
+            f"Suggested fix for {p.cause} in container {f.container}: "
+            + "; ".join(a.summary for a in p.actions)
+            + (f". Run: {cmds}" if cmds else "")
+        )
         if p.note:
             msg += f" ({p.note})"
         await events.post(self.kube, _involved(target), "SuggestedFix", msg)
         if stats is not None:
             stats.counts["suggested"] += 1
-            stats.last_actions.append({
-                "time": _now_iso(), "workload": str(target), "cause": str(p.cause),
-                "action": "Suggest", "result": "suggested", "detail": msg[:500],
-            })
+            stats.last_actions.append(
+                {
+                    "time": _now_iso(),
+                    "workload": str(target),
+                    "cause": str(p.cause),
+                    "action": "Suggest",
+                    "result": "suggested",
+                    "detail": msg[:500],
+                }
+            )
             stats.dirty = True
 
     async def _report_diagnosis(self, f: Failure, d: Diagnosis, p: Plan, first: bool) -> None:
@@ -390,22 +474,29 @@ class Engine:
         msg = f"{d.summary} (cause {d.cause}, confidence {d.confidence})"
         if p.note:
             msg += f"; {p.note}"
-        await events.post(self.kube, _involved(f.pod), "PullDiagnosed", msg,
-                          "Normal" if d.cause is Cause.ImageAvailable else "Warning")
+        await events.post(
+            self.kube,
+            _involved(f.pod),
+            "PullDiagnosed",
+            msg,
+            "Normal" if d.cause is Cause.ImageAvailable else "Warning",
+        )
 
     def _account_backoff(self, members: list[PodState], stats: PolicyStats | None) -> None:
         now = time.monotonic()
         attempts = sum(backoff.state(now - m.first_seen).attempts for m in members)
-        metrics.PULL_ATTEMPTS.set(sum(
-            backoff.state(now - s.first_seen).attempts for s in self.pods.values()))
+        metrics.PULL_ATTEMPTS.set(
+            sum(backoff.state(now - s.first_seen).attempts for s in self.pods.values())
+        )
         if stats is not None:
             stats.attempts = max(stats.attempts, attempts)
             stats.dirty = True
 
     # ---- circuit breaker ----------------------------------------------------------------
 
-    def _circuit_open(self, wobj: Mapping[str, Any] | None, f: Failure, d: Diagnosis,
-                      pod_created: float) -> bool:
+    def _circuit_open(
+        self, wobj: Mapping[str, Any] | None, f: Failure, d: Diagnosis, pod_created: float
+    ) -> bool:
         """Open when a pod created AFTER our remediation fails again with the same cause."""
         if not wobj:
             return False
@@ -423,26 +514,47 @@ class Engine:
         if time.time() - at > self.settings.circuit_window:
             return False
         same = rec.get("cause") == str(d.cause) or (
-            rec.get("cause") in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES)
+            rec.get("cause") in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES
+        )
         return bool(same and rec.get("container") == f.container and pod_created > at + 1)
 
-    async def _open_circuit(self, f: Failure, workload: ObjectRef, d: Diagnosis,
-                            stats: PolicyStats | None) -> None:
+    async def _open_circuit(
+        self, f: Failure, workload: ObjectRef, d: Diagnosis, stats: PolicyStats | None
+    ) -> None:
         with contextlib.suppress(ApiException):
-            await self.kube.json_patch(workload.kind, workload.namespace, workload.name, [
-                {"op": "add", "path": "/metadata/annotations/pullmedic.dev~1circuit",
-                 "value": "open"}], self.settings.dry_run)
+            await self.kube.json_patch(
+                workload.kind,
+                workload.namespace,
+                workload.name,
+                [
+                    {
+                        "op": "add",
+                        "path": "/metadata/annotations/pullmedic.dev~1circuit",
+                        "value": "open",
+                    }
+                ],
+                self.settings.dry_run,
+            )
         await events.post(
-            self.kube, _involved(workload), "RemediationIneffective",
+            self.kube,
+            _involved(workload),
+            "RemediationIneffective",
             f"{d.cause} came back for container {f.container} after pullmedic's remediation; "
-            "not acting again. Remove annotation pullmedic.dev/circuit to re-arm.", "Warning")
+            "not acting again. Remove annotation pullmedic.dev/circuit to re-arm.",
+            "Warning",
+        )
         if stats is not None:
             stats.counts["failed"] += 1
-            stats.last_actions.append({
-                "time": _now_iso(), "workload": str(workload), "cause": str(d.cause),
-                "action": "CircuitBreaker", "result": "failed",
-                "detail": "same cause after remediation",
-            })
+            stats.last_actions.append(
+                {
+                    "time": _now_iso(),
+                    "workload": str(workload),
+                    "cause": str(d.cause),
+                    "action": "CircuitBreaker",
+                    "result": "failed",
+                    "detail": "same cause after remediation",
+                }
+            )
             stats.dirty = True
 
     # ---- lookups ------------------------------------------------------------------------
@@ -482,16 +594,20 @@ class Engine:
         obj = await self.kube.get("Secret", ns, name)
         if obj is None:
             return None
-        return PullSecret(namespace=ns, name=name, type=str(obj.get("type", "")),
-                          data=dict(obj.get("data") or {}))
+        return PullSecret(
+            namespace=ns, name=name, type=str(obj.get("type", "")), data=dict(obj.get("data") or {})
+        )
 
     async def _keyrings(
         self, pod: Mapping[str, Any], policy: pol.Policy | None
     ) -> tuple[Keyring, dict[str, Keyring]]:
         """Exactly the kubelet's credentials for this pod, plus the policy's candidates."""
         ns = pod["metadata"]["namespace"]
-        own = [s for n in pod["spec"]["imagePullSecrets"]
-               if (s := await self._secret(ns, n.get("name", ""))) is not None]
+        own = [
+            s
+            for n in pod["spec"]["imagePullSecrets"]
+            if (s := await self._secret(ns, n.get("name", ""))) is not None
+        ]
         keyring, _ = Keyring.from_secrets(own)
         candidates: dict[str, Keyring] = {}
         if policy is not None and policy.credentials_enabled:
@@ -519,8 +635,9 @@ class Engine:
                 return default
         return self._node_platforms[node]
 
-    async def _verified_mirror(self, image: str, policy: pol.Policy, keyring: Keyring,
-                               platform: Platform) -> str | None:
+    async def _verified_mirror(
+        self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
+    ) -> str | None:
         try:
             ref = reference.parse(image)
         except reference.InvalidReference:
@@ -528,8 +645,11 @@ class Engine:
         mirror = policy.mirror_for(ref.domain) or policy.mirror_for(ref.registry_host)
         if not mirror:
             return None
-        candidate = f"{mirror}/{ref.path}" + (f":{ref.tag}" if ref.tag else "") + (
-            f"@{ref.digest}" if ref.digest else "")
+        candidate = (
+            f"{mirror}/{ref.path}"
+            + (f":{ref.tag}" if ref.tag else "")
+            + (f"@{ref.digest}" if ref.digest else "")
+        )
         d = await self.prober.diagnose(candidate, keyring, platform, suggest=False)
         return candidate if d.cause is Cause.ImageAvailable else None
 
@@ -546,13 +666,18 @@ class Engine:
                 st.dirty = False
                 stuck = sum(1 for s in self.pods.values() if s.policy == key)
                 try:
-                    await self._patch_policy_status(p, {
-                        "counts": {**st.counts, "stuck": stuck},
-                        "backoff": {"pullAttempts": st.attempts,
-                                    "secondsLostWaiting": round(st.lost, 1),
-                                    "secondsSavedByRecreation": round(st.saved, 1)},
-                        "lastActions": list(st.last_actions),
-                    })
+                    await self._patch_policy_status(
+                        p,
+                        {
+                            "counts": {**st.counts, "stuck": stuck},
+                            "backoff": {
+                                "pullAttempts": st.attempts,
+                                "secondsLostWaiting": round(st.lost, 1),
+                                "secondsSavedByRecreation": round(st.saved, 1),
+                            },
+                            "lastActions": list(st.last_actions),
+                        },
+                    )
                 except ApiException as e:
                     log.warning("status of %s not written: %s", key, e.status)
                     st.dirty = True
@@ -569,24 +694,26 @@ class Engine:
         if p.is_cluster:
             path = f"/apis/{pol.GROUP}/{pol.VERSION}/clusterpullpolicies/{p.name}/status"
         else:
-            path = (f"/apis/{pol.GROUP}/{pol.VERSION}/namespaces/{p.namespace}/pullpolicies/"
-                    f"{p.name}/status")
+            path = (
+                f"/apis/{pol.GROUP}/{pol.VERSION}/namespaces/{p.namespace}/pullpolicies/"
+                f"{p.name}/status"
+            )
         try:
-            await self.kube.call("PATCH", path, {"status": status},
-                                 "application/merge-patch+json")
+            await self.kube.call("PATCH", path, {"status": status}, "application/merge-patch+json")
         except ApiException as e:
             if e.status != 404:
                 raise
 
 
-def _template_index(wobj: Mapping[str, Any], workload: ObjectRef | None,
-                    sc: StuckContainer) -> int | None:
+def _template_index(
+    wobj: Mapping[str, Any], workload: ObjectRef | None, sc: StuckContainer
+) -> int | None:
     if workload is None:
         return None
     spec: Any = wobj.get("spec") or {}
     if workload.kind == "CronJob":
-        spec = ((spec.get("jobTemplate") or {}).get("spec") or {})
-    tspec = ((spec.get("template") or {}).get("spec") or {})
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    tspec = (spec.get("template") or {}).get("spec") or {}
     for i, c in enumerate(tspec.get(sc.kind) or ()):
         if c.get("name") == sc.name:
             return i
@@ -594,8 +721,9 @@ def _template_index(wobj: Mapping[str, Any], workload: ObjectRef | None,
 
 
 def _involved(ref: ObjectRef) -> events.Involved:
-    return events.Involved(API_VERSIONS.get(ref.kind, "v1"), ref.kind, ref.namespace, ref.name,
-                           ref.uid)
+    return events.Involved(
+        API_VERSIONS.get(ref.kind, "v1"), ref.kind, ref.namespace, ref.name, ref.uid
+    )
 
 
 def _policy_involved(p: pol.Policy) -> events.Involved:

@@ -10,7 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from pullmedic.actuator import Kube
 
@@ -28,8 +28,7 @@ class Involved:
     uid: str = ""
 
 
-async def post(kube: Kube, obj: Involved, reason: str, message: str,
-               type_: str = "Normal") -> None:
+async def post(kube: Kube, obj: Involved, reason: str, message: str, type_: str = "Normal") -> None:
     """Best effort: a failed Event must never fail a remediation."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ns = obj.namespace or "default"
@@ -38,8 +37,11 @@ async def post(kube: Kube, obj: Involved, reason: str, message: str,
         "kind": "Event",
         "metadata": {"name": f"{obj.name[:200]}.{uuid.uuid4().hex[:12]}", "namespace": ns},
         "involvedObject": {
-            "apiVersion": obj.api_version, "kind": obj.kind, "name": obj.name,
-            "namespace": obj.namespace, "uid": obj.uid or None,
+            "apiVersion": obj.api_version,
+            "kind": obj.kind,
+            "name": obj.name,
+            "namespace": obj.namespace,
+            "uid": obj.uid or None,
         },
         "reason": reason,
         "message": message[:MAX_MESSAGE],

@@ -48,7 +48,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
         return len(engine.policies) if engine else 0
 
     @kopf.on.event("v1", "pods", registry=registry)
-    async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         engine = holder.get("engine")
         if engine is None:
             return
@@ -63,7 +63,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
             engine.on_pod(event.get("type"), body)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
-    async def namespace_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         engine = holder.get("engine")
         if engine is not None:
             engine.on_namespace(event.get("type"), body)
@@ -71,7 +71,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
     for plural in ("pullpolicies", "clusterpullpolicies"):
 
         @kopf.on.event(GROUP, VERSION, plural, id=f"policy-{plural}", registry=registry)
-        async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        async def policy_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
             engine = holder.get("engine")
             if engine is not None:
                 await engine.on_policy(event.get("type"), body)

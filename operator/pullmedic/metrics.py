@@ -7,40 +7,55 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 DETECTIONS = Counter(
-    "pullmedic_detections_total", "Pull failures diagnosed, by cause (one per workload and image).",
-    ["cause"], registry=REGISTRY,
+    "pullmedic_detections_total",
+    "Pull failures diagnosed, by cause (one per workload and image).",
+    ["cause"],
+    registry=REGISTRY,
 )
 ACTIONS = Counter(
-    "pullmedic_actions_total", "Remediation actions by type and outcome.",
-    ["action", "outcome"], registry=REGISTRY,
+    "pullmedic_actions_total",
+    "Remediation actions by type and outcome.",
+    ["action", "outcome"],
+    registry=REGISTRY,
 )
 PLANS = Counter(
-    "pullmedic_plans_total", "Plans by mode and decision (applied, suggested, observed).",
-    ["mode", "decision"], registry=REGISTRY,
+    "pullmedic_plans_total",
+    "Plans by mode and decision (applied, suggested, observed).",
+    ["mode", "decision"],
+    registry=REGISTRY,
 )
 PROBE_SECONDS = Histogram(
-    "pullmedic_probe_duration_seconds", "Time to diagnose one image against its registry.",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+    "pullmedic_probe_duration_seconds",
+    "Time to diagnose one image against its registry.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
 )
 TIME_TO_ACTION = Histogram(
-    "pullmedic_time_to_action_seconds", "From the first failure seen to the action taken.",
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=REGISTRY,
+    "pullmedic_time_to_action_seconds",
+    "From the first failure seen to the action taken.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
 )
 STUCK_PODS = Gauge(
-    "pullmedic_stuck_pods", "Pods currently stuck pulling an image, by cause.", ["cause"],
+    "pullmedic_stuck_pods",
+    "Pods currently stuck pulling an image, by cause.",
+    ["cause"],
     registry=REGISTRY,
 )
 PULL_ATTEMPTS = Gauge(
-    "pullmedic_pull_attempts", "Kubelet pull attempts so far, summed over stuck workloads.",
+    "pullmedic_pull_attempts",
+    "Kubelet pull attempts so far, summed over stuck workloads.",
     registry=REGISTRY,
 )
 SECONDS_LOST = Counter(
     "pullmedic_backoff_seconds_lost_total",
-    "Seconds workloads spent stuck in image pull back-off before recovering.", registry=REGISTRY,
+    "Seconds workloads spent stuck in image pull back-off before recovering.",
+    registry=REGISTRY,
 )
 SECONDS_SAVED = Counter(
     "pullmedic_backoff_seconds_saved_total",
-    "Back-off waiting avoided by recreating stuck pods after a fix.", registry=REGISTRY,
+    "Back-off waiting avoided by recreating stuck pods after a fix.",
+    registry=REGISTRY,
 )
 
 

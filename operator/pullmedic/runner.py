@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
@@ -49,30 +48,53 @@ class OperatorSettings:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
-                   help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    p.add_argument("--standalone", action="store_true", default=True,
-                   help="run without peering (default; one replica)")
-    p.add_argument("--peering", metavar="NAME",
-                   help="use kopf peering under this name (needs the kopf.dev peering CRDs)")
+    p.add_argument(
+        "--kubeconfig",
+        default=env("KUBECONFIG"),
+        help="kubeconfig file (default: in-cluster, then ~/.kube/config)",
+    )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        default=True,
+        help="run without peering (default; one replica)",
+    )
+    p.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="use kopf peering under this name (needs the kopf.dev peering CRDs)",
+    )
     p.add_argument("--priority", type=int, default=0, help="peering priority")
     p.add_argument("--metrics-port", type=int, default=int(env("PULLMEDIC_METRICS_PORT", "9090")))
-    p.add_argument("--liveness-port", type=int,
-                   default=int(env("PULLMEDIC_LIVENESS_PORT", "8080")))
+    p.add_argument("--liveness-port", type=int, default=int(env("PULLMEDIC_LIVENESS_PORT", "8080")))
     p.add_argument("--bind", default=env("PULLMEDIC_BIND", "0.0.0.0"))
-    p.add_argument("--log-format", choices=["plain", "json"],
-                   default=env("PULLMEDIC_LOG_FORMAT", "plain"))
-    p.add_argument("--operator-namespace", default=env("POD_NAMESPACE"),
-                   help="excluded from ClusterPullPolicies unless named explicitly")
+    p.add_argument(
+        "--log-format", choices=["plain", "json"], default=env("PULLMEDIC_LOG_FORMAT", "plain")
+    )
+    p.add_argument(
+        "--operator-namespace",
+        default=env("POD_NAMESPACE"),
+        help="excluded from ClusterPullPolicies unless named explicitly",
+    )
     p.add_argument("--default-platform", default=env("PULLMEDIC_PLATFORM", "linux/amd64"))
-    p.add_argument("--allow-address", action="append",
-                   default=_split(env("PULLMEDIC_ALLOW_ADDRESSES")),
-                   help="CIDR the registry prober may reach despite being internal (repeat)")
-    p.add_argument("--insecure-registry", action="append",
-                   default=_split(env("PULLMEDIC_INSECURE_REGISTRIES")),
-                   help="registry host[:port] reached over plain http (repeat)")
-    p.add_argument("--recheck-after", type=float, default=30.0,
-                   help="seconds before a still-stuck workload is diagnosed again")
+    p.add_argument(
+        "--allow-address",
+        action="append",
+        default=_split(env("PULLMEDIC_ALLOW_ADDRESSES")),
+        help="CIDR the registry prober may reach despite being internal (repeat)",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=_split(env("PULLMEDIC_INSECURE_REGISTRIES")),
+        help="registry host[:port] reached over plain http (repeat)",
+    )
+    p.add_argument(
+        "--recheck-after",
+        type=float,
+        default=30.0,
+        help="seconds before a still-stuck workload is diagnosed again",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -81,7 +103,6 @@ def _split(value: str | None) -> list[str]:
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
-    nets = tuple(ipaddress.ip_network(a, strict=False) for a in args.allow_address)
     return OperatorSettings(
         engine=EngineSettings(
             operator_namespace=args.operator_namespace,
@@ -91,23 +112,28 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         ),
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-            address_policy=AddressPolicy(allow=nets),
+            address_policy=AddressPolicy(tuple(args.allow_address)),
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
-        peering=PeeringSettings(standalone=not args.peering, name=args.peering or "pullmedic",
-                                priority=args.priority),
+        peering=PeeringSettings(
+            standalone=not args.peering, name=args.peering or "pullmedic", priority=args.priority
+        ),
         log_format=args.log_format,
         kubeconfig=args.kubeconfig,
     )
 
 
 def _api_client(kubeconfig: str | None) -> client.ApiClient:
+    # The config loaders are untyped in the kubernetes package.
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+        return api
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -124,17 +150,19 @@ def run(settings: OperatorSettings) -> int:
     api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
 
     def make_engine() -> Engine:
-        return Engine(Kube(api), Prober(settings.probe), settings.engine)  # type: ignore[arg-type]
+        return Engine(Kube(api), Prober(settings.probe), settings.engine)
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)
     registry = build_registry(make_engine)
     liveness = f"http://{settings.server.bind}:{settings.server.liveness_port}/healthz"
-    asyncio.run(kopf.operator(
-        registry=registry,
-        clusterwide=True,
-        standalone=settings.peering.standalone,
-        peering_name=settings.peering.name,
-        priority=settings.peering.priority,
-        liveness_endpoint=liveness,
-    ))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=True,
+            standalone=settings.peering.standalone,
+            peering_name=settings.peering.name,
+            priority=settings.peering.priority,
+            liveness_endpoint=liveness,
+        )
+    )
     return 0
