@@ -53,8 +53,13 @@ class Sandbox:
 
 
 def start_emulator(
-    kubeconfig: Path, log: Path, *, time_scale: float, platform: str = DEFAULT_PLATFORM,
-    tie: bool = True, node: str = "sandbox-node",
+    kubeconfig: Path,
+    log: Path,
+    *,
+    time_scale: float,
+    platform: str = DEFAULT_PLATFORM,
+    tie: bool = True,
+    node: str = "sandbox-node",
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -62,11 +67,17 @@ def start_emulator(
     )
     return procs.spawn(
         [
-            sys.executable, "-m", "sandbox.emulator",
-            "--kubeconfig", str(kubeconfig),
-            "--time-scale", str(time_scale),
-            "--platform", platform,
-            "--node", node,
+            sys.executable,
+            "-m",
+            "sandbox.emulator",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--time-scale",
+            str(time_scale),
+            "--platform",
+            platform,
+            "--node",
+            node,
         ],
         log,
         env=env,

@@ -48,7 +48,7 @@ def emulator(sandbox: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def api_client(cluster: Any) -> Any:
-    from kubernetes import client, config
+    from kubernetes import config
 
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
