@@ -30,7 +30,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
 
 
 def install_crds(api_client: Any) -> None:
-    for f in sorted((REPO / "crds").glob("*.yaml")):
+    for f in sorted((REPO / "crds").glob("*policies.yaml")):
         doc = yaml.safe_load(f.read_text())
         try:
             utils.create_from_dict(api_client, doc)

@@ -25,6 +25,11 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
     holder: dict[str, Engine] = {}
     tasks: list[asyncio.Task[None]] = []
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Our own registry does not inherit kopf's default login handlers.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # our Events are explicit, never log lines

@@ -139,10 +139,13 @@ def _api_client(kubeconfig: str | None) -> client.ApiClient:
 
 def run(settings: OperatorSettings) -> int:
     kopf.configure(
-        verbose=False,
+        verbose=os.environ.get("PULLMEDIC_DEBUG") == "1",
+        debug=os.environ.get("PULLMEDIC_DEBUG") == "1",
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger("pullmedic").setLevel(logging.INFO)
+    # kopf logs every handler success per object: at thousands of pods that is the hot path.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     api = _api_client(settings.kubeconfig)
@@ -160,7 +163,8 @@ def run(settings: OperatorSettings) -> int:
             registry=registry,
             clusterwide=True,
             standalone=settings.peering.standalone,
-            peering_name=settings.peering.name,
+            # Naming a peering makes it mandatory in kopf: only when peering is wanted.
+        peering_name=None if settings.peering.standalone else settings.peering.name,
             priority=settings.peering.priority,
             liveness_endpoint=liveness,
         )
