@@ -52,6 +52,7 @@ class Diagnoser(Protocol):
         suggest: bool = True,
         candidate_keyrings: Mapping[str, Keyring] | None = None,
         tag_policy: pol.TagCorrection | None = None,
+        distrust_available: bool = False,
     ) -> Diagnosis: ...
 
 
@@ -316,6 +317,8 @@ class Engine:
             suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
             candidate_keyrings=candidates or None,
             tag_policy=policy.tags if policy else None,
+            # The kubelet just failed this pull: a cached "pullable" is stale by definition.
+            distrust_available=True,
         )
         metrics.PROBE_SECONDS.observe(time.monotonic() - t0)
         first = group.cause == ""
@@ -391,7 +394,11 @@ class Engine:
         ):
             # Image patches carry their record; secret fixes and recreations get one too.
             with contextlib.suppress(ApiException):
-                await self.actuator.record(p, p.actions[-1], f.workload)
+                main = next(
+                    (a for a in p.actions if a.type is ActionType.ATTACH_PULL_SECRET),
+                    p.actions[-1],
+                )
+                await self.actuator.record(p, main, f.workload)
         saved = 0.0
         if any(
             r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied" for r in results
@@ -497,7 +504,7 @@ class Engine:
     def _circuit_open(
         self, wobj: Mapping[str, Any] | None, f: Failure, d: Diagnosis, pod_created: float
     ) -> bool:
-        """Open when a pod created AFTER our remediation fails again with the same cause."""
+        """Open when a pod that already carries our fix fails again with the same cause."""
         if not wobj:
             return False
         ann = (wobj.get("metadata") or {}).get("annotations") or {}
@@ -511,12 +518,19 @@ class Engine:
             at = parse_time(rec.get("time")) or 0.0
         except (ValueError, TypeError):
             return False
-        if time.time() - at > self.settings.circuit_window:
+        if time.time() - at > self.settings.circuit_window or rec.get("container") != f.container:
             return False
         same = rec.get("cause") == str(d.cause) or (
             rec.get("cause") in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES
         )
-        return bool(same and rec.get("container") == f.container and pod_created > at + 1)
+        if not same:
+            return False
+        if rec.get("action") in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
+            return bool(f.image == rec.get("newImage"))  # the image we chose fails itself
+        if rec.get("secret"):
+            return rec["secret"] in f.pod_pull_secrets  # the pod got our secret, still fails
+        # Recreated pods: creationTimestamp has whole seconds, so compare at that precision.
+        return pod_created >= int(at)
 
     async def _open_circuit(
         self, f: Failure, workload: ObjectRef, d: Diagnosis, stats: PolicyStats | None

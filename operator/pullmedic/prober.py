@@ -100,6 +100,12 @@ class TTLCache(Generic[K, V]):
     def clear(self) -> None:
         self._data.clear()
 
+    def discard_where(self, pred: Callable[[K, V], bool]) -> int:
+        doomed = [k for k, (_, v) in self._data.items() if pred(k, v)]
+        for k in doomed:
+            del self._data[k]
+        return len(doomed)
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -210,6 +216,7 @@ class Prober:
         candidate_keyrings: Mapping[str, Keyring] | None = None,
         secret_problems: Sequence[SecretProblem] = (),
         tag_policy: TagCorrection | None = None,
+        distrust_available: bool = False,
     ) -> Diagnosis:
         """Probe ``image`` with the credentials ``keyring`` yields for it (as the kubelet
         would: each matching credential in turn, anonymous when none matches).
@@ -219,6 +226,9 @@ class Prober:
         unusable pull secrets, reported as MalformedSecret when they explain a failure.
         ``tag_policy`` picks the tag strategy for suggestions (default: highest patch,
         same major, never ``latest``); ``enabled=False`` turns tag suggestions off.
+        ``distrust_available``: the caller saw a pull of ``image`` fail after a cached
+        "pullable" answer (a tag deleted since, say), so cached successes for it are
+        dropped and the registry is asked again; cached failures still count.
         """
         self.diagnoses += 1
         try:
@@ -242,6 +252,17 @@ class Prober:
                 "fix or remove it - the kubelet fails every pull that uses it.",
                 tuple(Evidence("secret", note=f"{p.secret}: {p.reason}") for p in blocking),
                 {"malformedSecrets": names},
+            )
+        if distrust_available:
+            name = str(ref)
+            self._diag_cache.discard_where(
+                lambda k, v: k[0] == name and v.cause is Cause.ImageAvailable  # type: ignore[index]
+            )
+            self._probe_cache.discard_where(
+                lambda k, v: (
+                    k[1] == name  # type: ignore[index]
+                    and v.observation.manifest_status == 200
+                )
             )
         creds = keyring.lookup(ref)
         cand = candidate_keyrings or {}

@@ -146,6 +146,7 @@ def run(settings: OperatorSettings) -> int:
     logging.getLogger("pullmedic").setLevel(logging.INFO)
     # kopf logs every handler success per object: at thousands of pods that is the hot path.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     api = _api_client(settings.kubeconfig)
@@ -164,7 +165,7 @@ def run(settings: OperatorSettings) -> int:
             clusterwide=True,
             standalone=settings.peering.standalone,
             # Naming a peering makes it mandatory in kopf: only when peering is wanted.
-        peering_name=None if settings.peering.standalone else settings.peering.name,
+            peering_name=None if settings.peering.standalone else settings.peering.name,
             priority=settings.peering.priority,
             liveness_endpoint=liveness,
         )

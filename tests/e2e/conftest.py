@@ -131,3 +131,14 @@ def cluster_policy(custom: Any) -> Iterator[Callable[..., str]]:
         custom.delete_cluster_custom_object(
             "pullmedic.dev", "v1alpha1", "clusterpullpolicies", name
         )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing end-to-end test shows what the operator said."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    op = getattr(item, "funcargs", {}).get("operator")
+    if rep.when == "call" and rep.failed and op is not None:
+        lines = [ln for ln in op.logs().splitlines() if '"kopf.objects"' not in ln]
+        rep.sections.append(("operator log (tail)", "\n".join(lines[-60:])))
