@@ -95,3 +95,42 @@ def running_pods(core: Any, ns: str, selector: str) -> list[Any]:
 def events_for(core: Any, ns: str, name: str | None = None) -> list[Any]:
     evs = core.list_namespaced_event(ns).items
     return [e for e in evs if name is None or e.involved_object.name == name]
+
+
+OPERATOR_NAMESPACE = "pullmedic-system"
+OPERATOR_SERVICE_ACCOUNT = "pullmedic"
+
+
+def install_operator_identity(api_client: Any, kubeconfig_out: Path, server: str, ca: Path) -> Path:
+    """Apply the manifests' own Namespace, ServiceAccount and RBAC, and return a kubeconfig
+    with a token of that ServiceAccount: the operator then runs exactly as installed."""
+    from sandbox.cluster import write_kubeconfig
+
+    base = REPO / "manifests" / "base"
+    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        for doc in yaml.safe_load_all((base / name).read_text()):
+            if not doc:
+                continue
+            try:
+                utils.create_from_dict(api_client, doc)
+            except utils.FailToCreateError as e:
+                if not all(getattr(x, "status", 0) == 409 for x in e.api_exceptions):
+                    raise
+    core = client.CoreV1Api(api_client)
+    wait_for(
+        lambda: core.read_namespaced_service_account(OPERATOR_SERVICE_ACCOUNT, OPERATOR_NAMESPACE),
+        "operator ServiceAccount",
+    )
+    req = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=24 * 3600)
+    )
+    tok = core.create_namespaced_service_account_token(
+        OPERATOR_SERVICE_ACCOUNT, OPERATOR_NAMESPACE, req
+    )
+    return write_kubeconfig(
+        kubeconfig_out,
+        server,
+        ca,
+        token=tok.status.token,
+        user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}",
+    )

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from sandbox.kube import (
+    OPERATOR_NAMESPACE,
     install_crds,
+    install_operator_identity,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +56,8 @@ class OperatorProcess:
                 "127.0.0.0/8",
                 "--recheck-after",
                 "5",
+                "--operator-namespace",
+                OPERATOR_NAMESPACE,
                 *insecure,
                 *extra,
             ],
@@ -79,10 +83,25 @@ class OperatorProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    sandbox: Any, api_client: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The operator never runs as admin here: it gets the manifests' ServiceAccount token."""
+    return install_operator_identity(
+        api_client,
+        tmp_path_factory.mktemp("identity") / "operator.kubeconfig",
+        sandbox.cluster.api_url,
+        sandbox.cluster.pki.ca_cert,
+    )
+
+
 @pytest.fixture(scope="module")
-def operator(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    sandbox: Any, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     op = OperatorProcess(
-        sandbox.kubeconfig,
+        operator_kubeconfig,
         sandbox.registries,
         tmp_path_factory.mktemp("operator") / "operator.log",
     )

@@ -449,6 +449,7 @@ def test_circuit_breaker_stops_a_remediation_that_did_not_help(
 
 def test_restart_mid_remediation_converges_without_duplicate_writes(
     sandbox: Any,
+    operator_kubeconfig: Any,
     registries: Any,
     core: Any,
     apps: Any,
@@ -460,7 +461,7 @@ def test_restart_mid_remediation_converges_without_duplicate_writes(
 
     src_ns = f"{namespace}-src"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src_ns)))
-    op = OperatorProcess(sandbox.kubeconfig, registries, tmp_path / "op1.log")
+    op = OperatorProcess(operator_kubeconfig, registries, tmp_path / "op1.log")
     try:
         r = f"private/restart-{uuid.uuid4().hex[:6]}"
         push_image(registries.bearer, r, "1.0")
@@ -513,6 +514,8 @@ def test_no_marks_on_pods_and_no_secret_material_anywhere(
         for r in registries.all()
         for u, pw in r.users.items()
     }
+    # It ran as the manifests' ServiceAccount and was refused nothing it needed.
+    assert "Forbidden" not in operator.logs() and " 403" not in operator.logs()
     haystacks = [operator.logs()]
     haystacks += [f"{e.message} {e.reason}" for e in core.list_event_for_all_namespaces().items]
     for kind in ("clusterpullpolicies",):
