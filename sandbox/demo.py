@@ -21,11 +21,19 @@ from kubernetes import client, config
 
 from sandbox import paths, procs
 from sandbox.images import push_image
-from sandbox.kube import deployment, dockerconfig_secret, install_crds, running_pods, wait_for
+from sandbox.kube import (
+    OPERATOR_NAMESPACE,
+    deployment,
+    dockerconfig_secret,
+    install_crds,
+    install_operator_identity,
+    running_pods,
+    wait_for,
+)
 from sandbox.registries import Registry
 
 NS = "shop"
-SECRETS_NS = "pullmedic-system"
+SECRETS_NS = OPERATOR_NAMESPACE
 
 
 @dataclass
@@ -100,11 +108,11 @@ def prepare(info: dict[str, Any]) -> tuple[list[Case], dict[str, Any]]:
 
 def apply(api: client.ApiClient, cases: list[Case], extra: dict[str, Any]) -> None:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    install_crds(api)
-    for ns, labels in ((SECRETS_NS, None), (NS, {"pullmedic.dev/heal": "true"})):
-        core.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=labels))
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=NS, labels={"pullmedic.dev/heal": "true"})
         )
+    )
     wait_for(lambda: core.read_namespaced_service_account("default", NS), "default SA")
     b = extra["bearer"]
     core.create_namespaced_secret(
@@ -120,7 +128,12 @@ def apply(api: client.ApiClient, cases: list[Case], extra: dict[str, Any]) -> No
         c.started = time.monotonic()
 
 
-def start_operator(state: Path, info: dict[str, Any]) -> Any:
+def start_operator(state: Path, info: dict[str, Any], api: client.ApiClient) -> Any:
+    """Run pullmedic as its manifests install it: the ServiceAccount's token, not admin."""
+    install_crds(api)
+    kubeconfig = install_operator_identity(
+        api, state / "operator.kubeconfig", info["api_url"], Path(info["ca_file"])
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(paths.REPO / "operator"), env.get("PYTHONPATH", "")])
     args = [
@@ -129,7 +142,9 @@ def start_operator(state: Path, info: dict[str, Any]) -> Any:
         "pullmedic",
         "run",
         "--kubeconfig",
-        info["kubeconfig"],
+        str(kubeconfig),
+        "--operator-namespace",
+        SECRETS_NS,
         "--standalone",
         "--bind",
         "127.0.0.1",
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         cases, extra = prepare(info)
-        start_operator(state, info)
+        start_operator(state, info, api)
         apply(api, cases, extra)
         print(
             f"Broke {len(cases)} workloads in namespace {NS}; pullmedic is healing them "
