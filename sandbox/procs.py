@@ -2,67 +2,105 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # The kernel sends SIGTERM to the child when the forking thread exits: no stray etcd
-    # after a killed pytest. Best effort on non-Linux.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def _pdeathsig() -> Callable[[], None] | None:
+    """preexec_fn asking the kernel to kill the child when its parent dies.
+
+    PDEATHSIG fires when the *thread* that forked exits, so it is only safe from the main
+    thread; elsewhere (e.g. asyncio.to_thread) stop()/atexit are the only safety net.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def set_pdeathsig() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os._exit(1)
+
+    return set_pdeathsig
+
+
 def spawn(
-    argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None, tie: bool = True
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    tie: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start a child with its output in ``log``; ``tie`` kills it when we die."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = log.open("ab")
-    try:
-        return subprocess.Popen(
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if tie else None,
+            preexec_fn=_pdeathsig() if tie else None,  # only prctl runs in the child
         )
-    finally:
-        out.close()
+    if tie:
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
+    return proc
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it if it lingers."""
+    if proc is None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        stop(proc, timeout=5)
 
 
 def kill_pid(pid: int) -> None:
+    """Stop a process we did not start in this interpreter (``sandbox down``)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -91,11 +129,9 @@ def wait_until(
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
-        try:
+        with contextlib.suppress(Exception):
             if check():
                 return
-        except Exception:
-            pass
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s\n{tail}")

@@ -11,17 +11,10 @@ thread dies (PR_SET_PDEATHSIG), and by ``RegistrySet.stop``/atexit otherwise.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import ctypes
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +22,9 @@ from typing import Any
 import httpx
 import yaml
 
+from sandbox import procs
 from sandbox.paths import binary
+from sandbox.procs import free_port
 from sandbox.tokenserver import DEFAULT_ISSUER, DEFAULT_SERVICE, TokenServer, hash_password
 
 BASIC_USERS: dict[str, str] = {"alice": "alice-secret"}
@@ -64,67 +59,11 @@ class RegistrySet:
     def stop(self) -> None:
         """Terminate every registry process (SIGTERM, then SIGKILL) and the token server."""
         for reg in self.all():
-            _terminate(reg.process)
+            procs.stop(reg.process)
             reg.process = None
         if self.token_server is not None:
             self.token_server.stop()
             self.token_server = None
-
-
-_LIVE: set[subprocess.Popen[bytes]] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    with _LIVE_LOCK:
-        _LIVE.discard(proc)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    with _LIVE_LOCK:
-        procs = list(_LIVE)
-    for proc in procs:
-        _terminate(proc)
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """preexec_fn asking the kernel to SIGKILL the child when its parent dies.
-
-    PDEATHSIG fires when the *thread* that forked exits, so it is only safe from the main
-    thread; elsewhere (e.g. asyncio.to_thread) we rely on stop()/atexit only.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    parent = os.getpid()
-
-    def set_pdeathsig() -> None:
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # parent already gone between fork and prctl
-            os._exit(1)
-
-    return set_pdeathsig
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(root: Path, port: int, auth: dict[str, Any] | None, max_tags: int) -> dict[str, Any]:
@@ -160,19 +99,9 @@ def _launch(
     env = dict(os.environ)
     # The registry wires OpenTelemetry's autoexport; without this it tries OTLP on :4318.
     env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"})
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [str(binary("registry")), "serve", str(cfg_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=root,
-            start_new_session=True,
-            preexec_fn=_pdeathsig(),  # only prctl runs in the child
-        )
-    with _LIVE_LOCK:
-        _LIVE.add(proc)
+    proc = procs.spawn(
+        [str(binary("registry")), "serve", str(cfg_path)], log_path, env=env, cwd=root
+    )
     return proc, port, log_path
 
 
@@ -210,11 +139,11 @@ def _start_one(
         try:
             ok = _wait_ready(proc, url, log_path, timeout)
         except BaseException:
-            _terminate(proc)
+            procs.stop(proc)
             raise
         if ok:
             return Registry(name, host, url, push_auth, dict(users), workdir / name, log_path, proc)
-        _terminate(proc)
+        procs.stop(proc)
     raise RuntimeError(f"registry {name} failed to start; see {workdir / name / 'registry.log'}")
 
 
@@ -259,7 +188,7 @@ def start_registries(workdir: Path, *, max_tags: int = 100, timeout: float = 30.
             started.append(_start_one(name, workdir, auth, max_tags, push, users, timeout))
     except BaseException:
         for reg in started:
-            _terminate(reg.process)
+            procs.stop(reg.process)
         tokens.stop()
         raise
     open_, basic, bearer, mirror = started

@@ -1117,18 +1117,22 @@ class RepositorySession:
     ) -> HttpResult:
         await self.prepare()
         headers = {"Accept": accept} if accept else {}
-        result = await self.client.send(
-            self.rec,
-            kind=kind,
-            method=method,
-            url=url,
-            registry_host=self.host,
-            headers=headers,
-            auth_header=self._auth_header,
-            auth_origin=self.origin,
-            credential_label=self.label,
-            max_bytes=max_bytes,
-        )
+
+        async def send() -> HttpResult:
+            return await self.client.send(
+                self.rec,
+                kind=kind,
+                method=method,
+                url=url,
+                registry_host=self.host,
+                headers=headers,
+                auth_header=self._auth_header,  # read at call time: a retry has a new token
+                auth_origin=self.origin,
+                credential_label=self.label,
+                max_bytes=max_bytes,
+            )
+
+        result = await send()
         if result.status == 401 and self._challenge is not None:
             # One retry: a new scope asked for (insufficient_scope), or a stale token.
             ch = next(
@@ -1153,18 +1157,7 @@ class RepositorySession:
                     )
                     if token.token:
                         self._auth_header = f"Bearer {token.token}"
-                        result = await self.client.send(
-                            self.rec,
-                            kind=kind,
-                            method=method,
-                            url=url,
-                            registry_host=self.host,
-                            headers=headers,
-                            auth_header=self._auth_header,
-                            auth_origin=self.origin,
-                            credential_label=self.label,
-                            max_bytes=max_bytes,
-                        )
+                        result = await send()
         return result
 
     def _url(self, suffix: str) -> str:

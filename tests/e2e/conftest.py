@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from sandbox.kube import (
     OPERATOR_NAMESPACE,
+    dockerconfig_secret,
     install_crds,
     install_operator_identity,
 )
@@ -150,6 +152,45 @@ def cluster_policy(custom: Any) -> Iterator[Callable[..., str]]:
         custom.delete_cluster_custom_object(
             "pullmedic.dev", "v1alpha1", "clusterpullpolicies", name
         )
+
+
+@dataclass
+class PrivateCase:
+    image: str
+    source_namespace: str
+
+    @property
+    def copied_secret(self) -> str:
+        return f"pullmedic-{self.source_namespace}-regcred"
+
+
+@pytest.fixture
+def private_case(
+    registries: Any, core: Any, namespace: str, cluster_policy: Callable[..., str]
+) -> Iterator[PrivateCase]:
+    """A private image, its pull secret in another namespace, and a ClusterPullPolicy
+    in Remediate mode naming that secret; the failing namespace has no secret at all."""
+    from kubernetes import client
+
+    from sandbox.images import push_image
+
+    src = f"{namespace}-src"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src)))
+    reg = registries.bearer
+    repo = f"private/app-{uuid.uuid4().hex[:6]}"
+    push_image(reg, repo, "1.0")
+    core.create_namespaced_secret(
+        src, dockerconfig_secret("regcred", src, reg.host, "bob", reg.users["bob"])
+    )
+    cluster_policy(
+        [namespace],
+        mode="Remediate",
+        credentials={"secrets": [{"namespace": src, "name": "regcred"}]},
+    )
+    try:
+        yield PrivateCase(f"{reg.host}/{repo}:1.0", src)
+    finally:
+        core.delete_namespace(src)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -85,43 +85,20 @@ def test_bad_tag_on_deployment_is_fixed_on_the_owner(
 
 
 def test_missing_secret_is_copied_attached_and_pods_recreated(
-    operator: Any,
-    registries: Any,
-    core: Any,
-    apps: Any,
-    namespace: str,
-    cluster_policy: Any,
+    operator: Any, private_case: Any, core: Any, apps: Any, namespace: str
 ) -> None:
-    src_ns = f"{namespace}-src"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src_ns)))
-    try:
-        r = f"private/app-{uuid.uuid4().hex[:6]}"
-        push_image(registries.bearer, r, "1.0")
-        reg = registries.bearer
-        core.create_namespaced_secret(
-            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"])
-        )
-        cluster_policy(
-            [namespace],
-            mode="Remediate",
-            credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]},
-        )
-        apps.create_namespaced_deployment(
-            namespace, deployment("priv", f"{reg.host}/{r}:1.0", replicas=3)
-        )
-        wait_for(
-            lambda: len(running_pods(core, namespace, "app=priv")) == 3,
-            "all private replicas running",
-            90,
-        )
-        copied = core.read_namespaced_secret(f"pullmedic-{src_ns}-regcred", namespace)
-        assert copied.metadata.labels["pullmedic.dev/managed"] == "true"
-        sa = core.read_namespaced_service_account("default", namespace)
-        assert [s.name for s in sa.image_pull_secrets] == [f"pullmedic-{src_ns}-regcred"]
-        pods = running_pods(core, namespace, "app=priv")
-        assert all(p.spec.image_pull_secrets for p in pods)  # new pods got it at admission
-    finally:
-        core.delete_namespace(src_ns)
+    apps.create_namespaced_deployment(namespace, deployment("priv", private_case.image, 3))
+    wait_for(
+        lambda: len(running_pods(core, namespace, "app=priv")) == 3,
+        "all private replicas running",
+        90,
+    )
+    copied = core.read_namespaced_secret(private_case.copied_secret, namespace)
+    assert copied.metadata.labels["pullmedic.dev/managed"] == "true"
+    sa = core.read_namespaced_service_account("default", namespace)
+    assert [s.name for s in sa.image_pull_secrets] == [private_case.copied_secret]
+    pods = running_pods(core, namespace, "app=priv")
+    assert all(p.spec.image_pull_secrets for p in pods)  # new pods got it at admission
 
 
 def test_pullpolicy_cannot_name_another_namespaces_secret(custom: Any, namespace: str) -> None:
@@ -450,35 +427,20 @@ def test_circuit_breaker_stops_a_remediation_that_did_not_help(
 def test_restart_mid_remediation_converges_without_duplicate_writes(
     sandbox: Any,
     operator_kubeconfig: Any,
+    private_case: Any,
     registries: Any,
     core: Any,
     apps: Any,
     namespace: str,
-    cluster_policy: Any,
     tmp_path: Any,
 ) -> None:
     from tests.e2e.conftest import OperatorProcess
 
-    src_ns = f"{namespace}-src"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src_ns)))
+    apps.create_namespaced_deployment(namespace, deployment("rs", private_case.image, 2))
     op = OperatorProcess(operator_kubeconfig, registries, tmp_path / "op1.log")
     try:
-        r = f"private/restart-{uuid.uuid4().hex[:6]}"
-        push_image(registries.bearer, r, "1.0")
-        reg = registries.bearer
-        core.create_namespaced_secret(
-            src_ns, dockerconfig_secret("regcred", src_ns, reg.host, "bob", reg.users["bob"])
-        )
-        cluster_policy(
-            [namespace],
-            mode="Remediate",
-            credentials={"secrets": [{"namespace": src_ns, "name": "regcred"}]},
-        )
-        apps.create_namespaced_deployment(
-            namespace, deployment("rs", f"{reg.host}/{r}:1.0", replicas=2)
-        )
         op.start()
-        copied = f"pullmedic-{src_ns}-regcred"
+        copied = private_case.copied_secret
         wait_for(
             lambda: core.read_namespaced_secret(copied, namespace), "first write", 60, every=0.05
         )
@@ -492,7 +454,6 @@ def test_restart_mid_remediation_converges_without_duplicate_writes(
         assert core.read_namespaced_secret(copied, namespace).metadata.resource_version == rv
     finally:
         op.stop()
-        core.delete_namespace(src_ns)
 
 
 def test_no_marks_on_pods_and_no_secret_material_anywhere(
