@@ -230,6 +230,14 @@ STATUS = {
                 "secondsSavedByRecreation": {"type": "number"},
             },
         },
+        "managedSecrets": {
+            "type": "array",
+            "description": "Secret copies this policy made and keeps in sync with their source.",
+            "items": {
+                "type": "object",
+                "properties": {"source": {"type": "string"}, "copy": {"type": "string"}},
+            },
+        },
         "lastActions": {
             "type": "array",
             "maxItems": 20,

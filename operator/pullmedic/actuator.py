@@ -147,6 +147,12 @@ class Actuator:
                 break  # later actions depend on earlier ones (copy before attach)
         return results
 
+    async def apply_action(self, a: Action) -> Result:
+        """One plan-independent action (the periodic refresh of managed secret copies)."""
+        if a.type is not ActionType.COPY_SECRET:
+            raise ValueError(f"{a.type} needs its plan")
+        return await self._copy_secret(a)
+
     async def _apply_one(self, plan: Plan, a: Action) -> Result:
         if a.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
             return await self._patch_image(plan, a)

@@ -30,7 +30,15 @@ from pullmedic.detection import (
 )
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.keyring import Keyring, PullSecret
-from pullmedic.planning import API_VERSIONS, ActionType, Failure, ObjectRef, Plan, plan
+from pullmedic.planning import (
+    API_VERSIONS,
+    Action,
+    ActionType,
+    Failure,
+    ObjectRef,
+    Plan,
+    plan,
+)
 from pullmedic.platforms import Platform
 
 log = logging.getLogger("pullmedic")
@@ -64,6 +72,7 @@ class EngineSettings:
     recheck_after: float = 30.0  # re-diagnose a group still stuck after this long
     circuit_window: float = 3600.0
     status_interval: float = 1.0
+    secret_sync_interval: float = 60.0  # how often managed copies follow their source
     dry_run: bool = False
 
 
@@ -97,6 +106,7 @@ class PolicyStats:
     lost: float = 0.0
     saved: float = 0.0
     remediations: deque[float] = field(default_factory=deque)
+    copies: set[tuple[str, str]] = field(default_factory=set)  # (source ns/name, copy ns/name)
     dirty: bool = True
 
 
@@ -186,7 +196,10 @@ class Engine:
                     "; ".join(problems),
                     "Warning",
                 )
-        self.stats.setdefault(policy.key, PolicyStats())
+        st = self.stats.setdefault(policy.key, PolicyStats())
+        for item in status.get("managedSecrets") or ():
+            if item.get("source") and item.get("copy"):
+                st.copies.add((str(item["source"]), str(item["copy"])))
 
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Cheap: runs for every pod event in the cluster."""
@@ -351,7 +364,7 @@ class Engine:
             p.render(),
             extra={"cause": str(diagnosis.cause), "workload": str(workload or rep.ref)},
         )
-        await self._report_diagnosis(failure, diagnosis, p, first)
+        await self._report_diagnosis(failure, diagnosis, p, first, rep)
         if stats is not None and first:
             stats.counts["detected"] += 1
             stats.dirty = True
@@ -432,6 +445,14 @@ class Engine:
                 "Warning",
             )
         if stats is not None:
+            for r in results:
+                if (
+                    r.action.type is ActionType.COPY_SECRET
+                    and r.action.source is not None
+                    and (r.outcome in ("applied", "unchanged"))
+                ):
+                    copy = f"{r.action.target.namespace}/{r.action.secret}"
+                    stats.copies.add((str(r.action.source), copy))
             if wrote:
                 stats.counts["remediated"] += 1
                 stats.remediations.append(time.time())
@@ -475,12 +496,19 @@ class Engine:
             )
             stats.dirty = True
 
-    async def _report_diagnosis(self, f: Failure, d: Diagnosis, p: Plan, first: bool) -> None:
+    async def _report_diagnosis(
+        self, f: Failure, d: Diagnosis, p: Plan, first: bool, rep: PodState
+    ) -> None:
         if not first:
             return
+        b = backoff.state(time.monotonic() - rep.first_seen)
         msg = f"{d.summary} (cause {d.cause}, confidence {d.confidence})"
         if p.note:
             msg += f"; {p.note}"
+        msg += (
+            f". Kubelet back-off so far: {b.attempts} pull attempt(s), current step "
+            f"{b.current_step:.0f}s, next retry in {b.next_attempt_in:.0f}s"
+        )
         await events.post(
             self.kube,
             _involved(f.pod),
@@ -690,11 +718,56 @@ class Engine:
                                 "secondsSavedByRecreation": round(st.saved, 1),
                             },
                             "lastActions": list(st.last_actions),
+                            "managedSecrets": [
+                                {"source": src, "copy": dst} for src, dst in sorted(st.copies)
+                            ],
                         },
                     )
                 except ApiException as e:
                     log.warning("status of %s not written: %s", key, e.status)
                     st.dirty = True
+
+    async def run_secret_sync(self) -> None:
+        """Managed copies follow their source: a rotated registry password reaches every
+        namespace a ClusterPullPolicy copied it to, without watching all secrets."""
+        while True:
+            await asyncio.sleep(self.settings.secret_sync_interval)
+            for key, st in list(self.stats.items()):
+                policy = self.policies.get(key)
+                if policy is None or not policy.is_cluster:
+                    continue
+                for src, dst in sorted(st.copies):
+                    await self._sync_copy(policy, src, dst)
+
+    async def _sync_copy(self, policy: pol.Policy, src: str, dst: str) -> None:
+        src_ns, _, src_name = src.partition("/")
+        dst_ns, _, dst_name = dst.partition("/")
+        if pol.SecretRef(src_ns, src_name) not in policy.secrets:
+            return  # no longer a candidate of this policy: leave the copy alone
+        if not policy.selects_namespace(
+            dst_ns, self.namespaces.get(dst_ns, {}), self.settings.operator_namespace
+        ):
+            return  # never write into a namespace the policy does not select
+        action = Action(
+            ActionType.COPY_SECRET,
+            ObjectRef("Secret", dst_ns, dst_name),
+            f"refresh {dst} from {src}",
+            source=pol.SecretRef(src_ns, src_name),
+            secret=dst_name,
+        )
+        try:
+            result = await self.actuator.apply_action(action)
+        except ApiException as e:
+            log.warning("could not refresh %s from %s: %s", dst, src, e.status)
+            return
+        metrics.ACTIONS.labels(action="RefreshSecret", outcome=result.outcome).inc()
+        if result.outcome == "applied":
+            await events.post(
+                self.kube,
+                _policy_involved(policy),
+                "SecretRefreshed",
+                f"Copy {dst} updated after its source {src} changed.",
+            )
 
     def _update_stuck_gauge(self) -> None:
         by_cause: dict[str, int] = {}

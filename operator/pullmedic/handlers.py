@@ -39,7 +39,9 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
         engine = make_engine()
         holder["engine"] = engine
-        tasks.append(asyncio.get_running_loop().create_task(engine.run_status_flusher()))
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(engine.run_status_flusher()))
+        tasks.append(loop.create_task(engine.run_secret_sync()))
         log.info("pullmedic started")
 
     @kopf.on.cleanup(registry=registry)

@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds before a still-stuck workload is diagnosed again",
     )
+    p.add_argument(
+        "--secret-sync-interval",
+        type=float,
+        default=60.0,
+        help="seconds between refreshes of managed secret copies from their source",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -108,6 +114,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             operator_namespace=args.operator_namespace,
             default_platform=args.default_platform,
             recheck_after=args.recheck_after,
+            secret_sync_interval=args.secret_sync_interval,
             dry_run=args.dry_run,
         ),
         probe=ClientConfig(

@@ -37,6 +37,7 @@ class OperatorProcess:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "operator"), env.get("PYTHONPATH", "")])
         insecure = [a for r in self.registries.all() for a in ("--insecure-registry", r.host)]
         self.metrics_port = procs.free_port()
+        self.liveness_port = procs.free_port()
         self.proc = procs.spawn(
             [
                 sys.executable,
@@ -51,7 +52,7 @@ class OperatorProcess:
                 "--metrics-port",
                 str(self.metrics_port),
                 "--liveness-port",
-                str(procs.free_port()),
+                str(self.liveness_port),
                 "--bind",
                 "127.0.0.1",
                 "--allow-address",
@@ -60,6 +61,8 @@ class OperatorProcess:
                 "5",
                 "--operator-namespace",
                 OPERATOR_NAMESPACE,
+                "--secret-sync-interval",
+                "1",
                 *insecure,
                 *extra,
             ],

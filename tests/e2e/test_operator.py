@@ -100,6 +100,21 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
     pods = running_pods(core, namespace, "app=priv")
     assert all(p.spec.image_pull_secrets for p in pods)  # new pods got it at admission
 
+    # The source rotates: the managed copy follows without any pod failing.
+    src = core.read_namespaced_secret("regcred", private_case.source_namespace)
+    rotated = dockerconfig_secret(
+        "regcred", private_case.source_namespace, "other.example.com:5000", "bob", "rotated"
+    )
+    src.data = rotated.data
+    core.replace_namespaced_secret("regcred", private_case.source_namespace, src)
+    wait_for(
+        lambda: (
+            core.read_namespaced_secret(private_case.copied_secret, namespace).data == rotated.data
+        ),
+        "the managed copy to follow its rotated source",
+        30,
+    )
+
 
 def test_pullpolicy_cannot_name_another_namespaces_secret(custom: Any, namespace: str) -> None:
     body = {
@@ -454,6 +469,26 @@ def test_restart_mid_remediation_converges_without_duplicate_writes(
         assert core.read_namespaced_secret(copied, namespace).metadata.resource_version == rv
     finally:
         op.stop()
+
+
+def test_metrics_and_health_endpoints(operator: Any) -> None:
+    """Runs after the scenarios above: their detections and actions are counted."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("pullmedic_")
+    }
+    assert samples['pullmedic_detections_total{cause="TagNotFound"}'] >= 1
+    assert samples['pullmedic_actions_total{action="PatchWorkloadImage",outcome="applied"}'] >= 1
+    assert samples['pullmedic_actions_total{action="RecreatePods",outcome="applied"}'] >= 1
+    assert samples["pullmedic_time_to_action_seconds_count"] >= 1
+    assert samples["pullmedic_probe_duration_seconds_count"] >= 1
+    assert samples["pullmedic_backoff_seconds_saved_total"] > 0
+    health = httpx.get(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5)
+    assert health.status_code == 200
 
 
 def test_no_marks_on_pods_and_no_secret_material_anywhere(

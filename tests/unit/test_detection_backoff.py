@@ -33,8 +33,10 @@ def waiting(name: str, reason: str, image: str = "ignored") -> dict[str, Any]:
         ({"containerStatuses": [waiting("b", "ErrImagePull")]}, [("containers", 1, "redis:7")]),
         ({"containerStatuses": [waiting("a", "ImagePullBackOff")]}, [("containers", 0, "nginx:1")]),
         (
-            {"initContainerStatuses": [waiting("init", "InvalidImageName")],
-             "containerStatuses": [waiting("a", "PodInitializing")]},
+            {
+                "initContainerStatuses": [waiting("init", "InvalidImageName")],
+                "containerStatuses": [waiting("a", "PodInitializing")],
+            },
             [("initContainers", 0, "busybox:1")],
         ),
         (
