@@ -7,11 +7,12 @@ cannot express and reports it as text for a ``Ready=False`` condition.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from pullmedic.tags import SemverRange
 
 GROUP = "pullmedic.dev"
 VERSION = "v1alpha1"
@@ -204,9 +205,6 @@ def _selector(raw: Any, where: str, problems: list[str]) -> LabelSelector:
     return LabelSelector(tuple(sorted((str(k), str(v)) for k, v in ml.items())), tuple(exprs))
 
 
-_RANGE_PART = re.compile(r"^(\^|~|>=|<=|>|<|=)?v?\d+(\.\d+){0,2}$")
-
-
 def _check_glob(g: str) -> str | None:
     if any(c.isspace() for c in g):
         return f"image glob {g!r} contains whitespace"
@@ -242,8 +240,13 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
     if strategy is TagStrategy.SEMVER_RANGE:
         if not rng:
             problems.append("tagCorrection.strategy SemverRange needs tagCorrection.range")
-        elif not all(_RANGE_PART.match(part) for part in str(rng).replace(",", " ").split()):
-            problems.append(f"tagCorrection.range {rng!r} is not a semver constraint like '^1.4'")
+        else:
+            try:
+                SemverRange(str(rng))  # the same parser the prober ranks tags with
+            except ValueError as exc:
+                problems.append(
+                    f"tagCorrection.range {rng!r} is not a semver constraint like '^1.4' ({exc})"
+                )
 
     creds = spec.get("credentials") or {}
     secrets: list[SecretRef] = []
