@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,9 @@ class Kube:
         return await asyncio.to_thread(self._call, method, path, body, content_type, query)
 
     async def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        """None when absent, or of a kind pullmedic never reads (Tekton, Argo, ...)."""
+        if kind not in PATHS:
+            return None
         try:
             obj = await self.call("GET", PATHS[kind].format(ns=ns, name=name))
         except ApiException as e:
@@ -137,11 +141,14 @@ class Actuator:
         self.kube = kube
         self.dry_run = dry_run
 
-    async def apply(self, plan: Plan) -> list[Result]:
+    async def apply(self, plan: Plan, *, started: float | None = None) -> list[Result]:
+        """Apply in order; ``started`` (epoch seconds) stamps the record, taken before the
+        first write so pods recreated by this plan are never older than its record."""
+        at = time.time() if started is None else started
         results: list[Result] = []
         for action in plan.actions:
             try:
-                results.append(await self._apply_one(plan, action))
+                results.append(await self._apply_one(plan, action, at))
             except ApiException as e:
                 results.append(Result(action, "failed", f"API {e.status}: {e.reason}"))
                 break  # later actions depend on earlier ones (copy before attach)
@@ -153,9 +160,9 @@ class Actuator:
             raise ValueError(f"{a.type} needs its plan")
         return await self._copy_secret(a)
 
-    async def _apply_one(self, plan: Plan, a: Action) -> Result:
+    async def _apply_one(self, plan: Plan, a: Action, at: float) -> Result:
         if a.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
-            return await self._patch_image(plan, a)
+            return await self._patch_image(plan, a, at)
         if a.type is ActionType.COPY_SECRET:
             return await self._copy_secret(a)
         if a.type is ActionType.ATTACH_PULL_SECRET:
@@ -164,7 +171,7 @@ class Actuator:
             return await self._recreate(a)
         return Result(a, "skipped", "report only")
 
-    async def _patch_image(self, plan: Plan, a: Action) -> Result:
+    async def _patch_image(self, plan: Plan, a: Action, at: float) -> Result:
         t = a.target
         obj = await self.kube.get(t.kind, t.namespace, t.name)
         if obj is None:
@@ -179,38 +186,46 @@ class Actuator:
             {"op": "replace", "path": a.container_path, "value": a.new_image},
         ]
         if t.kind != "Pod":  # never annotate pods: they are not ours to mark
-            ops += self._annotation_ops(obj, plan, a)
+            ops += self.annotation_ops(
+                obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}
+            )
         await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
         return Result(
             a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
         )
 
     @staticmethod
-    def _annotation_ops(obj: Mapping[str, Any], plan: Plan, a: Action) -> list[dict[str, Any]]:
-        record = remediation_record(plan, a)
-        if not (obj.get("metadata") or {}).get("annotations"):
+    def annotation_ops(obj: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[str, Any]]:
+        """JSON patch ops setting annotations; creating the map tests the resourceVersion
+        so a concurrent writer's annotations are never replaced."""
+        meta = obj.get("metadata") or {}
+        if not meta.get("annotations"):
             return [
                 {
-                    "op": "add",
-                    "path": "/metadata/annotations",
-                    "value": {REMEDIATION_ANNOTATION: record},
-                }
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta.get("resourceVersion"),
+                },
+                {"op": "add", "path": "/metadata/annotations", "value": dict(values)},
             ]
         return [
-            {
-                "op": "add",
-                "path": f"/metadata/annotations/{_escape(REMEDIATION_ANNOTATION)}",
-                "value": record,
-            }
+            {"op": "add", "path": f"/metadata/annotations/{_escape(k)}", "value": v}
+            for k, v in values.items()
         ]
 
-    async def record(self, plan: Plan, a: Action, workload: ObjectRef) -> None:
+    async def record(
+        self, plan: Plan, a: Action, workload: ObjectRef, *, started: float | None = None
+    ) -> None:
         """Note a non-image remediation (secrets, recreation) on the workload for humans."""
         obj = await self.kube.get(workload.kind, workload.namespace, workload.name)
         if obj is None or self.dry_run:
             return
+        at = time.time() if started is None else started
         await self.kube.json_patch(
-            workload.kind, workload.namespace, workload.name, self._annotation_ops(obj, plan, a)
+            workload.kind,
+            workload.namespace,
+            workload.name,
+            self.annotation_ops(obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}),
         )
 
     async def _copy_secret(self, a: Action) -> Result:
@@ -320,10 +335,10 @@ class Actuator:
         return Result(a, outcome, f"deleted {deleted} of {len(a.pods)} stuck pods")
 
 
-def remediation_record(plan: Plan, a: Action) -> str:
+def remediation_record(plan: Plan, a: Action, at: float) -> str:
     return json.dumps(
         {
-            "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time": dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "cause": str(plan.cause),
             "policy": plan.policy,
             "action": str(a.type),

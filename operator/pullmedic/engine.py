@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from pullmedic.detection import (
     stuck_containers,
 )
 from pullmedic.diagnosis import Cause, Diagnosis
-from pullmedic.keyring import Keyring, PullSecret
+from pullmedic.keyring import Keyring, PullSecret, SecretProblem
 from pullmedic.planning import (
     API_VERSIONS,
     Action,
@@ -60,6 +60,7 @@ class Diagnoser(Protocol):
         suggest: bool = True,
         candidate_keyrings: Mapping[str, Keyring] | None = None,
         tag_policy: pol.TagCorrection | None = None,
+        secret_problems: Sequence[SecretProblem] = (),
         distrust_available: bool = False,
     ) -> Diagnosis: ...
 
@@ -84,6 +85,8 @@ class PodState:
     first_seen: float
     created: float
     policy: str | None = None
+    groups: set[tuple[str, str, str]] = field(default_factory=set)
+    checked: float = 0.0  # last time the sweep confirmed the pod still exists
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Group:
     handled_at: float = 0.0
     cause: str = ""
     pods: set[str] = field(default_factory=set)
+    posted: str = ""  # fingerprint of the last Event-worthy outcome: post only on change
 
 
 @dataclass
@@ -134,6 +138,51 @@ def _owner_key(pod: Mapping[str, Any]) -> str:
     return f"{ref.get('kind')}/{meta.get('namespace')}/{ref.get('name')}"
 
 
+class Postpone(Exception):
+    """Not enough known yet to decide safely (e.g. a namespace's labels); retry soon."""
+
+
+@dataclass(frozen=True)
+class RemediationRecord:
+    """What was done to a workload, for the circuit breaker (annotation or memory)."""
+
+    at: float
+    cause: str
+    container: str
+    action: str
+    new_image: str
+    secret: str
+
+    @classmethod
+    def from_annotation(cls, raw: str | None) -> RemediationRecord | None:
+        if not raw:
+            return None
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(rec, dict):
+            return None  # anyone who can edit the workload can write this: trust nothing
+        at = rec.get("time")
+        try:
+            when = parse_time(at) if isinstance(at, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            return None
+        return cls(
+            when,
+            str(rec.get("cause", "")),
+            str(rec.get("container", "")),
+            str(rec.get("action", "")),
+            str(rec.get("newImage") or ""),
+            str(rec.get("secret") or ""),
+        )
+
+
+RECREATABLE_OWNERS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
+
+
 class Engine:
     def __init__(self, kube: Kube, prober: Diagnoser, settings: EngineSettings) -> None:
         self.kube = kube
@@ -147,6 +196,11 @@ class Engine:
         self.stats: dict[str, PolicyStats] = {}
         self.policy_status: dict[str, dict[str, Any]] = {}
         self._node_platforms: dict[str, Platform] = {}
+        # Remediations this process made, by (workload, container): the circuit breaker for
+        # owners it may not annotate (bare Jobs/ReplicaSets, bare pods); annotations carry it
+        # across restarts where RBAC allows.
+        self.records: dict[tuple[str, str], RemediationRecord] = {}
+        self.circuits: set[tuple[str, str]] = set()
         self._flusher: asyncio.Task[None] | None = None
 
     # ---- inputs -------------------------------------------------------------------------
@@ -191,7 +245,7 @@ class Engine:
             if problems:
                 await events.post(
                     self.kube,
-                    _policy_involved(policy),
+                    self._policy_involved(policy),
                     "InvalidSpec",
                     "; ".join(problems),
                     "Warning",
@@ -226,8 +280,11 @@ class Engine:
         else:
             state.containers = stuck
         owner = _owner_key(body)
-        for c in stuck:
-            key = (owner, c.name, c.image)
+        keys = {(owner, c.name, c.image) for c in stuck}
+        for old in state.groups - keys:  # the image changed: leave the old group
+            self._leave(old, uid)
+        state.groups = keys
+        for key in keys:
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = Group(key, now)
@@ -248,24 +305,43 @@ class Engine:
             st = self.stats[state.policy]
             st.lost += lost
             st.dirty = True
-        for key, group in list(self.groups.items()):
-            group.pods.discard(state.ref.uid)
-            if not group.pods and (group.task is None or group.task.done()):
-                del self.groups[key]
+        for key in state.groups:
+            self._leave(key, state.ref.uid)
+
+    def _leave(self, key: tuple[str, str, str], uid: str) -> None:
+        group = self.groups.get(key)
+        if group is None:
+            return
+        group.pods.discard(uid)
+        if not group.pods and (group.task is None or group.task.done()):
+            del self.groups[key]
 
     # ---- the decision loop --------------------------------------------------------------
 
     async def _handle(self, group: Group) -> None:
+        retry_in: float | None = None
         try:
             await asyncio.sleep(self.settings.debounce)
             await self._decide(group)
         except asyncio.CancelledError:
             raise
+        except Postpone as why:
+            log.info("postponing %s: %s", "/".join(group.key), why)
+            retry_in = 1.0
         except Exception:
             log.exception("handling %s failed; will retry", "/".join(group.key))
-            group.handled_at = time.monotonic() - self.settings.recheck_after + 5.0
-        else:
-            group.handled_at = time.monotonic()
+            retry_in = 5.0
+        group.handled_at = time.monotonic()
+        if retry_in is not None:
+            group.handled_at -= max(0.0, self.settings.recheck_after - retry_in)
+            asyncio.get_running_loop().call_later(retry_in + 0.01, self._reschedule, group.key)
+        if not group.pods:
+            self.groups.pop(group.key, None)
+
+    def _reschedule(self, key: tuple[str, str, str]) -> None:
+        group = self.groups.get(key)
+        if group is not None and group.pods:
+            self._schedule(group, time.monotonic())
 
     async def _decide(self, group: Group) -> None:
         members = [self.pods[u] for u in sorted(group.pods) if u in self.pods]
@@ -278,6 +354,9 @@ class Engine:
             return
         pod = rep.body
         ns = rep.ref.namespace
+        if ns not in self.namespaces:
+            # Unknown labels would match NotIn/DoesNotExist selectors: never guess.
+            raise Postpone(f"labels of namespace {ns} not known yet")
         workload, job, wobj = await self._owner_chain(pod)
         wspec_index = _template_index(wobj, workload, sc) if wobj else None
 
@@ -320,7 +399,7 @@ class Engine:
         for m in members:
             m.policy = policy.key if policy else None
 
-        keyring, candidates = await self._keyrings(pod, policy)
+        keyring, candidates, problems = await self._keyrings(pod, policy)
         platform = await self._platform(pod["spec"].get("nodeName"))
         t0 = time.monotonic()
         diagnosis = await self.prober.diagnose(
@@ -330,6 +409,7 @@ class Engine:
             suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
             candidate_keyrings=candidates or None,
             tag_policy=policy.tags if policy else None,
+            secret_problems=problems,
             # The kubelet just failed this pull: a cached "pullable" is stale by definition.
             distrust_available=True,
         )
@@ -343,8 +423,16 @@ class Engine:
         if policy and diagnosis.cause in (Cause.RegistryUnreachable, Cause.RateLimited):
             mirror_image = await self._verified_mirror(sc.image, policy, keyring, platform)
 
-        circuit = self._circuit_open(wobj, failure, diagnosis, rep.created)
-        stats = self.stats.setdefault(policy.key, PolicyStats()) if policy else None
+        if policy is not None:
+            # The policy may have changed or gone while we probed (a kill switch to Observe).
+            current = self.policies.get(policy.key)
+            if current is None or current.generation != policy.generation:
+                raise Postpone(f"{policy.key} changed while diagnosing")
+            policy = current
+        remediating = policy is not None and policy.mode is pol.Mode.REMEDIATE
+        target = workload or rep.ref
+        circuit = remediating and self._circuit_open(wobj, target, failure, diagnosis, rep.created)
+        stats = self.stats.get(policy.key) if policy else None
         rate_limited = False
         if stats is not None and policy is not None:
             now = time.time()
@@ -359,10 +447,13 @@ class Engine:
             circuit_open=circuit,
             rate_limited=rate_limited,
         )
+        slot = time.time()
+        if p.apply and stats is not None:
+            stats.remediations.append(slot)  # reserved with no await since the check
         log.info(
             "plan %s",
             p.render(),
-            extra={"cause": str(diagnosis.cause), "workload": str(workload or rep.ref)},
+            extra={"cause": str(diagnosis.cause), "workload": str(target)},
         )
         await self._report_diagnosis(failure, diagnosis, p, first, rep)
         if stats is not None and first:
@@ -370,13 +461,13 @@ class Engine:
             stats.dirty = True
         self._account_backoff(members, stats)
 
-        if circuit and workload is not None:
-            await self._open_circuit(failure, workload, diagnosis, stats)
+        if circuit:
+            await self._open_circuit(failure, target, wobj, diagnosis, stats, group)
             return
         if p.apply:
-            await self._apply(p, failure, members, stats, group)
+            await self._apply(p, failure, members, stats, group, slot)
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
-            await self._suggest(p, failure, stats)
+            await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
             mode=str(p.mode),
             decision=(
@@ -389,29 +480,30 @@ class Engine:
         ).inc()
 
     async def _apply(
-        self, p: Plan, f: Failure, members: list[PodState], stats: PolicyStats | None, group: Group
+        self,
+        p: Plan,
+        f: Failure,
+        members: list[PodState],
+        stats: PolicyStats | None,
+        group: Group,
+        started: float,
     ) -> None:
-        results = await self.actuator.apply(p)
+        results = await self.actuator.apply(p, started=started)
+        # Account first: nothing after this point may make the plan run again unrecorded.
         ok = all(r.outcome in ("applied", "unchanged", "dry-run", "skipped") for r in results)
+        wrote = any(r.outcome == "applied" for r in results)
+        target = f.workload or f.pod
+        main = next(
+            (a for a in p.actions if a.type is ActionType.ATTACH_PULL_SECRET),
+            next((a for a in p.actions if a.new_image), p.actions[-1]),
+        )
+        if wrote:
+            self.records[(str(target), f.container)] = RemediationRecord(
+                started, str(p.cause), f.container, str(main.type), main.new_image, main.secret
+            )
         for r in results:
             metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
         metrics.TIME_TO_ACTION.observe(time.monotonic() - group.first_seen)
-        wrote = any(r.outcome == "applied" for r in results)
-        if (
-            f.workload is not None
-            and wrote
-            and not any(
-                r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
-                for r in results
-            )
-        ):
-            # Image patches carry their record; secret fixes and recreations get one too.
-            with contextlib.suppress(ApiException):
-                main = next(
-                    (a for a in p.actions if a.type is ActionType.ATTACH_PULL_SECRET),
-                    p.actions[-1],
-                )
-                await self.actuator.record(p, main, f.workload)
         saved = 0.0
         if any(
             r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied" for r in results
@@ -423,39 +515,19 @@ class Engine:
             f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail else "")
             for r in results
         )
-        target = f.workload or f.pod
-        if wrote:
-            msg = f"Remediated {p.cause} for container {f.container}: {text}"
-            if saved:
-                msg += f"; back-off waiting saved by recreating pods: {saved:.0f}s"
-            await events.post(self.kube, _involved(target), "Remediated", msg)
-            if p.policy and p.policy in self.policies:
-                await events.post(
-                    self.kube,
-                    _policy_involved(self.policies[p.policy]),
-                    "Remediated",
-                    f"{target}: {msg}",
-                )
-        elif not ok:
-            await events.post(
-                self.kube,
-                _involved(target),
-                "RemediationFailed",
-                f"Could not remediate {p.cause}: {text}",
-                "Warning",
-            )
         if stats is not None:
+            if not wrote and started in stats.remediations:
+                stats.remediations.remove(started)  # nothing written: give the slot back
             for r in results:
                 if (
                     r.action.type is ActionType.COPY_SECRET
                     and r.action.source is not None
-                    and (r.outcome in ("applied", "unchanged"))
+                    and r.outcome in ("applied", "unchanged")
                 ):
                     copy = f"{r.action.target.namespace}/{r.action.secret}"
                     stats.copies.add((str(r.action.source), copy))
             if wrote:
                 stats.counts["remediated"] += 1
-                stats.remediations.append(time.time())
             if not ok:
                 stats.counts["failed"] += 1
             stats.saved += saved
@@ -470,9 +542,51 @@ class Engine:
                 }
             )
             stats.dirty = True
+        if (
+            f.workload is not None
+            and wrote
+            and f.workload.kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob")
+            and not any(
+                r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
+                for r in results
+            )
+        ):
+            # Image patches carry their record; secret fixes and recreations get one too.
+            with contextlib.suppress(ApiException):
+                await self.actuator.record(p, main, f.workload, started=started)
+        if wrote:
+            msg = f"Remediated {p.cause} for container {f.container}: {text}"
+            if saved:
+                msg += f"; back-off waiting saved by recreating pods: {saved:.0f}s"
+            await events.post(self.kube, _involved(target), "Remediated", msg)
+            if p.policy and p.policy in self.policies:
+                await events.post(
+                    self.kube,
+                    self._policy_involved(self.policies[p.policy]),
+                    "Remediated",
+                    f"{target}: {msg}",
+                )
+        elif not ok and self._fresh(group, f"failed:{p.cause}:{text}"):
+            await events.post(
+                self.kube,
+                _involved(target),
+                "RemediationFailed",
+                f"Could not remediate {p.cause}: {text}",
+                "Warning",
+            )
 
-    async def _suggest(self, p: Plan, f: Failure, stats: PolicyStats | None) -> None:
+    @staticmethod
+    def _fresh(group: Group, fingerprint: str) -> bool:
+        """True once per distinct outcome of a group: rechecks must not flood Events."""
+        if group.posted == fingerprint:
+            return False
+        group.posted = fingerprint
+        return True
+
+    async def _suggest(self, p: Plan, f: Failure, stats: PolicyStats | None, group: Group) -> None:
         target = f.workload or f.pod
+        if not self._fresh(group, "suggest:" + "|".join(p.suggestions) + p.note):
+            return
         cmds = " && ".join(p.suggestions)
         msg = (
             f"Suggested fix for {p.cause} in container {f.container}: "
@@ -517,12 +631,13 @@ class Engine:
             "Normal" if d.cause is Cause.ImageAvailable else "Warning",
         )
 
+    def _policy_involved(self, p: pol.Policy) -> events.Involved:
+        # The apiserver keeps Events of cluster-scoped objects in `default`.
+        return events.Involved(f"{pol.GROUP}/{pol.VERSION}", p.kind, p.namespace, p.name, p.uid)
+
     def _account_backoff(self, members: list[PodState], stats: PolicyStats | None) -> None:
         now = time.monotonic()
         attempts = sum(backoff.state(now - m.first_seen).attempts for m in members)
-        metrics.PULL_ATTEMPTS.set(
-            sum(backoff.state(now - s.first_seen).attempts for s in self.pods.values())
-        )
         if stats is not None:
             stats.attempts = max(stats.attempts, attempts)
             stats.dirty = True
@@ -530,59 +645,74 @@ class Engine:
     # ---- circuit breaker ----------------------------------------------------------------
 
     def _circuit_open(
-        self, wobj: Mapping[str, Any] | None, f: Failure, d: Diagnosis, pod_created: float
+        self,
+        wobj: Mapping[str, Any] | None,
+        target: ObjectRef,
+        f: Failure,
+        d: Diagnosis,
+        pod_created: float,
     ) -> bool:
         """Open when a pod that already carries our fix fails again with the same cause."""
-        if not wobj:
-            return False
-        ann = (wobj.get("metadata") or {}).get("annotations") or {}
-        if ann.get(CIRCUIT_ANNOTATION) == "open":
+        key = (str(target), f.container)
+        ann = ((wobj or {}).get("metadata") or {}).get("annotations") or {}
+        if key in self.circuits or ann.get(CIRCUIT_ANNOTATION) == "open":
             return True
-        raw = ann.get(REMEDIATION_ANNOTATION)
-        if not raw:
+        rec = self.records.get(key)
+        from_ann = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
+        if (
+            from_ann is not None
+            and from_ann.container == f.container
+            and (rec is None or from_ann.at > rec.at)
+        ):
+            rec = from_ann  # survives restarts
+        if rec is None or time.time() - rec.at > self.settings.circuit_window:
             return False
-        try:
-            rec = json.loads(raw)
-            at = parse_time(rec.get("time")) or 0.0
-        except (ValueError, TypeError):
-            return False
-        if time.time() - at > self.settings.circuit_window or rec.get("container") != f.container:
-            return False
-        same = rec.get("cause") == str(d.cause) or (
-            rec.get("cause") in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES
+        same = rec.cause == str(d.cause) or (
+            rec.cause in CREDENTIAL_CAUSES and d.cause in CREDENTIAL_CAUSES
         )
         if not same:
             return False
-        if rec.get("action") in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
-            return bool(f.image == rec.get("newImage"))  # the image we chose fails itself
-        if rec.get("secret"):
-            return rec["secret"] in f.pod_pull_secrets  # the pod got our secret, still fails
-        # Recreated pods: creationTimestamp has whole seconds, so compare at that precision.
-        return pod_created >= int(at)
+        if rec.action in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
+            return f.image == rec.new_image  # the image we chose fails itself
+        if rec.secret:
+            return rec.secret in f.pod_pull_secrets  # the pod got our secret, still fails
+        # Recreated pods: creationTimestamp has whole seconds; the record is stamped when
+        # the plan started, before the first pod was deleted.
+        return pod_created >= int(rec.at)
 
     async def _open_circuit(
-        self, f: Failure, workload: ObjectRef, d: Diagnosis, stats: PolicyStats | None
+        self,
+        f: Failure,
+        target: ObjectRef,
+        wobj: Mapping[str, Any] | None,
+        d: Diagnosis,
+        stats: PolicyStats | None,
+        group: Group,
     ) -> None:
-        with contextlib.suppress(ApiException):
-            await self.kube.json_patch(
-                workload.kind,
-                workload.namespace,
-                workload.name,
-                [
-                    {
-                        "op": "add",
-                        "path": "/metadata/annotations/pullmedic.dev~1circuit",
-                        "value": "open",
-                    }
-                ],
-                self.settings.dry_run,
-            )
+        key = (str(target), f.container)
+        already = key in self.circuits or (
+            (((wobj or {}).get("metadata") or {}).get("annotations") or {}).get(CIRCUIT_ANNOTATION)
+            == "open"
+        )
+        self.circuits.add(key)
+        if already or not self._fresh(group, f"circuit:{d.cause}"):
+            return
+        if target.kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob") and wobj:
+            with contextlib.suppress(ApiException):
+                await self.kube.json_patch(
+                    target.kind,
+                    target.namespace,
+                    target.name,
+                    Actuator.annotation_ops(wobj, {CIRCUIT_ANNOTATION: "open"}),
+                    self.settings.dry_run,
+                )
         await events.post(
             self.kube,
-            _involved(workload),
+            _involved(target),
             "RemediationIneffective",
             f"{d.cause} came back for container {f.container} after pullmedic's remediation; "
-            "not acting again. Remove annotation pullmedic.dev/circuit to re-arm.",
+            "not acting again. Remove annotation pullmedic.dev/circuit (or restart pullmedic "
+            "for owners it cannot annotate) to re-arm.",
             "Warning",
         )
         if stats is not None:
@@ -590,7 +720,7 @@ class Engine:
             stats.last_actions.append(
                 {
                     "time": _now_iso(),
-                    "workload": str(workload),
+                    "workload": str(target),
                     "cause": str(d.cause),
                     "action": "CircuitBreaker",
                     "result": "failed",
@@ -614,7 +744,14 @@ class Engine:
             up = controller_of(rs) if rs else None
             if up is None or up.get("kind") != "Deployment":
                 return ObjectRef("ReplicaSet", ns, name, ref.get("uid", "")), None, rs
-            kind, name = "Deployment", up.get("name", "")
+            dep = await self.kube.get("Deployment", ns, up.get("name", ""))
+            if dep is None:  # being deleted: never mistake its pods for bare pods
+                return ObjectRef("ReplicaSet", ns, name, ref.get("uid", "")), None, rs
+            return (
+                ObjectRef("Deployment", ns, dep["metadata"]["name"], dep["metadata"]["uid"]),
+                None,
+                dep,
+            )
         if kind == "Job":
             job = await self.kube.get("Job", ns, name)
             job_ref = ObjectRef("Job", ns, name, ref.get("uid", ""))
@@ -628,7 +765,7 @@ class Engine:
         if kind in ("Deployment", "StatefulSet", "DaemonSet"):
             obj = await self.kube.get(kind, ns, name)
             if obj is None:
-                return None, None, None
+                return ObjectRef(kind, ns, name, ref.get("uid", "")), None, None
             return ObjectRef(kind, ns, name, obj["metadata"]["uid"]), None, obj
         return ObjectRef(kind, ns, name, ref.get("uid", "")), None, None
 
@@ -642,7 +779,7 @@ class Engine:
 
     async def _keyrings(
         self, pod: Mapping[str, Any], policy: pol.Policy | None
-    ) -> tuple[Keyring, dict[str, Keyring]]:
+    ) -> tuple[Keyring, dict[str, Keyring], list[SecretProblem]]:
         """Exactly the kubelet's credentials for this pod, plus the policy's candidates."""
         ns = pod["metadata"]["namespace"]
         own = [
@@ -650,7 +787,7 @@ class Engine:
             for n in pod["spec"]["imagePullSecrets"]
             if (s := await self._secret(ns, n.get("name", ""))) is not None
         ]
-        keyring, _ = Keyring.from_secrets(own)
+        keyring, problems = Keyring.from_secrets(own)
         candidates: dict[str, Keyring] = {}
         if policy is not None and policy.credentials_enabled:
             for ref in policy.secrets:
@@ -659,7 +796,7 @@ class Engine:
                 s = await self._secret(ref.namespace, ref.name)
                 if s is not None:
                     candidates[str(ref)], _ = Keyring.from_secrets([s])
-        return keyring, candidates
+        return keyring, candidates, problems
 
     async def _platform(self, node: str | None) -> Platform:
         default = Platform.parse(self.settings.default_platform)
@@ -700,18 +837,24 @@ class Engine:
     async def run_status_flusher(self) -> None:
         while True:
             await asyncio.sleep(self.settings.status_interval)
+            stuck: dict[str | None, int] = {}
+            attempts = 0
+            now = time.monotonic()
+            for state in self.pods.values():  # one pass per interval, never per event
+                stuck[state.policy] = stuck.get(state.policy, 0) + 1
+                attempts += backoff.state(now - state.first_seen).attempts
+            metrics.PULL_ATTEMPTS.set(attempts)
             self._update_stuck_gauge()
             for key, st in list(self.stats.items()):
                 p = self.policies.get(key)
                 if p is None or not st.dirty:
                     continue
                 st.dirty = False
-                stuck = sum(1 for s in self.pods.values() if s.policy == key)
                 try:
                     await self._patch_policy_status(
                         p,
                         {
-                            "counts": {**st.counts, "stuck": stuck},
+                            "counts": {**st.counts, "stuck": stuck.get(key, 0)},
                             "backoff": {
                                 "pullAttempts": st.attempts,
                                 "secondsLostWaiting": round(st.lost, 1),
@@ -726,6 +869,26 @@ class Engine:
                 except ApiException as e:
                     log.warning("status of %s not written: %s", key, e.status)
                     st.dirty = True
+
+    async def run_sweeper(self, every: float = 60.0, max_age: float = 300.0) -> None:
+        """Forget stuck pods that vanished while the watch was down: a re-list after 410
+        delivers the living, never a DELETED for the dead."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for uid, state in list(self.pods.items()):
+                if now - max(state.checked, state.first_seen) < max_age:
+                    continue
+                state.checked = now
+                try:
+                    obj = await self.kube.get("Pod", state.ref.namespace, state.ref.name)
+                except ApiException:
+                    continue
+                if (obj is None or (obj.get("metadata") or {}).get("uid") != uid) and (
+                    self.pods.get(uid) is state
+                ):
+                    self._recovered(self.pods.pop(uid), deleted=True)
+                await asyncio.sleep(0.05)  # at most ~20 GETs a second
 
     async def run_secret_sync(self) -> None:
         """Managed copies follow their source: a rotated registry password reaches every
@@ -744,8 +907,8 @@ class Engine:
         dst_ns, _, dst_name = dst.partition("/")
         if pol.SecretRef(src_ns, src_name) not in policy.secrets:
             return  # no longer a candidate of this policy: leave the copy alone
-        if not policy.selects_namespace(
-            dst_ns, self.namespaces.get(dst_ns, {}), self.settings.operator_namespace
+        if dst_ns not in self.namespaces or not policy.selects_namespace(
+            dst_ns, self.namespaces[dst_ns], self.settings.operator_namespace
         ):
             return  # never write into a namespace the policy does not select
         action = Action(
@@ -764,7 +927,7 @@ class Engine:
         if result.outcome == "applied":
             await events.post(
                 self.kube,
-                _policy_involved(policy),
+                self._policy_involved(policy),
                 "SecretRefreshed",
                 f"Copy {dst} updated after its source {src} changed.",
             )
@@ -811,10 +974,6 @@ def _involved(ref: ObjectRef) -> events.Involved:
     return events.Involved(
         API_VERSIONS.get(ref.kind, "v1"), ref.kind, ref.namespace, ref.name, ref.uid
     )
-
-
-def _policy_involved(p: pol.Policy) -> events.Involved:
-    return events.Involved(f"{pol.GROUP}/{pol.VERSION}", p.kind, p.namespace, p.name, p.uid)
 
 
 def _now_iso() -> str:

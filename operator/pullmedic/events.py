@@ -26,12 +26,13 @@ class Involved:
     namespace: str | None
     name: str
     uid: str = ""
+    event_namespace: str | None = None  # where the Event lives; defaults to the object's
 
 
 async def post(kube: Kube, obj: Involved, reason: str, message: str, type_: str = "Normal") -> None:
     """Best effort: a failed Event must never fail a remediation."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ns = obj.namespace or "default"
+    ns = obj.event_namespace or obj.namespace or "default"
     body = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -57,3 +58,5 @@ async def post(kube: Kube, obj: Involved, reason: str, message: str, type_: str 
         await kube.call("POST", f"/api/v1/namespaces/{ns}/events", body, "application/json")
     except ApiException as e:
         log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, e.status)
+    except Exception as e:  # a timeout or reset after a write must not replay the write
+        log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, type(e))

@@ -42,6 +42,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(engine.run_status_flusher()))
         tasks.append(loop.create_task(engine.run_secret_sync()))
+        tasks.append(loop.create_task(engine.run_sweeper()))
         log.info("pullmedic started")
 
     @kopf.on.cleanup(registry=registry)

@@ -224,6 +224,11 @@ def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Act
     return actions, ""
 
 
+# Owners that replace a deleted pod with an equivalent one. Deleting a Job's pod can count
+# as a failure; a Tekton TaskRun's or Argo Workflow's pod deletion fails the run.
+RECREATING_OWNERS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+
+
 def _recreate(f: Failure) -> Action:
     pods = f.stuck_pods or (f.pod,)
     return Action(
@@ -288,7 +293,12 @@ def plan(
                 else "the registry is rate-limiting; the kubelet retries after its back-off"
             )
     elif cause is Cause.ImageAvailable:
-        if failure.workload is not None and policy.recreate_pods and failure.stuck_pods:
+        if (
+            failure.workload is not None
+            and failure.workload.kind in RECREATING_OWNERS
+            and policy.recreate_pods
+            and failure.stuck_pods
+        ):
             actions = [_recreate(failure)]
             note = "the image is pullable now; recreating skips the remaining back-off"
         else:
@@ -344,9 +354,14 @@ def _credential_actions(
             secret=target_name,
         )
     )
-    if policy.recreate_pods and f.stuck_pods:
+    if policy.recreate_pods and f.stuck_pods and f.workload.kind in RECREATING_OWNERS:
         actions.append(_recreate(f))
-    return actions, ""
+        return actions, ""
+    return actions, (
+        ""
+        if f.workload.kind in RECREATING_OWNERS or not f.stuck_pods
+        else f"{f.workload.kind} pods are not recreated; its next pods get the secret"
+    )
 
 
 def _with(base: Plan, **changes: object) -> Plan:

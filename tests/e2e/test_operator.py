@@ -7,6 +7,7 @@ Events and the policy's status).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -197,6 +198,36 @@ def test_suggest_mode_changes_nothing_and_publishes_the_fix(
     d = apps.read_namespaced_deployment("sug", namespace)
     assert d.spec.template.spec.containers[0].image == bad
     assert ANNOTATION not in (d.metadata.annotations or {})
+    time.sleep(12)  # two more diagnosis rounds (--recheck-after 5): no repeated Event
+    again = [e for e in events_for(core, namespace, "sug") if e.reason == "SuggestedFix"]
+    assert len(again) == 1 and (again[0].count or 1) == 1
+
+
+def test_rate_limit_caps_remediations_per_policy(
+    operator: Any, registries: Any, core: Any, apps: Any, namespace: str, cluster_policy: Any
+) -> None:
+    r = repo()
+    push_image(registries.open, r, "4.0.0")
+    cluster_policy([namespace], mode="Remediate", rateLimit={"remediationsPerHour": 1})
+    for name in ("one", "two", "three"):
+        apps.create_namespaced_deployment(
+            namespace, deployment(name, f"{registries.open.host}/{r}:4.0.9", replicas=1)
+        )
+
+    def patched() -> list[str]:
+        return [
+            d.metadata.name
+            for d in apps.list_namespaced_deployment(namespace).items
+            if d.spec.template.spec.containers[0].image.endswith(":4.0.0")
+        ]
+
+    wait_for(lambda: len(patched()) == 1, "one remediation", 60)
+    wait_for(
+        lambda: len([e for e in events_for(core, namespace) if e.reason == "SuggestedFix"]) == 2,
+        "the other two suggested only",
+        60,
+    )
+    assert len(patched()) == 1
 
 
 def test_gitops_managed_workload_only_gets_a_suggestion(

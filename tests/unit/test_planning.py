@@ -175,6 +175,23 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.RegistryUnreachable), policy(), {}, [], False),
         # pullable now: recreate to skip the back-off
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
+        # pods of owners that do not recreate them equivalently are never deleted
+        (
+            failure(workload=ObjectRef("Job", NS, "once")),
+            diag(Cause.ImageAvailable),
+            policy(),
+            {},
+            [],
+            False,
+        ),
+        (
+            failure(workload=ObjectRef("TaskRun", NS, "build-1")),
+            diag(Cause.AuthenticationRequired, LOCAL_SECRET_FIX),
+            policy("PullPolicy"),
+            {},
+            [A.ATTACH_PULL_SECRET],
+            True,
+        ),
         # invalid reference never recovers
         (failure(), diag(Cause.InvalidReference), policy(), {}, [], False),
         # circuit breaker
