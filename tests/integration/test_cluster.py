@@ -89,7 +89,11 @@ def test_sa_pull_secret_reaches_new_pods_only(
     def failing(name: str) -> bool:
         p = core.read_namespaced_pod(name, namespace)
         st = (p.status.container_statuses or [None])[0]
-        return bool(st and st.state.waiting and st.state.waiting.reason == "ImagePullBackOff")
+        return bool(
+            st
+            and st.state.waiting
+            and st.state.waiting.reason in ("ImagePullBackOff", "ErrImagePull")
+        )
 
     wait_for(lambda: failing("old"), "old pod in back-off", 30)
     assert "insufficient_scope" in (
