@@ -98,6 +98,10 @@ class Group:
     cause: str = ""
     pods: set[str] = field(default_factory=set)
     posted: str = ""  # fingerprint of the last Event-worthy outcome: post only on change
+    applied: str = ""  # fingerprint of the last plan applied, and when
+    applied_at: float = 0.0
+    again: bool = False  # new members arrived while a decision was running
+    empty_since: float | None = None  # kept a while: its memory outlives its pods
 
 
 @dataclass
@@ -288,13 +292,24 @@ class Engine:
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = Group(key, now)
+            joined = uid not in group.pods
             group.pods.add(uid)
-            self._schedule(group, now)
+            group.empty_since = None
+            # A sibling failing just after the group's fix was applied (it was created before
+            # the fix) gets the same fix now, not after --recheck-after.
+            follow_up = (
+                joined
+                and bool(group.applied)
+                and (now - group.applied_at < self.settings.recheck_after)
+            )
+            self._schedule(group, now, force=follow_up)
 
-    def _schedule(self, group: Group, now: float) -> None:
+    def _schedule(self, group: Group, now: float, *, force: bool = False) -> None:
         if group.task is not None and not group.task.done():
+            group.again = group.again or force
             return
-        if group.handled_at and now - group.handled_at < self.settings.recheck_after:
+        recent = group.handled_at and now - group.handled_at < self.settings.recheck_after
+        if recent and not force:
             return
         group.task = asyncio.get_running_loop().create_task(self._handle(group))
 
@@ -313,8 +328,18 @@ class Engine:
         if group is None:
             return
         group.pods.discard(uid)
-        if not group.pods and (group.task is None or group.task.done()):
-            del self.groups[key]
+        if not group.pods and group.empty_since is None:
+            group.empty_since = time.monotonic()
+
+    def _forget_idle_groups(self) -> None:
+        horizon = time.monotonic() - max(120.0, 2 * self.settings.recheck_after)
+        for key, g in list(self.groups.items()):
+            if (
+                g.empty_since is not None
+                and g.empty_since < horizon
+                and (g.task is None or g.task.done())
+            ):
+                del self.groups[key]
 
     # ---- the decision loop --------------------------------------------------------------
 
@@ -335,13 +360,16 @@ class Engine:
         if retry_in is not None:
             group.handled_at -= max(0.0, self.settings.recheck_after - retry_in)
             asyncio.get_running_loop().call_later(retry_in + 0.01, self._reschedule, group.key)
-        if not group.pods:
-            self.groups.pop(group.key, None)
+        if group.again and group.pods:
+            group.again = False
+            asyncio.get_running_loop().call_later(
+                self.settings.debounce, self._reschedule, group.key, True
+            )
 
-    def _reschedule(self, key: tuple[str, str, str]) -> None:
+    def _reschedule(self, key: tuple[str, str, str], force: bool = False) -> None:
         group = self.groups.get(key)
         if group is not None and group.pods:
-            self._schedule(group, time.monotonic())
+            self._schedule(group, time.monotonic(), force=force)
 
     async def _decide(self, group: Group) -> None:
         members = [self.pods[u] for u in sorted(group.pods) if u in self.pods]
@@ -448,7 +476,9 @@ class Engine:
             rate_limited=rate_limited,
         )
         slot = time.time()
-        if p.apply and stats is not None:
+        fingerprint = _fingerprint(p)
+        follow_up = bool(fingerprint) and group.applied == fingerprint
+        if p.apply and stats is not None and not follow_up:
             stats.remediations.append(slot)  # reserved with no await since the check
         log.info(
             "plan %s",
@@ -465,7 +495,8 @@ class Engine:
             await self._open_circuit(failure, target, wobj, diagnosis, stats, group)
             return
         if p.apply:
-            await self._apply(p, failure, members, stats, group, slot)
+            group.applied, group.applied_at = fingerprint, time.monotonic()
+            await self._apply(p, failure, members, stats, group, slot, follow_up)
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -487,7 +518,11 @@ class Engine:
         stats: PolicyStats | None,
         group: Group,
         started: float,
+        follow_up: bool = False,
     ) -> None:
+        """Apply a plan. A follow-up repeats an applied plan for late siblings: its writes
+        (recreating those pods) happen, but it is not a new remediation to count, record
+        or announce."""
         results = await self.actuator.apply(p, started=started)
         # Account first: nothing after this point may make the plan run again unrecorded.
         ok = all(r.outcome in ("applied", "unchanged", "dry-run", "skipped") for r in results)
@@ -497,13 +532,14 @@ class Engine:
             (a for a in p.actions if a.type is ActionType.ATTACH_PULL_SECRET),
             next((a for a in p.actions if a.new_image), p.actions[-1]),
         )
-        if wrote:
+        if wrote and not follow_up:
             self.records[(str(target), f.container)] = RemediationRecord(
                 started, str(p.cause), f.container, str(main.type), main.new_image, main.secret
             )
         for r in results:
             metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
-        metrics.TIME_TO_ACTION.observe(time.monotonic() - group.first_seen)
+        if not follow_up:
+            metrics.TIME_TO_ACTION.observe(time.monotonic() - group.first_seen)
         saved = 0.0
         if any(
             r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied" for r in results
@@ -515,7 +551,10 @@ class Engine:
             f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail else "")
             for r in results
         )
-        if stats is not None:
+        if stats is not None and follow_up:
+            stats.saved += saved
+            stats.dirty = True
+        elif stats is not None:
             if not wrote and started in stats.remediations:
                 stats.remediations.remove(started)  # nothing written: give the slot back
             for r in results:
@@ -542,6 +581,8 @@ class Engine:
                 }
             )
             stats.dirty = True
+        if follow_up:
+            return
         if (
             f.workload is not None
             and wrote
@@ -845,6 +886,7 @@ class Engine:
                 attempts += backoff.state(now - state.first_seen).attempts
             metrics.PULL_ATTEMPTS.set(attempts)
             self._update_stuck_gauge()
+            self._forget_idle_groups()
             for key, st in list(self.stats.items()):
                 p = self.policies.get(key)
                 if p is None or not st.dirty:
@@ -953,6 +995,16 @@ class Engine:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def _fingerprint(p: Plan) -> str:
+    """What a plan changes, recreations aside: equal fingerprints are the same fix."""
+    parts = [
+        f"{a.type}:{a.target}:{a.new_image}:{a.secret}"
+        for a in p.actions
+        if a.type is not ActionType.RECREATE_PODS
+    ]
+    return f"{p.cause}|" + "|".join(parts) if p.actions else ""
 
 
 def _template_index(

@@ -100,6 +100,14 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
     assert [s.name for s in sa.image_pull_secrets] == [private_case.copied_secret]
     pods = running_pods(core, namespace, "app=priv")
     assert all(p.spec.image_pull_secrets for p in pods)  # new pods got it at admission
+    # One remediation, however many replicas failed and however late: one record, one Event.
+    record = apps.read_namespaced_deployment("priv", namespace).metadata.annotations[ANNOTATION]
+    time.sleep(6)  # beyond --recheck-after
+    assert (
+        apps.read_namespaced_deployment("priv", namespace).metadata.annotations[ANNOTATION]
+        == record
+    )
+    assert [e.reason for e in events_for(core, namespace, "priv")].count("Remediated") == 1
 
     # The source rotates: the managed copy follows without any pod failing.
     src = core.read_namespaced_secret("regcred", private_case.source_namespace)
