@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kopf
@@ -18,6 +18,22 @@ from pullmedic.engine import Engine
 from pullmedic.policy import GROUP, VERSION
 
 log = logging.getLogger("pullmedic")
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """pullmedic has only event handlers: kopf's per-event deep copy and diff of every pod
+    (for change-detecting handlers it never calls) is pure overhead at thousands of pods."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
@@ -37,6 +53,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
         settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
+        settings.persistence.diffbase_storage = NoDiffBase()
         engine = make_engine()
         holder["engine"] = engine
         loop = asyncio.get_running_loop()
