@@ -167,6 +167,8 @@ class Actuator:
             return await self._copy_secret(a)
         if a.type is ActionType.ATTACH_PULL_SECRET:
             return await self._attach(a)
+        if a.type is ActionType.ADD_TEMPLATE_PULL_SECRET:
+            return await self._add_template_secret(plan, a, at)
         if a.type is ActionType.RECREATE_PODS:
             return await self._recreate(a)
         return Result(a, "skipped", "report only")
@@ -309,6 +311,33 @@ class Actuator:
                 raise
             return Result(a, "dry-run" if self.dry_run else "applied", f"attached {a.secret}")
         return Result(a, "failed", "ServiceAccount kept changing")
+
+    async def _add_template_secret(self, plan: Plan, a: Action, at: float) -> Result:
+        t = a.target
+        obj = await self.kube.get(t.kind, t.namespace, t.name)
+        if obj is None:
+            return Result(a, "skipped", f"{t} is gone")
+        list_path = a.container_path.removesuffix("/-")
+        current = _get_path(obj, list_path) or []
+        if any(isinstance(r, Mapping) and r.get("name") == a.secret for r in current):
+            return Result(a, "unchanged", "already in the template")
+        ops: list[dict[str, Any]] = [
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": obj["metadata"]["resourceVersion"],
+            },
+            {"op": "add", "path": a.container_path, "value": {"name": a.secret}},
+        ]
+        ops += [
+            op
+            for op in self.annotation_ops(
+                obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}
+            )
+            if op["op"] != "test"  # the resourceVersion is tested above already
+        ]
+        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
+        return Result(a, "dry-run" if self.dry_run else "applied", f"added {a.secret}")
 
     async def _recreate(self, a: Action) -> Result:
         deleted = 0

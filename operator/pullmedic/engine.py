@@ -409,6 +409,7 @@ class Engine:
                 sorted((((wobj or {}).get("metadata") or {}).get("annotations") or {}).items())
             ),
             stuck_pods=tuple(m.ref for m in members),
+            template_pull_secrets=_template_pull_secrets(wobj, workload),
         )
         try:
             ref = reference.parse(sc.image)
@@ -529,7 +530,11 @@ class Engine:
         wrote = any(r.outcome == "applied" for r in results)
         target = f.workload or f.pod
         main = next(
-            (a for a in p.actions if a.type is ActionType.ATTACH_PULL_SECRET),
+            (
+                a
+                for a in p.actions
+                if a.type in (ActionType.ATTACH_PULL_SECRET, ActionType.ADD_TEMPLATE_PULL_SECRET)
+            ),
             next((a for a in p.actions if a.new_image), p.actions[-1]),
         )
         if wrote and not follow_up:
@@ -588,7 +593,9 @@ class Engine:
             and wrote
             and f.workload.kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob")
             and not any(
-                r.action.type is ActionType.PATCH_WORKLOAD_IMAGE and r.outcome == "applied"
+                r.action.type
+                in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET)
+                and r.outcome == "applied"
                 for r in results
             )
         ):
@@ -997,6 +1004,23 @@ class Engine:
                 raise
 
 
+def _template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    spec: Any = wobj.get("spec") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    tspec: Mapping[str, Any] = (spec.get("template") or {}).get("spec") or {}
+    return tspec
+
+
+def _template_pull_secrets(
+    wobj: Mapping[str, Any] | None, workload: ObjectRef | None
+) -> tuple[str, ...] | None:
+    if not wobj or workload is None:
+        return None
+    refs = _template_spec(wobj, workload.kind).get("imagePullSecrets") or ()
+    return tuple(str(r.get("name", "")) for r in refs if isinstance(r, Mapping))
+
+
 def _fingerprint(p: Plan) -> str:
     """What a plan changes, recreations aside: equal fingerprints are the same fix."""
     parts = [
@@ -1012,11 +1036,7 @@ def _template_index(
 ) -> int | None:
     if workload is None:
         return None
-    spec: Any = wobj.get("spec") or {}
-    if workload.kind == "CronJob":
-        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
-    tspec = (spec.get("template") or {}).get("spec") or {}
-    for i, c in enumerate(tspec.get(sc.kind) or ()):
+    for i, c in enumerate(_template_spec(wobj, workload.kind).get(sc.kind) or ()):
         if c.get("name") == sc.name:
             return i
     return None

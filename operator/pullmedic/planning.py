@@ -79,6 +79,9 @@ class Failure:
     workload_labels: tuple[tuple[str, str], ...] = ()
     workload_annotations: tuple[tuple[str, str], ...] = ()
     stuck_pods: tuple[ObjectRef, ...] = ()
+    # Pull secrets the owner's pod template lists itself (None: no template known). When
+    # it lists any, admission does not add the ServiceAccount's: the template must change.
+    template_pull_secrets: tuple[str, ...] | None = None
 
     @property
     def dedup_key(self) -> tuple[str, str, str]:
@@ -102,6 +105,7 @@ class ActionType(StrEnum):
     PATCH_POD_IMAGE = "PatchPodImage"
     COPY_SECRET = "CopySecret"
     ATTACH_PULL_SECRET = "AttachPullSecret"
+    ADD_TEMPLATE_PULL_SECRET = "AddTemplatePullSecret"
     RECREATE_PODS = "RecreatePods"
     REPORT = "Report"
 
@@ -137,6 +141,12 @@ class Action:
                 f"kubectl -n {self.source.namespace} get secret {self.source.name} -o json | "
                 f'jq \'.metadata={{name:"{self.secret}",namespace:"{t.namespace}"}}\' | '
                 "kubectl apply -f -"
+            )
+        if self.type is ActionType.ADD_TEMPLATE_PULL_SECRET:
+            add = [{"op": "add", "path": self.container_path, "value": {"name": self.secret}}]
+            return (
+                f"kubectl -n {t.namespace} patch {KUBECTL_RESOURCE.get(t.kind, t.kind.lower())} "
+                f"{t.name} --type=json -p {shlex.quote(json.dumps(add))}"
             )
         if self.type is ActionType.ATTACH_PULL_SECRET:
             sa_patch = {"imagePullSecrets": [{"name": self.secret}]}
@@ -345,6 +355,22 @@ def _credential_actions(
                 secret=target_name,
             )
         )
+    w = f.workload
+    if f.template_pull_secrets and w.kind in TEMPLATE_PATHS:
+        # The template names its own pull secrets, so admission ignores the ServiceAccount's:
+        # add ours to the template (the rollout replaces the pods).
+        actions.append(
+            Action(
+                ActionType.ADD_TEMPLATE_PULL_SECRET,
+                w,
+                f"add pull secret {target_name} to {w.kind} {w.name}'s pod template",
+                container_path=f"{TEMPLATE_PATHS[w.kind]}/imagePullSecrets/-",
+                secret=target_name,
+            )
+        )
+        if w.kind == "StatefulSet" and policy.recreate_pods and f.stuck_pods:
+            actions.append(_recreate(f))
+        return actions, ""
     sa = ObjectRef("ServiceAccount", f.pod.namespace, f.service_account)
     actions.append(
         Action(

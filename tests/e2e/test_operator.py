@@ -125,6 +125,27 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
     )
 
 
+def test_template_with_its_own_wrong_secret_gets_the_working_one(
+    operator: Any, private_case: Any, registries: Any, core: Any, apps: Any, namespace: str
+) -> None:
+    """Admission ignores the ServiceAccount when a pod lists pull secrets: fix the template."""
+    reg = registries.bearer
+    core.create_namespaced_secret(
+        namespace, dockerconfig_secret("stale", namespace, reg.host, "bob", "wrong-password")
+    )
+    dep = deployment("own", private_case.image, 2)
+    dep.spec.template.spec.image_pull_secrets = [client.V1LocalObjectReference(name="stale")]
+    apps.create_namespaced_deployment(namespace, dep)
+    wait_for(lambda: len(running_pods(core, namespace, "app=own")) == 2, "replicas running", 90)
+    d = apps.read_namespaced_deployment("own", namespace)
+    assert [s.name for s in d.spec.template.spec.image_pull_secrets] == [
+        "stale",
+        private_case.copied_secret,
+    ]
+    assert json.loads(d.metadata.annotations[ANNOTATION])["cause"] == "CredentialsRejected"
+    assert not core.read_namespaced_service_account("default", namespace).image_pull_secrets
+
+
 def test_pullpolicy_cannot_name_another_namespaces_secret(custom: Any, namespace: str) -> None:
     body = {
         "apiVersion": "pullmedic.dev/v1alpha1",

@@ -144,6 +144,23 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
             [A.ATTACH_PULL_SECRET, A.RECREATE_PODS],
             True,
         ),
+        # the template names its own pull secrets: admission would ignore the SA's
+        (
+            failure(template_pull_secrets=("wrong",)),
+            diag(Cause.CredentialsRejected, SECRET_FIX),
+            policy(),
+            {},
+            [A.COPY_SECRET, A.ADD_TEMPLATE_PULL_SECRET],
+            True,
+        ),
+        (
+            failure(workload=ObjectRef("StatefulSet", NS, "db"), template_pull_secrets=("w",)),
+            diag(Cause.CredentialsRejected, LOCAL_SECRET_FIX),
+            policy("PullPolicy"),
+            {},
+            [A.ADD_TEMPLATE_PULL_SECRET, A.RECREATE_PODS],
+            True,
+        ),
         # a PullPolicy can never use another namespace's secret
         (
             failure(),
@@ -265,6 +282,17 @@ def test_patch_paths_and_kubectl() -> None:
         cron.actions[0].container_path == "/spec/jobTemplate/spec/template/spec/containers/0/image"
     )
     assert cron.actions[1].container_path == "/spec/containers/0/image"
+
+
+def test_template_secret_path_and_kubectl() -> None:
+    plan = planning.plan(
+        failure(template_pull_secrets=("wrong",)),
+        diag(Cause.CredentialsRejected, LOCAL_SECRET_FIX),
+        policy("PullPolicy"),
+    )
+    (act,) = plan.actions
+    assert act.container_path == "/spec/template/spec/imagePullSecrets/-"
+    assert '"name": "regcred"' in act.kubectl()
 
 
 def test_pin_digest() -> None:
