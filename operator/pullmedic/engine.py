@@ -102,6 +102,7 @@ class Group:
     applied_at: float = 0.0
     again: bool = False  # new members arrived while a decision was running
     empty_since: float | None = None  # kept a while: its memory outlives its pods
+    timer: asyncio.TimerHandle | None = None  # a recheck is due even if no event comes
 
 
 @dataclass
@@ -308,10 +309,18 @@ class Engine:
         if group.task is not None and not group.task.done():
             group.again = group.again or force
             return
-        recent = group.handled_at and now - group.handled_at < self.settings.recheck_after
-        if recent and not force:
+        loop = asyncio.get_running_loop()
+        since = now - group.handled_at
+        if group.handled_at and since < self.settings.recheck_after and not force:
+            if group.timer is None:  # stuck pods may send no event for minutes (back-off)
+                group.timer = loop.call_later(
+                    self.settings.recheck_after - since, self._reschedule, group.key
+                )
             return
-        group.task = asyncio.get_running_loop().create_task(self._handle(group))
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        group.task = loop.create_task(self._handle(group))
 
     def _recovered(self, state: PodState, *, deleted: bool) -> None:
         lost = time.monotonic() - state.first_seen
@@ -368,6 +377,8 @@ class Engine:
 
     def _reschedule(self, key: tuple[str, str, str], force: bool = False) -> None:
         group = self.groups.get(key)
+        if group is not None:
+            group.timer = None
         if group is not None and group.pods:
             self._schedule(group, time.monotonic(), force=force)
 

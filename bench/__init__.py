@@ -1,0 +1,1 @@
+"""Benchmarks for pullmedic on the sandbox (not tests): ``python -m bench``."""
