@@ -152,6 +152,9 @@ class Actuator:
             except ApiException as e:
                 results.append(Result(action, "failed", f"API {e.status}: {e.reason}"))
                 break  # later actions depend on earlier ones (copy before attach)
+            except Exception as e:  # a timeout or reset: whether it was written is unknown
+                results.append(Result(action, "failed", f"{type(e).__name__}"))
+                break
         return results
 
     async def apply_action(self, a: Action) -> Result:
