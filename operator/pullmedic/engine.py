@@ -102,7 +102,13 @@ class Group:
     applied_at: float = 0.0
     again: bool = False  # new members arrived while a decision was running
     empty_since: float | None = None  # kept a while: its memory outlives its pods
-    timer: asyncio.TimerHandle | None = None  # a recheck is due even if no event comes
+    timer: asyncio.TimerHandle | None = None  # the one pending wake-up of this group
+    failures: int = 0  # consecutive postponed/failed decisions: retries back off
+    quiet: int = 0  # consecutive decisions that changed nothing: rechecks back off
+
+    def recheck_in(self, base: float) -> float:
+        """Like the kubelet: a failure nothing can fix is looked at less and less often."""
+        return float(min(300.0, base * 2.0 ** min(self.quiet, 4)))
 
 
 @dataclass
@@ -157,6 +163,11 @@ class RemediationRecord:
     action: str
     new_image: str
     secret: str
+    # Known only in memory: the pods that were stuck when the fix was made, and the newest
+    # of their creation times (apiserver clock), so "created after the fix" needs no
+    # agreement between our clock and the apiserver's.
+    old_pods: frozenset[str] = frozenset()
+    old_created: float | None = None
 
     @classmethod
     def from_annotation(cls, raw: str | None) -> RemediationRecord | None:
@@ -185,7 +196,8 @@ class RemediationRecord:
         )
 
 
-RECREATABLE_OWNERS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
+# Owners whose metadata the ClusterRole lets pullmedic patch (records and circuit state).
+ANNOTATABLE = frozenset({"Deployment", "StatefulSet", "DaemonSet", "CronJob"})
 
 
 class Engine:
@@ -309,18 +321,24 @@ class Engine:
         if group.task is not None and not group.task.done():
             group.again = group.again or force
             return
-        loop = asyncio.get_running_loop()
         since = now - group.handled_at
-        if group.handled_at and since < self.settings.recheck_after and not force:
+        due = group.recheck_in(self.settings.recheck_after)
+        if group.handled_at and since < due and not force:
             if group.timer is None:  # stuck pods may send no event for minutes (back-off)
-                group.timer = loop.call_later(
-                    self.settings.recheck_after - since, self._reschedule, group.key
-                )
+                self._wake(group, due - since)
             return
+        self._wake(group, None)
+        group.task = asyncio.get_running_loop().create_task(self._handle(group))
+
+    def _wake(self, group: Group, delay: float | None, *, force: bool = False) -> None:
+        """Keep exactly one pending wake-up per group (None: cancel it)."""
         if group.timer is not None:
             group.timer.cancel()
             group.timer = None
-        group.task = loop.create_task(self._handle(group))
+        if delay is not None:
+            group.timer = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._reschedule, group.key, force
+            )
 
     def _recovered(self, state: PodState, *, deleted: bool) -> None:
         lost = time.monotonic() - state.first_seen
@@ -341,6 +359,9 @@ class Engine:
             group.empty_since = time.monotonic()
 
     def _forget_idle_groups(self) -> None:
+        oldest = time.time() - self.settings.circuit_window
+        for k in [k for k, r in self.records.items() if r.at < oldest]:
+            del self.records[k]
         horizon = time.monotonic() - max(120.0, 2 * self.settings.recheck_after)
         for key, g in list(self.groups.items()):
             if (
@@ -360,26 +381,33 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Postpone as why:
-            log.info("postponing %s: %s", "/".join(group.key), why)
-            retry_in = 1.0
+            group.failures += 1
+            retry_in = min(60.0, 0.5 * 2**group.failures)
+            level = logging.INFO if group.failures < 5 else logging.WARNING
+            log.log(level, "postponing %s: %s", "/".join(group.key), why)
         except Exception:
-            log.exception("handling %s failed; will retry", "/".join(group.key))
-            retry_in = 5.0
+            group.failures += 1
+            retry_in = min(300.0, 2.5 * 2**group.failures)
+            log.exception("handling %s failed; retrying in %.0fs", "/".join(group.key), retry_in)
+        else:
+            group.failures = 0
         group.handled_at = time.monotonic()
-        if retry_in is not None:
-            group.handled_at -= max(0.0, self.settings.recheck_after - retry_in)
-            asyncio.get_running_loop().call_later(retry_in + 0.01, self._reschedule, group.key)
-        if group.again and group.pods:
+        if not group.pods:
+            return
+        if group.again:
             group.again = False
-            asyncio.get_running_loop().call_later(
-                self.settings.debounce, self._reschedule, group.key, True
-            )
+            self._wake(group, self.settings.debounce, force=True)
+        elif retry_in is not None:
+            self._wake(group, retry_in, force=True)
+        else:
+            self._wake(group, group.recheck_in(self.settings.recheck_after))
 
     def _reschedule(self, key: tuple[str, str, str], force: bool = False) -> None:
         group = self.groups.get(key)
-        if group is not None:
-            group.timer = None
-        if group is not None and group.pods:
+        if group is None:
+            return
+        group.timer = None  # this is the handle that fired: _wake keeps only one
+        if group.pods:
             self._schedule(group, time.monotonic(), force=force)
 
     async def _decide(self, group: Group) -> None:
@@ -454,10 +482,6 @@ class Engine:
             distrust_available=True,
         )
         metrics.PROBE_SECONDS.observe(time.monotonic() - t0)
-        first = group.cause == ""
-        group.cause = str(diagnosis.cause)
-        if first:
-            metrics.DETECTIONS.labels(cause=str(diagnosis.cause)).inc()
 
         mirror_image = None
         if policy and diagnosis.cause in (Cause.RegistryUnreachable, Cause.RateLimited):
@@ -469,9 +493,14 @@ class Engine:
             if current is None or current.generation != policy.generation:
                 raise Postpone(f"{policy.key} changed while diagnosing")
             policy = current
+        first = group.cause == ""  # only now: a Postpone above must not lose the first report
+        group.quiet = 0 if group.cause != str(diagnosis.cause) else group.quiet + 1
+        group.cause = str(diagnosis.cause)
+        if first:
+            metrics.DETECTIONS.labels(cause=str(diagnosis.cause)).inc()
         remediating = policy is not None and policy.mode is pol.Mode.REMEDIATE
         target = workload or rep.ref
-        circuit = remediating and self._circuit_open(wobj, target, failure, diagnosis, rep.created)
+        circuit = remediating and self._circuit_open(wobj, target, failure, diagnosis, members)
         stats = self.stats.get(policy.key) if policy else None
         rate_limited = False
         if stats is not None and policy is not None:
@@ -489,7 +518,11 @@ class Engine:
         )
         slot = time.time()
         fingerprint = _fingerprint(p)
-        follow_up = bool(fingerprint) and group.applied == fingerprint
+        follow_up = (
+            bool(fingerprint)
+            and group.applied == fingerprint
+            and time.monotonic() - group.applied_at < self.settings.recheck_after
+        )
         if p.apply and stats is not None and not follow_up:
             stats.remediations.append(slot)  # reserved with no await since the check
         log.info(
@@ -507,8 +540,7 @@ class Engine:
             await self._open_circuit(failure, target, wobj, diagnosis, stats, group)
             return
         if p.apply:
-            group.applied, group.applied_at = fingerprint, time.monotonic()
-            await self._apply(p, failure, members, stats, group, slot, follow_up)
+            await self._apply(p, failure, members, stats, group, slot, follow_up, fingerprint)
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -531,6 +563,7 @@ class Engine:
         group: Group,
         started: float,
         follow_up: bool = False,
+        fingerprint: str = "",
     ) -> None:
         """Apply a plan. A follow-up repeats an applied plan for late siblings: its writes
         (recreating those pods) happen, but it is not a new remediation to count, record
@@ -539,6 +572,20 @@ class Engine:
         # Account first: nothing after this point may make the plan run again unrecorded.
         ok = all(r.outcome in ("applied", "unchanged", "dry-run", "skipped") for r in results)
         wrote = any(r.outcome == "applied" for r in results)
+        if follow_up and any(
+            r.outcome == "applied" and r.action.type is not ActionType.RECREATE_PODS
+            for r in results
+        ):
+            # Someone undid the fix (a GitOps sync, a human): this is a new remediation.
+            follow_up = False
+            if stats is not None:
+                stats.remediations.append(started)
+        if wrote:
+            group.quiet = 0
+        if ok and (wrote or all(r.outcome == "unchanged" for r in results)):
+            if not follow_up:  # the window counts from the fix, not from its follow-ups
+                group.applied_at = time.monotonic()
+            group.applied = fingerprint
         target = f.workload or f.pod
         main = next(
             (
@@ -550,7 +597,14 @@ class Engine:
         )
         if wrote and not follow_up:
             self.records[(str(target), f.container)] = RemediationRecord(
-                started, str(p.cause), f.container, str(main.type), main.new_image, main.secret
+                started,
+                str(p.cause),
+                f.container,
+                str(main.type),
+                main.new_image,
+                main.secret,
+                frozenset(m.ref.uid for m in members),
+                max(m.created for m in members),
             )
         for r in results:
             metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
@@ -602,7 +656,7 @@ class Engine:
         if (
             f.workload is not None
             and wrote
-            and f.workload.kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob")
+            and f.workload.kind in ANNOTATABLE
             and not any(
                 r.action.type
                 in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET)
@@ -703,25 +757,32 @@ class Engine:
 
     # ---- circuit breaker ----------------------------------------------------------------
 
+    def _circuit_key(self, target: ObjectRef, container: str) -> tuple[str, str]:
+        # Owners we cannot annotate are remembered in memory, by uid: a recreated workload
+        # of the same name starts clean.
+        return (f"{target}#{target.uid}", container)
+
     def _circuit_open(
         self,
         wobj: Mapping[str, Any] | None,
         target: ObjectRef,
         f: Failure,
         d: Diagnosis,
-        pod_created: float,
+        members: list[PodState],
     ) -> bool:
         """Open when a pod that already carries our fix fails again with the same cause."""
-        key = (str(target), f.container)
         ann = ((wobj or {}).get("metadata") or {}).get("annotations") or {}
-        if key in self.circuits or ann.get(CIRCUIT_ANNOTATION) == "open":
+        if target.kind in ANNOTATABLE:
+            if ann.get(CIRCUIT_ANNOTATION) == "open":
+                return True  # removing the annotation re-arms
+        elif self._circuit_key(target, f.container) in self.circuits:
             return True
-        rec = self.records.get(key)
+        rec = self.records.get((str(target), f.container))
         from_ann = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
         if (
             from_ann is not None
             and from_ann.container == f.container
-            and (rec is None or from_ann.at > rec.at)
+            and (rec is None or from_ann.at > rec.at + 1)
         ):
             rec = from_ann  # survives restarts
         if rec is None or time.time() - rec.at > self.settings.circuit_window:
@@ -735,9 +796,13 @@ class Engine:
             return f.image == rec.new_image  # the image we chose fails itself
         if rec.secret:
             return rec.secret in f.pod_pull_secrets  # the pod got our secret, still fails
-        # Recreated pods: creationTimestamp has whole seconds; the record is stamped when
-        # the plan started, before the first pod was deleted.
-        return pod_created >= int(rec.at)
+        # Recreated pods: a member that was not among the pods we deleted and is newer than
+        # them. After a restart only the record's time is known: allow for clock skew.
+        if rec.old_created is not None:
+            return any(
+                m.ref.uid not in rec.old_pods and m.created >= rec.old_created for m in members
+            )
+        return any(m.created >= rec.at + 5 for m in members)
 
     async def _open_circuit(
         self,
@@ -748,15 +813,14 @@ class Engine:
         stats: PolicyStats | None,
         group: Group,
     ) -> None:
-        key = (str(target), f.container)
-        already = key in self.circuits or (
-            (((wobj or {}).get("metadata") or {}).get("annotations") or {}).get(CIRCUIT_ANNOTATION)
-            == "open"
-        )
-        self.circuits.add(key)
+        key = self._circuit_key(target, f.container)
+        annotations = ((wobj or {}).get("metadata") or {}).get("annotations") or {}
+        already = key in self.circuits or annotations.get(CIRCUIT_ANNOTATION) == "open"
+        if target.kind not in ANNOTATABLE:
+            self.circuits.add(key)
         if already or not self._fresh(group, f"circuit:{d.cause}"):
             return
-        if target.kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob") and wobj:
+        if target.kind in ANNOTATABLE and wobj:
             with contextlib.suppress(ApiException):
                 await self.kube.json_patch(
                     target.kind,

@@ -356,7 +356,14 @@ def _credential_actions(
             )
         )
     w = f.workload
-    if f.template_pull_secrets and w.kind in TEMPLATE_PATHS:
+    if f.template_pull_secrets and w.kind not in TEMPLATE_PATHS:
+        # Admission ignores the ServiceAccount when the pod lists secrets, and this owner's
+        # template is not one pullmedic patches: attaching or recreating would change nothing.
+        return [], (
+            f"the {w.kind}'s pod template lists its own pull secrets; add {fix.secret} "
+            "to it (pullmedic patches Deployment, StatefulSet, DaemonSet and CronJob templates)"
+        )
+    if f.template_pull_secrets:
         # The template names its own pull secrets, so admission ignores the ServiceAccount's:
         # add ours to the template (the rollout replaces the pods).
         actions.append(

@@ -161,6 +161,15 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
             [A.ADD_TEMPLATE_PULL_SECRET, A.RECREATE_PODS],
             True,
         ),
+        # ... but a template pullmedic does not patch: attaching would change nothing
+        (
+            failure(workload=ObjectRef("ReplicaSet", NS, "rs"), template_pull_secrets=("w",)),
+            diag(Cause.CredentialsRejected, LOCAL_SECRET_FIX),
+            policy("PullPolicy"),
+            {},
+            [],
+            False,
+        ),
         # a PullPolicy can never use another namespace's secret
         (
             failure(),
