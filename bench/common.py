@@ -37,7 +37,7 @@ from kubernetes import client, config  # noqa: E402
 from sandbox import procs  # noqa: E402
 from sandbox.env import Sandbox  # noqa: E402
 from sandbox.env import start as start_sandbox  # noqa: E402
-from sandbox.kube import install_crds, wait_for  # noqa: E402
+from sandbox.kube import create_cluster_policy, install_crds, wait_for  # noqa: E402
 
 _T0 = time.monotonic()
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION")
@@ -221,19 +221,7 @@ def namespace(b: Bench, name: str, labels: dict[str, str] | None = None) -> None
 
 
 def cluster_policy(b: Bench, name: str, namespaces: list[str], **spec: Any) -> None:
-    spec = {"mode": "Remediate", **spec}
-    spec.setdefault("selector", {})["namespaces"] = namespaces
-    b.custom.create_cluster_custom_object(
-        "pullmedic.dev",
-        "v1alpha1",
-        "clusterpullpolicies",
-        {
-            "apiVersion": "pullmedic.dev/v1alpha1",
-            "kind": "ClusterPullPolicy",
-            "metadata": {"name": name},
-            "spec": spec,
-        },
-    )
+    create_cluster_policy(b.custom, name, namespaces, {"mode": "Remediate", **spec})
 
 
 def wait_policy_ready(b: Bench, name: str, timeout: float = 60.0) -> None:

@@ -29,23 +29,35 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, every: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def install_crds(api_client: Any) -> None:
-    for f in sorted((REPO / "crds").glob("*policies.yaml")):
-        doc = yaml.safe_load(f.read_text())
+def create_all(api_client: Any, docs: Any) -> None:
+    """Create each object, tolerating those that exist already (re-runs, shared clusters)."""
+    for doc in docs:
+        if not doc:
+            continue
         try:
-            utils.create_from_dict(api_client, doc)
+            utils.create_from_dict(api_client, doc)  # type: ignore[no-untyped-call]
         except utils.FailToCreateError as e:
             if not all(getattr(x, "status", 0) == 409 for x in e.api_exceptions):
                 raise
+
+
+def install_crds(api_client: Any) -> None:
+    create_all(
+        api_client,
+        [yaml.safe_load(f.read_text()) for f in sorted((REPO / "crds").glob("*policies.yaml"))],
+    )
     ext = client.ApiextensionsV1Api(api_client)
-    for name in ("pullpolicies.pullmedic.dev", "clusterpullpolicies.pullmedic.dev"):
-        wait_for(
-            lambda n=name: any(
-                c.type == "Established" and c.status == "True"
-                for c in (ext.read_custom_resource_definition(n).status.conditions or [])
-            ),
-            f"CRD {name} established",
+
+    def established(name: str) -> bool:
+        status = ext.read_custom_resource_definition(name).status
+        return (
+            any(c.type == "Established" and c.status == "True" for c in (status.conditions or []))
+            if status
+            else False
         )
+
+    for name in ("pullpolicies.pullmedic.dev", "clusterpullpolicies.pullmedic.dev"):
+        wait_for(lambda n=name: established(n), f"CRD {name} established")  # type: ignore[misc]
 
 
 def dockerconfig_secret(name: str, namespace: str, host: str, user: str, password: str) -> Any:
@@ -108,14 +120,7 @@ def install_operator_identity(api_client: Any, kubeconfig_out: Path, server: str
 
     base = REPO / "manifests" / "base"
     for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-        for doc in yaml.safe_load_all((base / name).read_text()):
-            if not doc:
-                continue
-            try:
-                utils.create_from_dict(api_client, doc)
-            except utils.FailToCreateError as e:
-                if not all(getattr(x, "status", 0) == 409 for x in e.api_exceptions):
-                    raise
+        create_all(api_client, yaml.safe_load_all((base / name).read_text()))
     core = client.CoreV1Api(api_client)
     wait_for(
         lambda: core.read_namespaced_service_account(OPERATOR_SERVICE_ACCOUNT, OPERATOR_NAMESPACE),
@@ -131,6 +136,26 @@ def install_operator_identity(api_client: Any, kubeconfig_out: Path, server: str
         kubeconfig_out,
         server,
         ca,
-        token=tok.status.token,
+        token=tok.status.token if tok.status else None,
         user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}",
     )
+
+
+def create_cluster_policy(
+    custom: Any, name: str, namespaces: list[str], spec: dict[str, Any]
+) -> str:
+    """A ClusterPullPolicy selecting exactly ``namespaces`` (tests, demo and benchmarks)."""
+    spec = dict(spec)
+    spec["selector"] = {**(spec.get("selector") or {}), "namespaces": namespaces}
+    custom.create_cluster_custom_object(
+        "pullmedic.dev",
+        "v1alpha1",
+        "clusterpullpolicies",
+        {
+            "apiVersion": "pullmedic.dev/v1alpha1",
+            "kind": "ClusterPullPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+    )
+    return name

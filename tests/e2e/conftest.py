@@ -15,6 +15,7 @@ import pytest
 
 from sandbox.kube import (
     OPERATOR_NAMESPACE,
+    create_cluster_policy,
     dockerconfig_secret,
     install_crds,
     install_operator_identity,
@@ -134,19 +135,7 @@ def cluster_policy(custom: Any) -> Iterator[Callable[..., str]]:
     made: list[str] = []
 
     def make(namespaces: list[str], **spec: Any) -> str:
-        name = f"cp-{uuid.uuid4().hex[:8]}"
-        spec.setdefault("selector", {})["namespaces"] = namespaces
-        custom.create_cluster_custom_object(
-            "pullmedic.dev",
-            "v1alpha1",
-            "clusterpullpolicies",
-            {
-                "apiVersion": "pullmedic.dev/v1alpha1",
-                "kind": "ClusterPullPolicy",
-                "metadata": {"name": name},
-                "spec": spec,
-            },
-        )
+        name = create_cluster_policy(custom, f"cp-{uuid.uuid4().hex[:8]}", namespaces, spec)
         made.append(name)
         return name
 
