@@ -237,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{sum(1 for c in cases if c.running_at)}/{len(cases)} workloads running; "
             f"{frontend.name} kept its broken image and got a suggestion (GitOps)."
         )
-        print(f"\nkubeconfig: {info['kubeconfig']}")
-        print(f"try: kubectl --kubeconfig {info['kubeconfig']} get clusterpullpolicies")
-        print(f"     kubectl --kubeconfig {info['kubeconfig']} -n {NS} describe deployment web")
+        if args.keep:
+            kc = info["kubeconfig"]
+            print(f"\nkubeconfig: {kc}")
+            print(f"try: .venv/bin/kubectl --kubeconfig {kc} get clusterpullpolicies")
+            print(f"     .venv/bin/kubectl --kubeconfig {kc} -n {NS} describe deployment web")
     finally:
         if args.keep:
-            print(f"\nLeft running. Stop with: python -m sandbox --state {state} down")
+            print(f"\nLeft running. Stop with: .venv/bin/python -m sandbox --state {state} down")
         else:
             sandbox_main(["--state", str(state), "down"])
             print("\nSandbox torn down.")
