@@ -137,7 +137,8 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                         "maxItems": 32,
                         "items": secret_ref,
                         "description": "Candidate pull secrets; the one that authenticates for "
-                        "the failing image is attached to the pod's ServiceAccount"
+                        "the failing image is attached to the pod's ServiceAccount (or added to "
+                        "the owner's pod template when that lists its own pull secrets)"
                         + (
                             " (copied into the pod's namespace first)."
                             if cluster
@@ -163,10 +164,16 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                     "recreatePods": {
                         "type": "boolean",
                         "default": True,
-                        "description": "Delete stuck pods owned by a controller "
-                        "once the cause is fixed, so they skip the back-off.",
+                        "description": "Delete stuck pods owned by a Deployment, StatefulSet, "
+                        "DaemonSet or ReplicaSet once the cause is fixed, so they skip the "
+                        "back-off (Job pods are never deleted).",
                     },
-                    "patchBarePods": {"type": "boolean", "default": True},
+                    "patchBarePods": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "Patch the image of a pod that has no owner (a bare "
+                        "pod's only fix; its pull secrets are immutable).",
+                    },
                 },
             },
             "gitops": {
