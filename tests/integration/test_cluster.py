@@ -105,6 +105,14 @@ def test_sa_pull_secret_reaches_new_pods_only(
         "default", namespace, {"imagePullSecrets": [{"name": "regcred"}]}
     )
     new = client.V1Pod(metadata=client.V1ObjectMeta(name="new"), spec=pod_template(image, {}).spec)
+    # Admission reads ServiceAccounts from an informer cache: wait (with dry runs) until it
+    # has seen the patch, as a real client retrying would.
+    wait_for(
+        lambda: core.create_namespaced_pod(namespace, new, dry_run="All").spec.image_pull_secrets,
+        "admission to see the ServiceAccount's pull secret",
+        10,
+        every=0.1,
+    )
     created = core.create_namespaced_pod(namespace, new)
     assert [s.name for s in created.spec.image_pull_secrets] == ["regcred"]  # admission copied
     wait_for(lambda: running_pods(core, namespace, ""), "new pod running", 30)
