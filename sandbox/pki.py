@@ -46,21 +46,18 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def generate(folder: Path) -> Pki:
-    folder.mkdir(parents=True, exist_ok=True)
+def self_signed_ca(cn: str, key: ec.EllipticCurvePrivateKey, days: int = 30) -> x509.Certificate:
+    """A CA certificate for ``key``: the sandbox's root and the token server's signer."""
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    later = now + dt.timedelta(days=30)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("pullmedic-sandbox-ca")
-    ca = (
+    name = _name(cn)
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
-        .not_valid_after(later)
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -76,8 +73,18 @@ def generate(folder: Path) -> Pki:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+
+
+def generate(folder: Path) -> Pki:
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    later = now + dt.timedelta(days=30)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("pullmedic-sandbox-ca")
+    ca = self_signed_ca("pullmedic-sandbox-ca", ca_key)
 
     def leaf(
         cn: str, org: str | None, server: bool

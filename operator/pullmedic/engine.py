@@ -281,7 +281,7 @@ class Engine:
         stuck = [] if event_type == "DELETED" or is_terminating(body) else stuck_containers(body)
         if not stuck:
             if uid in self.pods:
-                self._recovered(self.pods.pop(uid), deleted=event_type == "DELETED")
+                self._recovered(self.pods.pop(uid))
             return
         now = time.monotonic()
         state = self.pods.get(uid)
@@ -340,7 +340,7 @@ class Engine:
                 max(0.0, delay), self._reschedule, group.key, force
             )
 
-    def _recovered(self, state: PodState, *, deleted: bool) -> None:
+    def _recovered(self, state: PodState) -> None:
         lost = time.monotonic() - state.first_seen
         metrics.SECONDS_LOST.inc(lost)
         if state.policy and state.policy in self.stats:
@@ -1011,7 +1011,7 @@ class Engine:
                 if (obj is None or (obj.get("metadata") or {}).get("uid") != uid) and (
                     self.pods.get(uid) is state
                 ):
-                    self._recovered(self.pods.pop(uid), deleted=True)
+                    self._recovered(self.pods.pop(uid))
                 await asyncio.sleep(0.05)  # at most ~20 GETs a second
 
     async def run_secret_sync(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pullmedic.diagnosis import Cause, Diagnosis
@@ -266,7 +266,7 @@ def plan(
         return Plan(failure, cause, None, Mode.OBSERVE, note="no policy selects this pod")
     base = Plan(failure, cause, policy.key, policy.mode)
     if circuit_open:
-        return _with(
+        return replace(
             base,
             note="circuit breaker open: the same cause came back after a "
             "remediation; not acting again until the workload changes",
@@ -322,7 +322,7 @@ def plan(
         apply, note = False, "managed by GitOps: change the source repository instead"
     if apply and rate_limited:
         apply, note = False, "policy rate limit reached; suggesting only"
-    return _with(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
+    return replace(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
 
 
 def _credential_actions(
@@ -395,9 +395,3 @@ def _credential_actions(
         if f.workload.kind in RECREATING_OWNERS or not f.stuck_pods
         else f"{f.workload.kind} pods are not recreated; its next pods get the secret"
     )
-
-
-def _with(base: Plan, **changes: object) -> Plan:
-    from dataclasses import replace
-
-    return replace(base, **changes)  # type: ignore[arg-type]
