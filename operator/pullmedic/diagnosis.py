@@ -38,6 +38,12 @@ class Cause(StrEnum):
     Unknown = "Unknown"
 
 
+# Causes a working pull secret fixes: one set, used by planning, probing and the breaker.
+CREDENTIAL_CAUSES = frozenset(
+    {Cause.AuthenticationRequired, Cause.CredentialsRejected, Cause.NotFoundOrPrivate}
+)
+
+
 FailureKind: TypeAlias = Literal[
     "dns", "connect", "tls", "timeout", "reset", "5xx", "protocol", "oversized", "blocked"
 ]

@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 import httpx
 
 from pullmedic.diagnosis import (
+    CREDENTIAL_CAUSES,
     Cause,
     Diagnosis,
     Evidence,
@@ -338,12 +339,7 @@ class Prober:
             return await self._suggest_tag(diag, ref, chosen_cred, platform, chosen, tag_policy)
         if (
             diag.cause
-            in (
-                Cause.AuthenticationRequired,
-                Cause.CredentialsRejected,
-                Cause.NotFoundOrPrivate,
-                Cause.MalformedSecret,
-            )
+            in (*CREDENTIAL_CAUSES, Cause.MalformedSecret)
             and candidates
         ):
             return await self._suggest_secret(diag, ref, platform, candidates)

@@ -12,9 +12,9 @@ import kopf
 from kubernetes import client, config
 
 from pullmedic import metrics
-from pullmedic.actuator import Kube
 from pullmedic.engine import Engine, EngineSettings
-from pullmedic.handlers import build_registry
+from pullmedic.handlers import WatchTimeouts, build_registry
+from pullmedic.kube import RestKube, Timeouts, configure
 from pullmedic.netguard import AddressPolicy
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
@@ -42,6 +42,8 @@ class OperatorSettings:
     probe: ClientConfig = field(default_factory=ClientConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
     peering: PeeringSettings = field(default_factory=PeeringSettings)
+    kube: Timeouts = field(default_factory=Timeouts)
+    watch: WatchTimeouts = field(default_factory=WatchTimeouts)
     log_format: str = "plain"
     kubeconfig: str | None = None
 
@@ -101,6 +103,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds between refreshes of managed secret copies from their source",
     )
+    p.add_argument(
+        "--api-timeout",
+        type=float,
+        default=float(env("PULLMEDIC_API_TIMEOUT", "20")),
+        help="read timeout of one Kubernetes API request, seconds (connect: 5)",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=float(env("PULLMEDIC_WATCH_TIMEOUT", "50")),
+        help="a watch connection is replaced after this many seconds at the latest",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -122,6 +136,8 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             address_policy=AddressPolicy(tuple(args.allow_address)),
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
+        kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
+        watch=WatchTimeouts(server=max(5.0, args.watch_timeout - 10), client=args.watch_timeout),
         peering=PeeringSettings(
             standalone=not args.peering, name=args.peering or "pullmedic", priority=args.priority
         ),
@@ -130,18 +146,19 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def _api_client(kubeconfig: str | None) -> client.ApiClient:
+def _api_client(kubeconfig: str | None, timeouts: Timeouts, pool: int) -> client.ApiClient:
     # The config loaders are untyped in the kubernetes package.
+    cfg = client.Configuration()
     if kubeconfig:
-        api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=cfg
         )
-        return api
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configure(cfg, timeouts, pool))
 
 
 def run(settings: OperatorSettings) -> int:
@@ -156,16 +173,20 @@ def run(settings: OperatorSettings) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
-    api = _api_client(settings.kubeconfig)
-    pool = max(32, (os.cpu_count() or 2) * 8)
-    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
+    workers = 16
+    api = _api_client(settings.kubeconfig, settings.kube, pool=workers)
 
     def make_engine() -> Engine:
-        return Engine(Kube(api), Prober(settings.probe), settings.engine)
+        return Engine(
+            RestKube(api, settings.kube, workers=workers), Prober(settings.probe), settings.engine
+        )
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)
-    registry = build_registry(make_engine)
-    liveness = f"http://{settings.server.bind}:{settings.server.liveness_port}/healthz"
+    registry = build_registry(
+        make_engine,
+        health=(settings.server.bind, settings.server.liveness_port),
+        watch=settings.watch,
+    )
     asyncio.run(
         kopf.operator(
             registry=registry,
@@ -174,7 +195,6 @@ def run(settings: OperatorSettings) -> int:
             # Naming a peering makes it mandatory in kopf: only when peering is wanted.
             peering_name=None if settings.peering.standalone else settings.peering.name,
             priority=settings.peering.priority,
-            liveness_endpoint=liveness,
         )
     )
     return 0
