@@ -33,6 +33,7 @@ class EngineSettings:
     debounce: float = 0.25  # gather sibling pods of one owner before deciding
     recheck_after: float = 30.0  # re-diagnose a group still stuck after this long
     decision_timeout: float = 120.0  # a decision still running after this is cancelled
+    retry_base: float = 2.5  # first retry of a failed decision; doubles up to 300 s
     circuit_window: float = 3600.0
     status_interval: float = 1.0
     secret_sync_interval: float = 60.0  # how often managed copies follow their source
@@ -79,6 +80,8 @@ class Engine:
                 debounce=settings.debounce,
                 recheck_after=settings.recheck_after,
                 decision_timeout=settings.decision_timeout,
+                postpone_base=min(0.5, settings.retry_base),
+                retry_base=settings.retry_base,
             ),
             clock=self.clocks.monotonic,
         )

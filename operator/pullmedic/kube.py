@@ -11,6 +11,7 @@ cannot write twice.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json
 import logging
@@ -266,9 +267,17 @@ class RestKube:
         while True:
             per_try = t.connect + t.read + 1.0
             try:
+                ctx = contextvars.copy_context()  # like asyncio.to_thread: logs keep their context
                 return await asyncio.wait_for(
                     loop.run_in_executor(
-                        self._pool, self._once, method, path, body, content_type, query or []
+                        self._pool,
+                        ctx.run,
+                        self._once,
+                        method,
+                        path,
+                        body,
+                        content_type,
+                        query or [],
                     ),
                     timeout=min(per_try, max(0.1, deadline - loop.time())),
                 )

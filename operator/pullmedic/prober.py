@@ -337,11 +337,7 @@ class Prober:
             and not ref.digest
         ):
             return await self._suggest_tag(diag, ref, chosen_cred, platform, chosen, tag_policy)
-        if (
-            diag.cause
-            in (*CREDENTIAL_CAUSES, Cause.MalformedSecret)
-            and candidates
-        ):
+        if diag.cause in (*CREDENTIAL_CAUSES, Cause.MalformedSecret) and candidates:
             return await self._suggest_secret(diag, ref, platform, candidates)
         return diag
 

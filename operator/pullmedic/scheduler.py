@@ -26,7 +26,9 @@ class SchedulerSettings:
     debounce: float = 0.25  # gather sibling pods of one owner before deciding
     recheck_after: float = 30.0  # re-diagnose a group still stuck after this long
     decision_timeout: float = 120.0  # a decision still running after this is cancelled
+    postpone_base: float = 0.5  # first retry after a Postpone; doubles per attempt
     postpone_max: float = 60.0
+    retry_base: float = 2.5  # first retry after a failure or timeout; doubles per attempt
     retry_max: float = 300.0
 
 
@@ -88,15 +90,15 @@ class Scheduler:
                 await self.decide(group)
         except Postpone as why:
             group.failures += 1
-            retry_in = min(s.postpone_max, 0.5 * 2**group.failures)
+            retry_in = min(s.postpone_max, s.postpone_base * 2**group.failures)
             level = logging.INFO if group.failures < 5 else logging.WARNING
             log.log(level, "postponing %s: %s", "/".join(group.key), why)
         except TimeoutError:
             group.failures += 1
             self.timeouts += 1
-            retry_in = min(s.retry_max, 2.5 * 2**group.failures)
+            retry_in = min(s.retry_max, s.retry_base * 2**group.failures)
             log.warning(
-                "deciding %s took over %.0fs; cancelled, retrying in %.0fs",
+                "deciding %s took over %.1fs; cancelled, retrying in %.1fs",
                 "/".join(group.key),
                 s.decision_timeout,
                 retry_in,
@@ -105,8 +107,8 @@ class Scheduler:
             raise
         except Exception:  # any bug or fault: the group is retried, never lost
             group.failures += 1
-            retry_in = min(s.retry_max, 2.5 * 2**group.failures)
-            log.exception("handling %s failed; retrying in %.0fs", "/".join(group.key), retry_in)
+            retry_in = min(s.retry_max, s.retry_base * 2**group.failures)
+            log.exception("handling %s failed; retrying in %.1fs", "/".join(group.key), retry_in)
         else:
             group.failures = 0
         group.handled_at = self.clock()
