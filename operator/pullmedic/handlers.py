@@ -31,7 +31,7 @@ class WatchTimeouts:
     (the API server sends a bookmark about every minute).
     """
 
-    server: float = 40.0
+    server: int = 40  # sent as timeoutSeconds: the API server wants an integer
     client: float = 50.0
     connect: float = 10.0
     inactivity: float = 70.0

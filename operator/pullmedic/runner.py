@@ -137,7 +137,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
         kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
-        watch=WatchTimeouts(server=max(5.0, args.watch_timeout - 10), client=args.watch_timeout),
+        watch=WatchTimeouts(server=max(5, int(args.watch_timeout) - 10), client=args.watch_timeout),
         peering=PeeringSettings(
             standalone=not args.peering, name=args.peering or "pullmedic", priority=args.priority
         ),
