@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pullmedic import metrics
 from pullmedic.actuator import Actuator
 from pullmedic.circuit import CircuitBreaker
 from pullmedic.grouping import Groups, PodState
+from pullmedic.health import HealthChecks, HealthSettings
 from pullmedic.inventory import Inventory
-from pullmedic.kube import KubeApi, KubeError
+from pullmedic.kube import KubeApi
 from pullmedic.remediation import Clocks, Diagnoser, Remediator
 from pullmedic.reporting import Reporter
 from pullmedic.scheduler import Scheduler, SchedulerSettings
@@ -40,9 +40,7 @@ class EngineSettings:
     sweep_interval: float = 60.0
     sweep_max_age: float = 300.0
     api_check_interval: float = 10.0
-    ready_budget: float = 30.0  # unready when the API server has not answered for this long
-    # Deaf pod watch: stuck pods get a status write from the kubelet at least every 300 s
-    # (its longest back-off), so this long without any pod event means the watch is dead.
+    ready_budget: float = 30.0  # see health.HealthSettings
     pod_watch_budget: float = 420.0
     dry_run: bool = False
 
@@ -108,9 +106,16 @@ class Engine:
             "secret-sync", settings.secret_sync_interval, self.secret_sync.sync, deadline=300
         )
         self.supervisor.every("sweeper", settings.sweep_interval, self.sweeper.sweep, deadline=600)
-        self.supervisor.every("api-check", settings.api_check_interval, self._api_check)
-        self.last_pod_event = self.clocks.monotonic()
-        self.api_ok_at: float | None = None
+        self.health = HealthChecks(
+            kube,
+            self.supervisor,
+            self.scheduler,
+            self.groups,
+            lambda: len(self.inventory.namespaces),
+            HealthSettings(settings.ready_budget, settings.pod_watch_budget),
+            self.clocks.monotonic,
+        )
+        self.supervisor.every("api-check", settings.api_check_interval, self.health.check_api)
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -137,7 +142,7 @@ class Engine:
     def on_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Cheap: runs for every pod event that might concern a pull failure."""
         now = self.clocks.monotonic()
-        self.last_pod_event = now
+        self.health.saw_pod_event()
         wakes, recovered = self.groups.observe(event_type, body, now, self.clocks.wall())
         if recovered is not None:
             self._recovered(recovered)
@@ -146,15 +151,10 @@ class Engine:
 
     def saw_pod_event(self) -> None:
         """Any pod event at all, failing or not: the watch is alive."""
-        self.last_pod_event = self.clocks.monotonic()
+        self.health.saw_pod_event()
 
     def _recovered(self, state: PodState) -> None:
-        lost = self.clocks.monotonic() - state.first_seen
-        metrics.SECONDS_LOST.inc(lost)
-        st = self.inventory.stats.get(state.policy) if state.policy else None
-        if st is not None:
-            st.lost += lost
-            st.dirty = True
+        self.status.pod_recovered(state)
 
     # ---- background ---------------------------------------------------------------------
 
@@ -165,13 +165,6 @@ class Engine:
             self.clocks.monotonic() - max(120.0, 2 * self.settings.recheck_after)
         )
 
-    async def _api_check(self) -> None:
-        try:
-            await self.kube.version()
-        except KubeError:
-            return  # readiness reports it; nothing to restart
-        self.api_ok_at = self.clocks.monotonic()
-
     def start(self) -> None:
         self.supervisor.start()
 
@@ -179,29 +172,11 @@ class Engine:
         self.scheduler.cancel_all()
         await self.supervisor.stop()
 
-    # ---- health -------------------------------------------------------------------------
-
     def liveness(self) -> list[str]:
-        problems = self.supervisor.stalled()
-        s = self.settings
-        oldest = self.scheduler.oldest_running()
-        if oldest > s.debounce + s.decision_timeout + 30:
-            problems.append(f"a decision has been running for {oldest:.0f}s")
-        silent = self.clocks.monotonic() - self.last_pod_event
-        if self.groups.pods and silent > s.pod_watch_budget:
-            problems.append(
-                f"no pod event for {silent:.0f}s while {len(self.groups.pods)} pods are stuck"
-            )
-        return problems
+        return self.health.liveness()
 
     def readiness(self) -> list[str]:
-        problems = []
-        if not self.inventory.namespaces:
-            problems.append("namespace watch has not listed yet")
-        now = self.clocks.monotonic()
-        if self.api_ok_at is None or now - self.api_ok_at > self.settings.ready_budget:
-            problems.append("API server has not answered recently")
-        return problems
+        return self.health.readiness()
 
 
 __all__ = ["Engine", "EngineSettings"]

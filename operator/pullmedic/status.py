@@ -16,7 +16,7 @@ from pullmedic import backoff, metrics
 from pullmedic import policy as pol
 from pullmedic.accounting import PolicyStats, now_iso
 from pullmedic.diagnosis import Cause
-from pullmedic.grouping import Groups
+from pullmedic.grouping import Groups, PodState
 from pullmedic.inventory import Inventory
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.reporting import Reporter
@@ -91,6 +91,15 @@ class PolicyStatus:
                 log.warning("condition of %s not written: %s", policy.key, e)
             if problems:
                 await self.reporter.invalid_spec(policy, "; ".join(problems))
+
+    def pod_recovered(self, state: PodState) -> None:
+        """A stuck pod runs (or is gone): its waiting time is lost back-off."""
+        lost = self.clock() - state.first_seen
+        metrics.SECONDS_LOST.inc(lost)
+        st = self.inv.stats.get(state.policy) if state.policy else None
+        if st is not None:
+            st.lost += lost
+            st.dirty = True
 
     def gauges(self) -> dict[str | None, int]:
         """Set the gauges; returns stuck pods per policy for the status."""
