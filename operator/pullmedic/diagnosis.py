@@ -32,6 +32,7 @@ class Cause(StrEnum):
     RateLimited = "RateLimited"
     RegistryUnreachable = "RegistryUnreachable"
     PlatformMismatch = "PlatformMismatch"
+    ImageIncomplete = "ImageIncomplete"  # listed, but a manifest or blob cannot be served
     ImageAvailable = "ImageAvailable"
     BlockedAddress = "BlockedAddress"
     MalformedSecret = "MalformedSecret"
@@ -204,6 +205,10 @@ class Observation:
     wanted_platform: str = ""
     platform_matched: bool | None = None
     available_platforms: tuple[str, ...] = ()
+    # What the kubelet fetches after the manifest: the platform's manifest and every blob.
+    # None: all present (when ``integrity_checked``) or not checked.
+    integrity_problem: str | None = None
+    integrity_checked: bool = False
     secret_problems: tuple[tuple[str, str], ...] = ()
     evidence: tuple[Evidence, ...] = ()
 
@@ -409,8 +414,23 @@ def conclude(obs: Observation) -> Diagnosis:
                 "schedule on a matching node.",
                 availablePlatforms=list(obs.available_platforms),
             )
-        conf2: Confidence = "high" if obs.platform_matched else "medium"
-        extra = "" if obs.platform_matched else " (platform could not be checked)"
+        if obs.integrity_problem is not None:
+            return make(
+                Cause.ImageIncomplete,
+                "high",
+                f"{_ref_text(obs)} is listed by {obs.registry_host} but cannot be pulled "
+                f"whole: {obs.integrity_problem}. Recreating pods will not help; push the "
+                "image again, or pull it from a mirror that has it whole.",
+                missing=obs.integrity_problem,
+            )
+        conf2: Confidence = "high" if obs.platform_matched and obs.integrity_checked else "medium"
+        extra = (
+            ""
+            if obs.platform_matched and obs.integrity_checked
+            else " (platform could not be checked)"
+            if not obs.platform_matched
+            else " (its blobs could not all be checked)"
+        )
         return make(
             Cause.ImageAvailable,
             conf2,

@@ -302,6 +302,15 @@ def plan(
                 if policy.mirrors or cause is Cause.RegistryUnreachable
                 else "the registry is rate-limiting; the kubelet retries after its back-off"
             )
+    elif cause is Cause.ImageIncomplete:
+        # The pull fails the same way on every retry: never "recreate to skip back-off".
+        if mirror_image:
+            actions, note = _image_actions(failure, mirror_image, policy)
+        else:
+            note = (
+                "the registry cannot serve this image whole and no mirror has it; "
+                "push it again"
+            )
     elif cause is Cause.ImageAvailable:
         if (
             failure.workload is not None

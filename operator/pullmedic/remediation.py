@@ -37,6 +37,9 @@ from pullmedic.scheduler import Postpone
 
 log = logging.getLogger("pullmedic")
 
+# Causes a copy of the same image elsewhere fixes (verified whole there first).
+MIRROR_CAUSES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
+
 
 class Diagnoser(Protocol):
     async def diagnose(
@@ -126,7 +129,7 @@ class Remediator:
         metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
 
         mirror_image = None
-        if policy and diagnosis.cause in (Cause.RegistryUnreachable, Cause.RateLimited):
+        if policy and diagnosis.cause in MIRROR_CAUSES:
             mirror_image = await self._verified_mirror(sc.image, policy, keyring, platform)
 
         if policy is not None:

@@ -474,3 +474,37 @@ async def test_liveness_and_readiness(world: World) -> None:
         world.prober.hang.set()
     finally:
         await eng.stop()
+
+
+async def test_an_incomplete_image_moves_to_a_mirror_that_has_it_whole(world: World) -> None:
+    broken = "registry.example.com/app:2.0"
+    mirrored = "mirror.example.com/app:2.0"
+    world.prober.answers[broken] = diag(broken, Cause.ImageIncomplete)
+    world.prober.answers[mirrored] = diag(mirrored, Cause.ImageAvailable)
+    await world.boot(
+        cluster_policy(
+            mirrors=[{"registry": "registry.example.com", "mirror": "mirror.example.com"}]
+        )
+    )
+    deployment(world.kube, "web", broken)
+    world.feed(stuck_pod(world.kube, "web", 0, broken))
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+    dep = world.kube.obj("Deployment", NS, "web")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == mirrored
+    assert world.prober.asked == [broken, mirrored]  # the mirror was verified first
+    assert world.kube.written("delete", "Pod") == []  # never "recreate to skip back-off"
+
+
+async def test_an_incomplete_image_without_a_mirror_is_reported_not_recreated(
+    world: World,
+) -> None:
+    broken = "registry.example.com/app:2.0"
+    world.prober.answers[broken] = diag(broken, Cause.ImageIncomplete)
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", broken)
+    world.feed(stuck_pod(world.kube, "web", 0, broken))
+    await until(lambda: bool(world.kube.events("PullDiagnosed")))
+    await world.settle()
+    assert world.kube.written("delete", "Pod") == []
+    assert image_patches(world.kube, "web") == []

@@ -202,6 +202,16 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.RegistryUnreachable), policy(), {}, [], False),
         # pullable now: recreate to skip the back-off
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
+        # listed but not whole: recreating cannot help; a mirror with it whole can
+        (failure(), diag(Cause.ImageIncomplete), policy(), {}, [], False),
+        (
+            failure(),
+            diag(Cause.ImageIncomplete),
+            policy(),
+            {"mirror_image": "127.0.0.1:5001/library/nginx:1.27.99"},
+            [A.PATCH_WORKLOAD_IMAGE],
+            True,
+        ),
         # pods of owners that do not recreate them equivalently are never deleted
         (
             failure(workload=ObjectRef("Job", NS, "once")),
