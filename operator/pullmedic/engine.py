@@ -16,6 +16,7 @@ from pullmedic.circuit import CircuitBreaker
 from pullmedic.grouping import Groups, PodState
 from pullmedic.health import HealthChecks, HealthSettings
 from pullmedic.inventory import Inventory
+from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import KubeApi
 from pullmedic.remediation import Clocks, Diagnoser, Remediator
 from pullmedic.reporting import Reporter
@@ -42,6 +43,7 @@ class EngineSettings:
     api_check_interval: float = 10.0
     ready_budget: float = 30.0  # see health.HealthSettings
     pod_watch_budget: float = 420.0
+    node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
     dry_run: bool = False
 
 
@@ -70,6 +72,7 @@ class Engine:
             default_platform=settings.default_platform,
             dry_run=settings.dry_run,
             clocks=self.clocks,
+            node_registries=NodeRegistries.parse(settings.node_registries)[0],
         )
         self.scheduler = Scheduler(
             self.groups,

@@ -307,10 +307,12 @@ def plan(
         if mirror_image:
             actions, note = _image_actions(failure, mirror_image, policy)
         else:
-            note = (
-                "the registry cannot serve this image whole and no mirror has it; "
-                "push it again"
-            )
+            note = "the registry cannot serve this image whole and no mirror has it; push it again"
+    elif cause is Cause.NodeCredentialsUnknown:
+        note = (
+            "nodes hold the credentials for this registry: check the node's credential "
+            "provider or config; a pull secret is not attached over it"
+        )
     elif cause is Cause.ImageAvailable:
         if (
             failure.workload is not None

@@ -23,10 +23,10 @@ from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
 from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
 from pullmedic.decision import failure_of, fingerprint, is_follow_up
-from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, node_view
 from pullmedic.grouping import Group, Groups, PodState
 from pullmedic.inventory import Inventory
-from pullmedic.keyring import Keyring, SecretProblem
+from pullmedic.keyring import Keyring, NodeRegistries, SecretProblem
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.lookups import Lookups
 from pullmedic.planning import ActionType, Failure, ObjectRef, Plan, plan
@@ -78,6 +78,7 @@ class Remediator:
         default_platform: str = "linux/amd64",
         dry_run: bool = False,
         clocks: Clocks | None = None,
+        node_registries: NodeRegistries | None = None,
     ) -> None:
         self.kube = kube
         self.prober = prober
@@ -88,6 +89,7 @@ class Remediator:
         self.window = follow_up_window
         self.dry_run = dry_run
         self.clocks = clocks or Clocks()
+        self.node_registries = node_registries or NodeRegistries()
         self.lookups = Lookups(kube, default_platform)
         self.actuator = Actuator(kube, dry_run=dry_run)
         self.reporter = Reporter(kube)
@@ -127,6 +129,7 @@ class Remediator:
             distrust_available=True,
         )
         metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
+        diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
 
         mirror_image = None
         if policy and diagnosis.cause in MIRROR_CAUSES:
@@ -139,6 +142,20 @@ class Remediator:
                 raise Postpone(f"{policy.key} changed while diagnosing")
             policy = current
         await self._conclude(group, members, rep, failure, diagnosis, policy, wobj, mirror_image)
+
+    def _as_the_node_sees_it(
+        self, d: Diagnosis, image: str, kubelet_message: str, policy: pol.Policy | None
+    ) -> Diagnosis:
+        if d.cause not in CREDENTIAL_CAUSES:
+            return d
+        try:
+            ref = reference.parse(image)
+        except reference.InvalidReference:
+            return d
+        nodes = self.node_registries
+        if policy is not None and policy.node_registries:
+            nodes = nodes | NodeRegistries.parse(policy.node_registries)[0]
+        return node_view(d, kubelet_message, ref.registry_host) if nodes.provide(ref) else d
 
     def _choose(self, pod: Mapping[str, Any], ns: str, image: str) -> pol.Policy | None:
         try:

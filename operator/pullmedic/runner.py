@@ -14,6 +14,7 @@ from kubernetes import client, config
 from pullmedic import metrics
 from pullmedic.engine import Engine, EngineSettings
 from pullmedic.handlers import WatchTimeouts, build_registry
+from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import RestKube, Timeouts, configure
 from pullmedic.netguard import AddressPolicy
 from pullmedic.prober import Prober
@@ -104,6 +105,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between refreshes of managed secret copies from their source",
     )
     p.add_argument(
+        "--node-credentials-for",
+        action="append",
+        metavar="PATTERN",
+        default=_split(env("PULLMEDIC_NODE_CREDENTIAL_REGISTRIES")),
+        help="registry whose pull credentials the nodes hold (credential provider plugin or "
+        "node config), kubelet matchImages syntax; repeat",
+    )
+    p.add_argument(
         "--api-timeout",
         type=float,
         default=float(env("PULLMEDIC_API_TIMEOUT", "20")),
@@ -123,6 +132,10 @@ def _split(value: str | None) -> list[str]:
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    """Raises ValueError (a usage error) for values the operator cannot use."""
+    _, problems = NodeRegistries.parse(args.node_credentials_for)
+    if problems:
+        raise ValueError(f"--node-credentials-for: {'; '.join(problems)}")
     return OperatorSettings(
         engine=EngineSettings(
             operator_namespace=args.operator_namespace,
@@ -130,6 +143,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             recheck_after=args.recheck_after,
             secret_sync_interval=args.secret_sync_interval,
             dry_run=args.dry_run,
+            node_registries=tuple(args.node_credentials_for),
         ),
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),

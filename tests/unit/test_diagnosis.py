@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic.diagnosis import Cause, Diagnosis, Evidence, Fix, Observation, conclude
+from pullmedic.diagnosis import Cause, Diagnosis, Evidence, Fix, Observation, conclude, node_view
 
 BASE: dict[str, Any] = {
     "image": "reg.example/team/app:1.2.3",
@@ -358,8 +358,50 @@ def test_cause_values_are_stable() -> None:
         "RegistryUnreachable",
         "PlatformMismatch",
         "ImageIncomplete",
+        "NodeCredentialsUnknown",
         "ImageAvailable",
         "BlockedAddress",
         "MalformedSecret",
         "Unknown",
     }
+
+
+# ---- registries whose credentials live on the nodes ----------------------------------
+
+
+def _auth_required() -> Diagnosis:
+    return conclude(obs(auth_scheme="bearer", token_status=200, manifest_status=401))
+
+
+@pytest.mark.parametrize(
+    ("kubelet", "confidence", "says"),
+    [
+        (
+            'failed to pull and unpack image "x": failed to resolve reference "x": '
+            "pull access denied, repository does not exist or may require authorization: "
+            "server message: insufficient_scope: authorization failed",
+            "medium",
+            "refused too",
+        ),
+        (
+            'rpc error: code = NotFound desc = failed to pull and unpack image "x": failed to '
+            'resolve reference "x": x: not found',
+            "medium",
+            "not found",
+        ),
+        ('Back-off pulling image "x"', "low", "unknown"),
+        ("", "low", "unknown"),
+    ],
+)
+def test_node_view_of_a_credential_failure(kubelet: str, confidence: str, says: str) -> None:
+    d = node_view(_auth_required(), kubelet, "123.dkr.ecr.eu-west-1.amazonaws.com")
+    assert d.cause is Cause.NodeCredentialsUnknown
+    assert d.confidence == confidence
+    assert says in d.summary and "123.dkr.ecr.eu-west-1.amazonaws.com" in d.summary
+    assert d.details["probeCause"] == str(_auth_required().cause)
+    assert ("kubeletMessage" in d.details) == bool(kubelet)
+
+
+def test_node_view_leaves_other_causes_alone() -> None:
+    tag = conclude(obs(auth_scheme="none", manifest_status=404, tags_status=200))
+    assert node_view(tag, "401 Unauthorized", "h") is tag

@@ -508,3 +508,28 @@ async def test_an_incomplete_image_without_a_mirror_is_reported_not_recreated(
     await world.settle()
     assert world.kube.written("delete", "Pod") == []
     assert image_patches(world.kube, "web") == []
+
+
+async def test_registries_the_nodes_authenticate_to_get_no_pull_secret(world: World) -> None:
+    """The probe's 401 is not the node's answer where a credential provider runs: report
+    with the kubelet's own words, never attach a secret over it."""
+    await world.boot(
+        cluster_policy(
+            credentials={
+                "secrets": [{"namespace": "shared", "name": "regcred"}],
+                "nodeRegistries": ["registry.example.com"],
+            }
+        )
+    )
+    deployment(world.kube, "priv", PRIVATE)
+    pod = stuck_pod(world.kube, "priv", 0, PRIVATE)
+    pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = (
+        "failed to authorize: failed to fetch oauth token: 401 Unauthorized"
+    )
+    world.feed(pod)
+    await until(lambda: bool(world.kube.events("PullDiagnosed")))
+    await world.settle()
+    (event,) = world.kube.events("PullDiagnosed")
+    assert "NodeCredentialsUnknown" in event["message"] and "refused too" in event["message"]
+    assert world.kube.written("patch", "ServiceAccount") == []
+    assert world.kube.written("create", "Secret") == []
