@@ -313,6 +313,12 @@ def plan(
             "nodes hold the credentials for this registry: check the node's credential "
             "provider or config; a pull secret is not attached over it"
         )
+    elif cause is Cause.ImageAvailable and failure.reason == "ErrImageNeverPull":
+        # The registry has it, but the kubelet will never pull: recreating changes nothing.
+        note = (
+            "imagePullPolicy is Never and the node does not have the image (or the pod's "
+            "credentials do not grant it); load it on the node or allow pulling"
+        )
     elif cause is Cause.ImageAvailable:
         if (
             failure.workload is not None

@@ -202,6 +202,8 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.RegistryUnreachable), policy(), {}, [], False),
         # pullable now: recreate to skip the back-off
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
+        # pull policy Never: the kubelet will not pull, so recreating is futile
+        (failure(reason="ErrImageNeverPull"), diag(Cause.ImageAvailable), policy(), {}, [], False),
         # listed but not whole: recreating cannot help; a mirror with it whole can
         (failure(), diag(Cause.ImageIncomplete), policy(), {}, [], False),
         (
