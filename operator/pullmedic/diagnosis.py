@@ -9,6 +9,7 @@ repositories behind 401, so anything weaker is reported as ``NotFoundOrPrivate``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -586,3 +587,20 @@ def node_view(d: Diagnosis, kubelet_message: str, registry_host: str) -> Diagnos
     return Diagnosis(
         d.image, Cause.NodeCredentialsUnknown, conf, summary, evidence, details, d.digest
     )
+
+
+def held_by_node(d: Diagnosis, node: str) -> Diagnosis:
+    """A credential failure for an image the node already holds (ensure-secret-pulled-
+    images, on by default since Kubernetes 1.35): the kubelet gives a cached private image
+    only to pods whose own credentials grant it, so this pod pulls, and fails, with its
+    own. The credential fix is the right one; say why the cached copy did not help."""
+    if d.cause not in CREDENTIAL_CAUSES:
+        return d
+    details: dict[str, JSONValue] = dict(d.details)
+    details["imageOnNode"] = node
+    summary = (
+        d.summary.rstrip(".")
+        + f". The image is already on node {node}, but the kubelet only lets pods whose own "
+        "pull credentials grant it use a cached private image (ensure-secret-pulled-images)."
+    )
+    return dataclasses.replace(d, summary=summary, details=details)

@@ -3,24 +3,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pullmedic import policy as pol
+from pullmedic import reference
 from pullmedic.detection import controller_of
 from pullmedic.keyring import Keyring, PullSecret, SecretProblem
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.planning import ObjectRef
 from pullmedic.platforms import Platform
 
+# Images on a node change as it pulls and collects garbage: trust the list this long.
+NODE_IMAGES_TTL = 60.0
+
 OwnerChain = tuple[ObjectRef | None, ObjectRef | None, dict[str, Any] | None]
 
 
 class Lookups:
-    def __init__(self, kube: KubeApi, default_platform: str) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        default_platform: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.default_platform = Platform.parse(default_platform)
-        self._node_platforms: dict[str, Platform] = {}
+        self.clock = clock
+        self._nodes: dict[str, tuple[float, NodeFacts]] = {}
 
     async def owner_chain(self, pod: Mapping[str, Any]) -> OwnerChain:
         """(workload to fix, the Job between a CronJob and its pods, the workload object)."""
@@ -88,21 +100,56 @@ class Lookups:
                     candidates[str(ref)], _ = Keyring.from_secrets([s])
         return keyring, candidates, problems
 
-    async def platform(self, node: str | None) -> Platform:
-        default = self.default_platform
-        if not node:
+    async def node(self, name: str | None) -> NodeFacts:
+        """The node's platform (cached for good) and the images it holds (for a minute)."""
+        default = NodeFacts(self.default_platform, frozenset(), "")
+        if not name:
             return default
-        if node not in self._node_platforms:
+        now = self.clock()
+        hit = self._nodes.get(name)
+        if hit is not None and now - hit[0] < NODE_IMAGES_TTL:
+            return hit[1]
+        try:
+            obj = await self.kube.get("Node", "", name)
+        except KubeError:
+            return hit[1] if hit is not None else default  # asked again next decision
+        if obj is None:
+            return NodeFacts(self.default_platform, frozenset(), name)
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        facts = NodeFacts(
+            Platform(
+                labels.get("kubernetes.io/os", self.default_platform.os),
+                labels.get("kubernetes.io/arch", self.default_platform.architecture),
+            ),
+            _image_names(obj),
+            name,
+        )
+        self._nodes[name] = (now, facts)
+        return facts
+
+    async def platform(self, node: str | None) -> Platform:
+        return (await self.node(node)).platform
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    platform: Platform
+    images: frozenset[str]  # canonical references the node reports holding
+    name: str
+
+    def holds(self, image: str) -> bool:
+        try:
+            return str(reference.parse(image)) in self.images
+        except reference.InvalidReference:
+            return False
+
+
+def _image_names(node: Mapping[str, Any]) -> frozenset[str]:
+    out: set[str] = set()
+    for img in (node.get("status") or {}).get("images") or ():
+        for n in (img or {}).get("names") or ():
             try:
-                obj = await self.kube.get("Node", "", node)
-            except KubeError:
-                return default  # not cached: the next decision asks again
-            labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-            platform = Platform(
-                labels.get("kubernetes.io/os", default.os),
-                labels.get("kubernetes.io/arch", default.architecture),
-            )
-            if obj is None:
-                return platform
-            self._node_platforms[node] = platform
-        return self._node_platforms[node]
+                out.add(str(reference.parse(str(n))))
+            except reference.InvalidReference:
+                continue
+    return frozenset(out)

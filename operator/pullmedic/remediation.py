@@ -23,7 +23,7 @@ from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
 from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
 from pullmedic.decision import failure_of, fingerprint, is_follow_up
-from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, node_view
+from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
 from pullmedic.grouping import Group, Groups, PodState
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring, NodeRegistries, SecretProblem
@@ -115,7 +115,8 @@ class Remediator:
             m.policy = policy.key if policy else None
 
         keyring, candidates, problems = await self.lookups.keyrings(pod, policy)
-        platform = await self.lookups.platform(pod["spec"].get("nodeName"))
+        node = await self.lookups.node(pod["spec"].get("nodeName"))
+        platform = node.platform
         t0 = self.clocks.monotonic()
         diagnosis = await self.prober.diagnose(
             sc.image,
@@ -130,6 +131,8 @@ class Remediator:
         )
         metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
         diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
+        if node.holds(sc.image):
+            diagnosis = held_by_node(diagnosis, node.name)
 
         mirror_image = None
         if policy and diagnosis.cause in MIRROR_CAUSES:

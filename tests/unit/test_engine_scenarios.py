@@ -533,3 +533,37 @@ async def test_registries_the_nodes_authenticate_to_get_no_pull_secret(world: Wo
     assert "NodeCredentialsUnknown" in event["message"] and "refused too" in event["message"]
     assert world.kube.written("patch", "ServiceAccount") == []
     assert world.kube.written("create", "Secret") == []
+
+
+async def test_a_private_image_on_the_node_still_gets_the_credential_fix(world: World) -> None:
+    """Ensure-secret-pulled-images: the image is cached on the node, yet a pod without
+    credentials fails. The diagnosis says why; the fix is the pull secret, not a
+    recreation (which "ImageAvailable" would have chosen)."""
+    world.kube.put(
+        {
+            "kind": "Node",
+            "metadata": {
+                "name": "node-1",
+                "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+            },
+            "status": {"images": [{"names": [PRIVATE, "registry.example.com/other:1"]}]},
+        }
+    )
+    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
+    world.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    await world.boot(cluster_policy())
+    world.engine.on_namespace(None, namespace("shared"))
+    deployment(world.kube, "priv", PRIVATE)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("patch", "ServiceAccount")))
+    await world.settle()
+    (event,) = world.kube.events("PullDiagnosed")
+    assert "already on node node-1" in event["message"]
+    assert "ensure-secret-pulled-images" in event["message"]

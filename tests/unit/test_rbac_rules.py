@@ -148,8 +148,8 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ),
     # --- nodes: the platform the kubelet pulls for ------------------------------------
     ("", "nodes", "get"): need(
-        "lookups.Lookups.platform: node os/arch labels",
-        (LOOKUPS, r"self\.kube\.get\(\"Node\", \"\", node\)"),
+        "lookups.Lookups.node: node os/arch labels and the images it holds",
+        (LOOKUPS, r"self\.kube\.get\(\"Node\", \"\", name\)"),
         (LOOKUPS, r"kubernetes\.io/arch"),
         _path("Node", "/api/v1/nodes/{name}"),
     ),
