@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,27 @@ class PolicyStats:
     remediations: deque[float] = field(default_factory=deque)  # wall times of slots taken
     copies: set[tuple[str, str]] = field(default_factory=set)  # (source ns/name, copy ns/name)
     dirty: bool = True
+
+    def load(self, status: Mapping[str, Any]) -> None:
+        """Continue from what the status says (written by the previous leader, or by this
+        process before a restart): counts never go back to zero on failover."""
+        counts = status.get("counts") or {}
+        for k in self.counts:
+            v = counts.get(k)
+            if isinstance(v, int) and v > self.counts[k]:
+                self.counts[k] = v
+        backoff_ = status.get("backoff") or {}
+        if isinstance(backoff_.get("pullAttempts"), int):
+            self.attempts = max(self.attempts, backoff_["pullAttempts"])
+        for name, attr in (("secondsLostWaiting", "lost"), ("secondsSavedByRecreation", "saved")):
+            v = backoff_.get(name)
+            if isinstance(v, int | float) and v > getattr(self, attr):
+                setattr(self, attr, float(v))
+        actions = status.get("lastActions")
+        if isinstance(actions, list) and not self.last_actions:
+            for a in actions[-(self.last_actions.maxlen or 10) :]:
+                if isinstance(a, Mapping):
+                    self.last_actions.append({str(k): str(v) for k, v in a.items()})
 
     # ---- rate limit ------------------------------------------------------------------
     def rate_limited(self, per_hour: int, now: float) -> bool:

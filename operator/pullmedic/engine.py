@@ -7,6 +7,7 @@ background loops. Each part is in a module of its own name.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from pullmedic.health import HealthChecks, HealthSettings
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import KubeApi
+from pullmedic.leadership import LeaseElector, LeaseSettings
 from pullmedic.remediation import Clocks, Diagnoser, Remediator
 from pullmedic.reporting import Reporter
 from pullmedic.scheduler import Scheduler, SchedulerSettings
@@ -44,6 +46,7 @@ class EngineSettings:
     ready_budget: float = 30.0  # see health.HealthSettings
     pod_watch_budget: float = 420.0
     node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
+    lease: LeaseSettings | None = None  # leader election; None: this replica always acts
     dry_run: bool = False
 
 
@@ -73,6 +76,7 @@ class Engine:
             dry_run=settings.dry_run,
             clocks=self.clocks,
             node_registries=NodeRegistries.parse(settings.node_registries)[0],
+            acting=self.acting,
         )
         self.scheduler = Scheduler(
             self.groups,
@@ -86,15 +90,24 @@ class Engine:
             ),
             clock=self.clocks.monotonic,
         )
+        self.elector = (
+            LeaseElector(
+                kube, settings.lease, on_change=self._leadership, clock=self.clocks.monotonic
+            )
+            if settings.lease is not None
+            else None
+        )
+        self.scheduler.paused = self.elector is not None  # standby until elected
         reporter = Reporter(kube)
         self.status = PolicyStatus(
-            kube, self.inventory, self.groups, reporter, self.clocks.monotonic
+            kube, self.inventory, self.groups, reporter, self.clocks.monotonic, self.acting
         )
         self.secret_sync = SecretSync(
             Actuator(kube, dry_run=settings.dry_run),
             self.inventory,
             reporter,
             settings.operator_namespace,
+            self.acting,
         )
         self.sweeper = Sweeper(
             kube,
@@ -119,6 +132,22 @@ class Engine:
             self.clocks.monotonic,
         )
         self.supervisor.every("api-check", settings.api_check_interval, self.health.check_api)
+        if self.elector is not None:
+            self.supervisor.every("lease", self.elector.s.retry, self.elector.tick, deadline=30)
+        self._resuming: set[asyncio.Task[None]] = set()
+
+    def acting(self) -> bool:
+        """True on the one replica that decides and writes."""
+        return self.elector is None or self.elector.leader
+
+    def _leadership(self, leader: bool) -> None:
+        if not leader:
+            self.scheduler.pause()
+            return
+        self.scheduler.resume()
+        task = asyncio.get_running_loop().create_task(self.status.resume())
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -174,6 +203,8 @@ class Engine:
     async def stop(self) -> None:
         self.scheduler.cancel_all()
         await self.supervisor.stop()
+        if self.elector is not None:
+            await self.elector.release()
 
     def liveness(self) -> list[str]:
         return self.health.liveness()

@@ -41,6 +41,7 @@ PATHS = {
     "Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
     "Event": "/api/v1/namespaces/{ns}/events/{name}",
     "Node": "/api/v1/nodes/{name}",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
     "PullPolicy": "/apis/pullmedic.dev/v1alpha1/namespaces/{ns}/pullpolicies/{name}",
     "ClusterPullPolicy": "/apis/pullmedic.dev/v1alpha1/clusterpullpolicies/{name}",
 }

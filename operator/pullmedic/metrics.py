@@ -69,6 +69,11 @@ API_ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "pullmedic_leader",
+    "1 on the replica that holds the Lease and acts; 0 on standbys.",
+    registry=REGISTRY,
+)
 HEALTHY = Gauge(
     "pullmedic_healthy",
     "1 when the liveness check passes (loops ticking, no wedged decision, pod watch alive).",

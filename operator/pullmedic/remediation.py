@@ -79,7 +79,9 @@ class Remediator:
         dry_run: bool = False,
         clocks: Clocks | None = None,
         node_registries: NodeRegistries | None = None,
+        acting: Callable[[], bool] = lambda: True,
     ) -> None:
+        self.acting = acting
         self.kube = kube
         self.prober = prober
         self.groups = groups
@@ -188,6 +190,8 @@ class Remediator:
         mirror_image: str | None,
     ) -> None:
         """From here on no Postpone: every branch is accounted."""
+        if not self.acting():
+            return  # leadership ended while probing: the new leader decides this group
         now = self.clocks.monotonic()
         first = group.cause == ""  # only now: a Postpone above must not lose the first report
         group.quiet = 0 if group.cause != str(diagnosis.cause) else group.quiet + 1

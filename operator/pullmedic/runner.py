@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import kopf
@@ -16,6 +17,7 @@ from pullmedic.engine import Engine, EngineSettings
 from pullmedic.handlers import WatchTimeouts, build_registry
 from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import RestKube, Timeouts, configure
+from pullmedic.leadership import LeaseSettings
 from pullmedic.netguard import AddressPolicy
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
@@ -105,6 +107,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between refreshes of managed secret copies from their source",
     )
     p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=env("PULLMEDIC_LEADER_ELECT", "") in ("1", "true"),
+        help="run several replicas: the holder of a coordination.k8s.io Lease acts, the "
+        "others stand by with warm state",
+    )
+    p.add_argument("--lease-name", default=env("PULLMEDIC_LEASE_NAME", "pullmedic"))
+    p.add_argument(
+        "--lease-namespace",
+        default=env("PULLMEDIC_LEASE_NAMESPACE"),
+        help="namespace of the Lease (default: --operator-namespace)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=10.0,
+        help="seconds without renewal before a standby takes over (renew deadline: 70%%)",
+    )
+    p.add_argument(
         "--node-credentials-for",
         action="append",
         metavar="PATTERN",
@@ -127,6 +148,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
+def _lease(args: argparse.Namespace) -> LeaseSettings | None:
+    if not args.leader_elect:
+        return None
+    namespace = args.lease_namespace or args.operator_namespace
+    if not namespace:
+        raise ValueError("--leader-elect needs --lease-namespace or --operator-namespace")
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    d = float(args.lease_duration)
+    if d < 3:
+        raise ValueError("--lease-duration must be at least 3 seconds")
+    return LeaseSettings(
+        namespace=namespace,
+        name=args.lease_name,
+        identity=identity,
+        duration=d,
+        renew_deadline=round(d * 0.7, 1),
+        retry=max(0.5, round(d * 0.2, 1)),
+    )
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -144,6 +185,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             secret_sync_interval=args.secret_sync_interval,
             dry_run=args.dry_run,
             node_registries=tuple(args.node_credentials_for),
+            lease=_lease(args),
         ),
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),

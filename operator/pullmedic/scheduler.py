@@ -45,8 +45,22 @@ class Scheduler:
         self.settings = settings
         self.clock = clock
         self.timeouts = 0  # decisions cancelled at their deadline (a health signal)
+        self.paused = False  # a standby: groups are kept warm, never decided
+
+    def pause(self) -> None:
+        self.paused = True
+        self.cancel_all()
+
+    def resume(self) -> None:
+        """Decide every known group now: a new leader acts on what it watched."""
+        self.paused = False
+        for g in list(self.groups.groups.values()):
+            if g.pods:
+                self.schedule(g, force=True)
 
     def schedule(self, group: Group, *, force: bool = False) -> None:
+        if self.paused:
+            return
         if group.task is not None and not group.task.done():
             group.again = group.again or force
             return

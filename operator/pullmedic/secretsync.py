@@ -4,6 +4,7 @@ namespace a ClusterPullPolicy copied it to, without watching all secrets."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pullmedic import metrics
 from pullmedic import policy as pol
@@ -23,13 +24,17 @@ class SecretSync:
         inventory: Inventory,
         reporter: Reporter,
         operator_namespace: str | None,
+        acting: Callable[[], bool] = lambda: True,
     ) -> None:
+        self.acting = acting
         self.actuator = actuator
         self.inv = inventory
         self.reporter = reporter
         self.operator_namespace = operator_namespace
 
     async def sync(self) -> None:
+        if not self.acting():
+            return
         for key, st in list(self.inv.stats.items()):
             policy = self.inv.policies.get(key)
             if policy is None or not policy.is_cluster:

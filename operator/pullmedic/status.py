@@ -52,13 +52,16 @@ class PolicyStatus:
         groups: Groups,
         reporter: Reporter,
         clock: Callable[[], float] = time.monotonic,
+        acting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
         self.inv = inventory
         self.groups = groups
         self.reporter = reporter
         self.clock = clock
+        self.acting = acting  # standbys keep counts in step but never write
         self.failed_writes = 0
+        self.bodies: dict[str, Mapping[str, Any]] = {}
 
     async def write(self, p: pol.Policy, status: Mapping[str, Any]) -> None:
         kind = "ClusterPullPolicy" if p.is_cluster else "PullPolicy"
@@ -70,17 +73,22 @@ class PolicyStatus:
         if event_type == "DELETED":
             self.inv.policies.pop(policy.key, None)
             self.inv.stats.pop(policy.key, None)
+            self.bodies.pop(policy.key, None)
             return
+        self.bodies[policy.key] = body
         if problems:
             self.inv.policies.pop(policy.key, None)
         else:
             self.inv.policies[policy.key] = policy
+        new = policy.key not in self.inv.stats
         st = self.inv.stats.setdefault(policy.key, PolicyStats())
+        if new or not self.acting():
+            st.load(body.get("status") or {})  # continue the figures already published
         for item in (body.get("status") or {}).get("managedSecrets") or ():
             if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
                 st.copies.add((str(item["source"]), str(item["copy"])))
         cond = ready_condition(policy, problems)
-        if condition_changed(body, cond, policy.generation):
+        if self.acting() and condition_changed(body, cond, policy.generation):
             cond["lastTransitionTime"] = now_iso()
             try:
                 await self.write(
@@ -115,10 +123,19 @@ class PolicyStatus:
             metrics.STUCK_PODS.labels(cause=str(cause)).set(by_cause.get(str(cause), 0))
         return stuck
 
+    async def resume(self) -> None:
+        """Just became the leader: publish what standbys only watched."""
+        for body in list(self.bodies.values()):
+            await self.on_policy(None, body)
+        for st in self.inv.stats.values():
+            st.dirty = True
+
     async def flush(self) -> int:
         """One tick: write every dirty policy's status. Returns how many writes failed."""
         stuck = self.gauges()
         failed = 0
+        if not self.acting():
+            return 0
         for key, st in list(self.inv.stats.items()):
             p = self.inv.policies.get(key)
             if p is None or not st.dirty:

@@ -329,8 +329,49 @@ def test_no_secret_enumeration() -> None:
     assert secret_verbs == {"get", "create", "patch"}
 
 
-def test_only_one_role_bound_to_the_operator_service_account() -> None:
-    assert not objects_of("Role") and not objects_of("RoleBinding")
+LEADERSHIP = "pullmedic/leadership.py"
+ROLE_JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
+    ("coordination.k8s.io", "leases", verb): need(
+        f"leadership.LeaseElector: {verb} the Lease (--leader-elect)",
+        (LEADERSHIP, pattern),
+        _path("Lease", "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"),
+    )
+    for verb, pattern in (
+        ("get", r"self\.kube\.get\(\"Lease\""),
+        ("create", r"self\.kube\.create\(\"Lease\""),
+        ("patch", r"self\.kube\.json_patch\(\"Lease\""),
+    )
+}
+
+
+def test_the_leader_election_role_is_namespaced_and_justified() -> None:
+    (role,) = objects_of("Role")
+    assert role["metadata"]["namespace"] == "pullmedic-system"
+    have = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert have == set(ROLE_JUSTIFICATIONS)
+    for grant, justification in ROLE_JUSTIFICATIONS.items():
+        for module, pattern in justification.evidence:
+            text = module_text(module) or ""
+            folded = re.sub(r"\(\s+", "(", re.sub(r"\s+", " ", text))
+            assert re.search(pattern, text) or re.search(pattern, folded), (grant, pattern)
+    (rb,) = objects_of("RoleBinding")
+    assert rb["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert rb["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pullmedic", "namespace": "pullmedic-system"}
+    ]
+
+
+def test_only_one_cluster_role_bound_to_the_operator_service_account() -> None:
     (binding,) = objects_of("ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
