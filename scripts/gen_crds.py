@@ -286,6 +286,16 @@ STATUS = {
                 },
             },
         },
+        "pendingActions": {
+            "type": "array",
+            "maxItems": 1000,
+            "description": "Remediations begun and not yet counted: the operator's journal, "
+            "so a restart in the middle of one finishes it once.",
+            "items": {
+                "type": "object",
+                "properties": {k: {"type": "string"} for k in ("workload", "cause", "since")},
+            },
+        },
     },
 }
 
