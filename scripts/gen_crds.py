@@ -209,6 +209,13 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                     },
                 },
             },
+            "audit": {
+                "type": "object",
+                "description": "Check, within a per-registry budget, that the images of the "
+                "workload templates in the selected namespaces would still pull for a new pod "
+                "(tag deleted, credentials expired, platform dropped, blobs gone).",
+                "properties": {"enabled": {"type": "boolean", "default": False}},
+            },
             "admission": {
                 "type": "object",
                 "description": "Prevention at kubectl apply, for Pods and the pod templates of "
@@ -283,6 +290,18 @@ STATUS = {
                 "properties": {
                     k: {"type": "string"}
                     for k in ("time", "workload", "cause", "action", "result", "detail")
+                },
+            },
+        },
+        "unavailableImages": {
+            "type": "array",
+            "maxItems": 100,
+            "description": "Audit: workload images that would not pull for a new pod.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    k: {"type": "string"}
+                    for k in ("workload", "container", "image", "cause", "message", "lastChecked")
                 },
             },
         },

@@ -37,6 +37,7 @@ class PolicyStats:
     journal: dict[str, dict[str, str]] = field(default_factory=dict)
     inherited: dict[str, dict[str, str]] = field(default_factory=dict)
     inherited_at: float = 0.0  # monotonic time they were loaded
+    audit: list[dict[str, str]] = field(default_factory=list)  # images that would not pull
 
     def intend(self, workload: ObjectRef, cause: str, since: str) -> None:
         self.journal[str(workload)] = {"workload": str(workload), "cause": cause, "since": since}
@@ -160,6 +161,7 @@ class PolicyStats:
             },
             "lastActions": list(self.last_actions),
             "managedSecrets": [{"source": s, "copy": d} for s, d in sorted(self.copies)],
+            "unavailableImages": list(self.audit),
             "pendingActions": [
                 {**self.inherited, **self.journal}[w]
                 for w in sorted({**self.inherited, **self.journal})

@@ -116,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.set_defaults(func=cmd_diagnose)
 
+    aud = sub.add_parser(
+        "audit", help="would the images of running workloads still pull for a new pod?"
+    )
+    scope = aud.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="one namespace (default: the context's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true")
+    aud.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)")
+    aud.add_argument("--platform", default="linux/amd64", help="node platform (os/arch[/v])")
+    aud.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
+    aud.add_argument("--allow-address", action="append", default=[], metavar="CIDR|HOST")
+    aud.add_argument("--json", action="store_true", help="one JSON object per image")
+    aud.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    aud.set_defaults(func=cmd_audit)
+
     run = sub.add_parser("run", help="run the operator (watch pods, heal under policies)")
     runner.add_arguments(run)
     run.set_defaults(func=cmd_run)
@@ -199,6 +213,99 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"warning: {problem.secret}: {problem.reason}", file=sys.stderr)
     return EXIT_OK if diagnosis.cause is Cause.ImageAvailable else EXIT_DIAGNOSED
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Check every workload template image once, with the credentials a new pod would
+    have (read with your kubeconfig); exit 1 when any would not pull."""
+    from kubernetes import config as kconfig
+
+    from pullmedic.audit import Auditor, AuditSettings
+    from pullmedic.kube import RestKube, Timeouts
+    from pullmedic.lookups import Lookups
+
+    try:
+        platform = Platform.parse(args.platform)
+        addresses = AddressPolicy(tuple(args.allow_address))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    namespace = None if args.all_namespaces else args.namespace
+    if namespace is None and not args.all_namespaces:
+        try:
+            _, ctx = kconfig.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+            namespace = (ctx.get("context") or {}).get("namespace") or "default"
+        except (kconfig.ConfigException, OSError) as exc:
+            raise UsageError(f"kubeconfig: {exc}") from None
+    probe = ClientConfig(
+        connect_timeout=min(args.timeout, 5.0),
+        read_timeout=args.timeout,
+        operation_timeout=args.timeout * 3,
+        insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
+        address_policy=addresses,
+    )
+
+    async def run() -> list[dict[str, str]]:
+        kube = RestKube(runner.api_client(args.kubeconfig, Timeouts(), 4), workers=4)
+        try:
+            async with Prober(probe) as prober:
+                auditor = Auditor(
+                    kube,
+                    prober,
+                    Lookups(kube, str(platform)),
+                    AuditSettings(checks_per_host=1_000_000, period=0.0, platform=str(platform)),
+                )
+                items = await auditor.workloads(None if namespace is None else [namespace])
+                await auditor.run((i, None) for i in items)
+                return [
+                    auditor.findings[i.key].entry()
+                    | {
+                        "namespace": i.workload.namespace,
+                        "status": _status(auditor.findings[i.key].cause),
+                    }
+                    for i in items
+                    if i.key in auditor.findings
+                ]
+        finally:
+            kube.close()
+
+    try:
+        rows = asyncio.run(run())
+    except Exception as exc:  # the API said no, or could not be reached
+        print(f"pullmedic: audit failed: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSED
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, sort_keys=True))
+    else:
+        print(_table(rows))
+    return EXIT_OK if all(r["status"] == "OK" for r in rows) else EXIT_DIAGNOSED
+
+
+def _status(cause: str) -> str:
+    return "OK" if cause == str(Cause.ImageAvailable) else "WOULD-FAIL"
+
+
+def _table(rows: list[dict[str, str]]) -> str:
+    cols = ("namespace", "workload", "container", "image", "status", "cause")
+    head = ("NAMESPACE", "WORKLOAD", "CONTAINER", "IMAGE", "STATUS", "CAUSE")
+    data = [head] + [
+        tuple(
+            (r[c].split("/", 1)[1] if c == "workload" else r[c])
+            if c != "cause" or r["status"] != "OK"
+            else ""
+            for c in cols
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in data) for i in range(len(cols))]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in data
+    ]
+    bad = [r for r in rows if r["status"] != "OK"]
+    lines += [""] + [f"{r['workload']} {r['container']}: {r['message']}" for r in bad]
+    if not rows:
+        lines = ["No workloads found."]
+    return "\n".join(lines).rstrip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

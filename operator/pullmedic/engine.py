@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pullmedic.actuator import Actuator
+from pullmedic.audit import Auditor, AuditSettings, PolicyAudit
 from pullmedic.circuit import CircuitBreaker
 from pullmedic.grouping import Groups, PodState
 from pullmedic.health import HealthChecks, HealthSettings
@@ -48,6 +49,8 @@ class EngineSettings:
     pod_watch_budget: float = 420.0
     node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
     lease: LeaseSettings | None = None  # leader election; None: this replica always acts
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    audit_interval: float = 60.0
     dry_run: bool = False
 
 
@@ -136,6 +139,14 @@ class Engine:
         self.supervisor.every("api-check", settings.api_check_interval, self.health.check_api)
         if self.elector is not None:
             self.supervisor.every("lease", self.elector.s.retry, self.elector.tick, deadline=30)
+        self.audit = PolicyAudit(
+            Auditor(kube, prober, self.remediator.lookups, settings.audit),
+            self.inventory,
+            kube,
+            settings.operator_namespace,
+            self.acting,
+        )
+        self.supervisor.every("audit", settings.audit_interval, self.audit.tick, deadline=900)
         self._resuming: set[asyncio.Task[None]] = set()
 
     def acting(self) -> bool:

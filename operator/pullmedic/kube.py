@@ -46,6 +46,14 @@ PATHS = {
     "ClusterPullPolicy": "/apis/pullmedic.dev/v1alpha1/clusterpullpolicies/{name}",
 }
 CLUSTER_SCOPED = frozenset({"Node", "ClusterPullPolicy"})
+# Collections pullmedic lists (the audit of workload templates): API base and plural.
+COLLECTIONS = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "StatefulSet": ("/apis/apps/v1", "statefulsets"),
+    "DaemonSet": ("/apis/apps/v1", "daemonsets"),
+    "CronJob": ("/apis/batch/v1", "cronjobs"),
+}
+LIST_PAGE = 500
 
 
 class KubeError(Exception):
@@ -89,6 +97,9 @@ class KubeApi(Protocol):
 
     async def version(self) -> dict[str, Any]:
         """The server's version: a round trip any identity may make (readiness)."""
+
+    async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
+        """Every object of a listed kind, in ``ns`` or (empty) in all namespaces."""
 
 
 def path_of(kind: str, ns: str, name: str = "") -> str:
@@ -369,3 +380,17 @@ class RestKube:
 
     async def version(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/version") or {})
+
+    async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
+        base, plural = COLLECTIONS[kind]
+        path = f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
+        items: list[dict[str, Any]] = []
+        cont = ""
+        while True:  # in pages: a big cluster's list must not be one huge answer
+            query = [("limit", str(LIST_PAGE))] + ([("continue", cont)] if cont else [])
+            page = await self.request("GET", path, query=query) or {}
+            for obj in page.get("items") or ():
+                items.append({"kind": kind, **obj})
+            cont = str((page.get("metadata") or {}).get("continue") or "")
+            if not cont:
+                return items

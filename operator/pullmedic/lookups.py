@@ -127,6 +127,28 @@ class Lookups:
         self._nodes[name] = (now, facts)
         return facts
 
+    async def template_keyring(
+        self, ns: str, pull_secrets: tuple[str, ...], service_account: str
+    ) -> Keyring:
+        """The credentials a new pod from this spec will have: its own pull secrets, else
+        (as the ServiceAccount admission plugin injects them) its ServiceAccount's."""
+        names = pull_secrets
+        if not names:
+            try:
+                sa = await self.kube.get("ServiceAccount", ns, service_account)
+            except KubeError:
+                sa = None
+            names = tuple(str(r.get("name", "")) for r in (sa or {}).get("imagePullSecrets") or ())
+        secrets = []
+        for n in names:
+            try:
+                s = await self.secret(ns, n)
+            except KubeError:
+                s = None
+            if s is not None:
+                secrets.append(s)
+        return Keyring.from_secrets(secrets)[0]
+
     async def platform(self, node: str | None) -> Platform:
         return (await self.node(node)).platform
 

@@ -69,6 +69,12 @@ API_ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+IMAGE_UNAVAILABLE = Gauge(
+    "pullmedic_image_unavailable",
+    "1 for each workload whose template image would not pull for a new pod (audit).",
+    ["namespace", "kind", "name", "cause"],
+    registry=REGISTRY,
+)
 ADMISSIONS = Counter(
     "pullmedic_admission_reviews_total",
     "Admission reviews answered, by decision (allowed, warned, mutated, denied).",

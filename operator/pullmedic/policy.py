@@ -122,6 +122,7 @@ class Policy:
     gitops_direct_patch: bool = False
     remediations_per_hour: int = 60
     admission: AdmissionMode = AdmissionMode.OFF
+    audit: bool = False  # check running workloads' images would still pull
 
     @property
     def is_cluster(self) -> bool:
@@ -337,5 +338,6 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         gitops_direct_patch=bool((spec.get("gitops") or {}).get("allowDirectPatch", False)),
         remediations_per_hour=int((spec.get("rateLimit") or {}).get("remediationsPerHour", 60)),
         admission=admission,
+        audit=bool((spec.get("audit") or {}).get("enabled", False)),
     )
     return policy, problems

@@ -13,6 +13,7 @@ import kopf
 from kubernetes import client, config
 
 from pullmedic import metrics
+from pullmedic.audit import AuditSettings
 from pullmedic.engine import Engine, EngineSettings
 from pullmedic.handlers import WatchTimeouts, build_registry
 from pullmedic.keyring import NodeRegistries
@@ -167,6 +168,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.5,
         help="seconds of registry probing per admission request (keep under its timeout)",
     )
+    p.add_argument(
+        "--audit-checks-per-host",
+        type=int,
+        default=int(env("PULLMEDIC_AUDIT_CHECKS_PER_HOST", "25")),
+        help="audit budget: registry checks per host per --audit-period",
+    )
+    p.add_argument(
+        "--audit-period",
+        type=float,
+        default=float(env("PULLMEDIC_AUDIT_PERIOD", "10800")),
+        help="audit: seconds between checks of one image, and the budget's window",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -208,6 +221,12 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             dry_run=args.dry_run,
             node_registries=tuple(args.node_credentials_for),
             lease=_lease(args),
+            audit=AuditSettings(
+                checks_per_host=args.audit_checks_per_host,
+                period=args.audit_period,
+                platform=args.default_platform,
+            ),
+            audit_interval=max(0.5, min(60.0, args.audit_period / 4)),
         ),
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
@@ -233,7 +252,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def _api_client(kubeconfig: str | None, timeouts: Timeouts, pool: int) -> client.ApiClient:
+def api_client(kubeconfig: str | None, timeouts: Timeouts, pool: int) -> client.ApiClient:
     # The config loaders are untyped in the kubernetes package.
     cfg = client.Configuration()
     if kubeconfig:
@@ -261,7 +280,7 @@ def run(settings: OperatorSettings) -> int:
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     workers = 16
-    api = _api_client(settings.kubeconfig, settings.kube, pool=workers)
+    api = api_client(settings.kubeconfig, settings.kube, pool=workers)
 
     def make_engine() -> Engine:
         return Engine(

@@ -36,7 +36,6 @@ from pullmedic.admission import (
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring
-from pullmedic.kube import KubeError
 from pullmedic.lookups import Lookups
 from pullmedic.platforms import Platform
 from pullmedic.remediation import Diagnoser
@@ -146,25 +145,7 @@ class AdmissionWebhook:
         )
 
     async def _keyring(self, ns: str, view: PodSpecView) -> Keyring:
-        """The credentials the pod will have: its own pull secrets, else (as the
-        ServiceAccount admission plugin does) its ServiceAccount's."""
-        names = view.pull_secrets
-        if not names:
-            try:
-                sa = await self.lookups.kube.get("ServiceAccount", ns, view.service_account)
-            except KubeError:
-                sa = None
-            names = tuple(str(r.get("name", "")) for r in (sa or {}).get("imagePullSecrets") or ())
-        secrets = []
-        for n in names:
-            try:
-                s = await self.lookups.secret(ns, n)
-            except KubeError:
-                s = None
-            if s is not None:
-                secrets.append(s)
-        keyring, _ = Keyring.from_secrets(secrets)
-        return keyring
+        return await self.lookups.template_keyring(ns, view.pull_secrets, view.service_account)
 
     async def _check(
         self, c: ContainerImage, p: pol.Policy, keyring: Keyring, deadline: float

@@ -207,6 +207,14 @@ class FakeKube:
             del self.objects[(kind, ns, name)]
         return True
 
+    async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
+        await self._gate("list", kind)
+        return [
+            copy.deepcopy(o)
+            for (k, n, _), o in sorted(self.objects.items())
+            if k == kind and (not ns or n == ns)
+        ]
+
     async def version(self) -> dict[str, Any]:
         await self._gate("get", "Version")
         return {"gitVersion": "v1.36.3"}

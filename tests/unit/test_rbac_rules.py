@@ -173,6 +173,21 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ("apps", "daemonsets", "patch"): _DS["patch"],
     ("batch", "cronjobs", "get"): _CRON["get"],
     ("batch", "cronjobs", "patch"): _CRON["patch"],
+    # --- audit: list workload templates ----------------------------------------------
+    **{
+        (group, plural, "list"): need(
+            f"audit.Auditor.workloads: list {plural} to check their images",
+            ("pullmedic/audit.py", r"await self\.kube\.list\(kind"),
+            ("pullmedic/audit.py", r"AUDITED_KINDS = tuple\(COLLECTIONS\)"),
+            (KUBE, rf"\"{kind}\": \(\"/apis/{group}/v1\", \"{plural}\"\)"),
+        )
+        for kind, group, plural in (
+            ("Deployment", "apps", "deployments"),
+            ("StatefulSet", "apps", "statefulsets"),
+            ("DaemonSet", "apps", "daemonsets"),
+            ("CronJob", "batch", "cronjobs"),
+        )
+    },
     # --- pull secrets on ServiceAccounts ---------------------------------------------
     ("", "serviceaccounts", "get"): need(
         "actuator.Actuator._attach: read the pod's ServiceAccount",
