@@ -288,15 +288,14 @@ def _status(cause: str) -> str:
 def _table(rows: list[dict[str, str]]) -> str:
     cols = ("namespace", "workload", "container", "image", "status", "cause")
     head = ("NAMESPACE", "WORKLOAD", "CONTAINER", "IMAGE", "STATUS", "CAUSE")
-    data = [head] + [
-        tuple(
-            (r[c].split("/", 1)[1] if c == "workload" else r[c])
-            if c != "cause" or r["status"] != "OK"
-            else ""
-            for c in cols
-        )
-        for r in rows
-    ]
+
+    def cell(r: dict[str, str], c: str) -> str:
+        if c == "workload":  # Kind/ns/name -> Kind/name: the namespace has its column
+            kind, _, rest = r[c].partition("/")
+            return f"{kind}/{rest.partition('/')[2]}"
+        return "" if c == "cause" and r["status"] == "OK" else r[c]
+
+    data = [head] + [tuple(cell(r, c) for c in cols) for r in rows]
     widths = [max(len(row[i]) for row in data) for i in range(len(cols))]
     lines = [
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in data
