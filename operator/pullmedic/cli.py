@@ -168,6 +168,16 @@ def _keyring(files: Sequence[str]) -> tuple[Keyring, list[SecretProblem]]:
     return Keyring.from_secrets([_pull_secret_from_file(f) for f in files])
 
 
+def _probe_config(args: argparse.Namespace, addresses: AddressPolicy) -> ClientConfig:
+    return ClientConfig(
+        connect_timeout=min(args.timeout, 5.0),
+        read_timeout=args.timeout,
+        operation_timeout=args.timeout * 3,
+        insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
+        address_policy=addresses,
+    )
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run one diagnosis and print it; the exit code says pullable (0) or not (1)."""
     try:
@@ -186,13 +196,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         secret = _pull_secret_from_file(path)
         kr, _ = Keyring.from_secrets([secret])
         candidates[secret.ref] = kr
-    config = ClientConfig(
-        connect_timeout=min(args.timeout, 5.0),
-        read_timeout=args.timeout,
-        operation_timeout=args.timeout * 3,
-        insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-        address_policy=policy,
-    )
+    config = _probe_config(args, policy)
 
     async def run() -> Diagnosis:
         async with Prober(config) as prober:
@@ -236,13 +240,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             namespace = (ctx.get("context") or {}).get("namespace") or "default"
         except (kconfig.ConfigException, OSError) as exc:
             raise UsageError(f"kubeconfig: {exc}") from None
-    probe = ClientConfig(
-        connect_timeout=min(args.timeout, 5.0),
-        read_timeout=args.timeout,
-        operation_timeout=args.timeout * 3,
-        insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-        address_policy=addresses,
-    )
+    probe = _probe_config(args, addresses)
 
     async def run() -> list[dict[str, str]]:
         kube = RestKube(runner.api_client(args.kubeconfig, Timeouts(), 4), workers=4)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pullmedic import reference
 from pullmedic.detection import StuckContainer
 from pullmedic.grouping import PodState
 from pullmedic.planning import ActionType, Failure, ObjectRef, Plan
+from pullmedic.policy import Policy
 
 
 def template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -82,3 +84,19 @@ def is_follow_up(fp: str, applied: str, since_applied: float, window: float) -> 
     """The same fix as one applied moments ago: late siblings get it without it counting
     as a new remediation (one record, one Event, one rate-limit slot)."""
     return bool(fp) and applied == fp and since_applied < window
+
+
+def mirror_candidate(image: str, policy: Policy) -> str | None:
+    """The same image on the policy's mirror for its registry (to be verified there)."""
+    try:
+        ref = reference.parse(image)
+    except reference.InvalidReference:
+        return None
+    host = policy.mirror_for(ref.domain) or policy.mirror_for(ref.registry_host)
+    if not host:
+        return None
+    return (
+        f"{host}/{ref.path}"
+        + (f":{ref.tag}" if ref.tag else "")
+        + (f"@{ref.digest}" if ref.digest else "")
+    )

@@ -22,7 +22,7 @@ from pullmedic import policy as pol
 from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
 from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
-from pullmedic.decision import failure_of, fingerprint, is_follow_up
+from pullmedic.decision import failure_of, fingerprint, is_follow_up, mirror_candidate
 from pullmedic.detection import parse_time
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
 from pullmedic.grouping import Group, Groups, PodState
@@ -406,18 +406,9 @@ class Remediator:
     async def _verified_mirror(
         self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
     ) -> str | None:
-        try:
-            ref = reference.parse(image)
-        except reference.InvalidReference:
+        candidate = mirror_candidate(image, policy)
+        if candidate is None:
             return None
-        mirror = policy.mirror_for(ref.domain) or policy.mirror_for(ref.registry_host)
-        if not mirror:
-            return None
-        candidate = (
-            f"{mirror}/{ref.path}"
-            + (f":{ref.tag}" if ref.tag else "")
-            + (f"@{ref.digest}" if ref.digest else "")
-        )
         d = await self.prober.diagnose(candidate, keyring, platform, suggest=False)
         return candidate if d.cause is Cause.ImageAvailable else None
 

@@ -68,6 +68,7 @@ class Reporter:
             "PullDiagnosed",
             diagnosis_message(d, p, stuck_for),
             "Normal" if d.cause is Cause.ImageAvailable else "Warning",
+            key=f"{f.pod.uid}|{f.container}|{f.image}|{d.cause}",  # once per pod, restarts too
         )
 
     async def suggested(self, target: ObjectRef, message: str) -> None:

@@ -33,6 +33,7 @@ from pullmedic.admission import (
     pod_spec_of,
     to_check,
 )
+from pullmedic.decision import mirror_candidate
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring
@@ -178,18 +179,9 @@ class AdmissionWebhook:
     async def _mirror(
         self, image: str, p: pol.Policy, keyring: Keyring, deadline: float
     ) -> str | None:
-        try:
-            ref = reference.parse(image)
-        except reference.InvalidReference:
+        candidate = mirror_candidate(image, p)
+        if candidate is None:
             return None
-        host = p.mirror_for(ref.domain) or p.mirror_for(ref.registry_host)
-        if not host:
-            return None
-        candidate = (
-            f"{host}/{ref.path}"
-            + (f":{ref.tag}" if ref.tag else "")
-            + (f"@{ref.digest}" if ref.digest else "")
-        )
         d = await self._within(candidate, keyring, p, deadline)
         return candidate if d is not None and d.cause is Cause.ImageAvailable else None
 
