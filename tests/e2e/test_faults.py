@@ -183,7 +183,38 @@ def image_patches(reqs: list[SeenRequest]) -> list[SeenRequest]:
 
 
 def record_writes(reqs: list[SeenRequest]) -> list[SeenRequest]:
-    return [r for r in applied(reqs) if b"last-remediation" in r.body]
+    return [r for r in applied(reqs) if ANNOTATION.encode() in r.body.replace(b"~1", b"/")]
+
+
+def record_times(req: SeenRequest) -> list[str]:
+    """The ``time`` of each remediation record a JSON patch writes."""
+    out: list[str] = []
+    for op in req.json() or ():
+        value = op.get("value")
+        values = value.values() if isinstance(value, dict) else [value]
+        for v in values:
+            if isinstance(v, str) and v.startswith("{"):
+                out.append(str(json.loads(v).get("time")))
+    return out
+
+
+def assert_remediated_once(
+    proxy: ApiFaultProxy, core: Any, ns: str, kind: str, name: str, *, image: bool
+) -> None:
+    """One image patch (when the fix is an image), one record, one Remediated Event."""
+    plural = {"Deployment": "deployments", "StatefulSet": "statefulsets"}[kind]
+    writes = applied(proxy.seen("PATCH", rf"^/apis/apps/v1/namespaces/{ns}/{plural}/{name}$"))
+    problems = []
+    if image and len(image_patches(writes)) != 1:
+        problems.append(f"{len(image_patches(writes))} image patches (want 1)")
+    records = record_writes(writes)
+    if len(records) != 1:
+        times = [t for r in records for t in record_times(r)]
+        problems.append(f"the remediation record was written {len(records)} times {times}")
+    events = workload_events(core, ns, name)
+    if events.get("Remediated") != 1:
+        problems.append(f"{events.get('Remediated', 0)} Remediated Events; all: {events}")
+    assert not problems, f"{kind} {name} after the restart: " + "; ".join(problems)
 
 
 # --- network faults -------------------------------------------------------------------
@@ -375,16 +406,11 @@ def test_killed_after_patching_the_workload_before_recreating_pods(
     report("SIGKILL before recreating pods: healed after the restart", took)
     wait_status_current(custom, policy, [f"StatefulSet/{namespace}/db"], operator)
 
-    writes = proxy.seen("PATCH", rf"^/apis/apps/v1/namespaces/{namespace}/statefulsets/db$")
-    assert len(image_patches(writes)) == 1, [w.body for w in applied(writes)]
-    assert len(record_writes(writes)) == 1, [w.body for w in applied(writes)]
+    assert_remediated_once(proxy, core, namespace, "StatefulSet", "db", image=True)
     deletes = applied(proxy.seen("DELETE", rf"^/api/v1/namespaces/{namespace}/pods/"))
     assert len(deletes) == 1, [d.path for d in deletes]
     ann = apps.read_namespaced_stateful_set("db", namespace).metadata.annotations or {}
     assert json.loads(ann[ANNOTATION])["newImage"] == good
-    assert workload_events(core, namespace, "db").get("Remediated") == 1, workload_events(
-        core, namespace, "db"
-    )
 
 
 @HTTP
@@ -431,11 +457,7 @@ def test_killed_after_copying_the_secret_before_attaching_it(
     assert core.read_namespaced_secret(
         private_case.copied_secret, namespace
     ).metadata.resource_version == (copied.metadata.resource_version)
-    writes = proxy.seen("PATCH", rf"^/apis/apps/v1/namespaces/{namespace}/deployments/priv$")
-    assert len(record_writes(writes)) == 1, [w.body for w in applied(writes)]
-    assert workload_events(core, namespace, "priv").get("Remediated") == 1, workload_events(
-        core, namespace, "priv"
-    )
+    assert_remediated_once(proxy, core, namespace, "Deployment", "priv", image=False)
 
 
 @HTTP
@@ -479,12 +501,7 @@ def test_killed_mid_status_write(
         "SIGKILL mid status write: status current after the restart", time.monotonic() - restarted
     )
 
-    writes = proxy.seen("PATCH", rf"^/apis/apps/v1/namespaces/{namespace}/deployments/web$")
-    assert len(image_patches(writes)) == 1, [w.body for w in applied(writes)]
-    assert len(record_writes(writes)) == 1, [w.body for w in applied(writes)]
-    assert workload_events(core, namespace, "web").get("Remediated") == 1, workload_events(
-        core, namespace, "web"
-    )
+    assert_remediated_once(proxy, core, namespace, "Deployment", "web", image=True)
 
 
 # --- control plane restarts (last: they disturb the shared sandbox) ---------------
