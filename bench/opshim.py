@@ -63,12 +63,12 @@ def _wall(mono: float) -> float:
 
 
 def install(trace: Trace) -> None:
-    from pullmedic import actuator, engine, netguard, prober, registry
+    from pullmedic import actuator, engine, kube, netguard, prober, registry, remediation
 
     salt = secrets.token_bytes(16)
 
-    # -- Kubernetes API calls (run in threads via asyncio.to_thread: context is copied) --
-    orig_call = actuator.Kube._call
+    # -- Kubernetes API calls (run in the kube thread pool: context is copied) --
+    orig_call = kube.RestKube._once
 
     def _call(self: Any, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         t0 = time.monotonic()
@@ -89,7 +89,7 @@ def install(trace: Trace) -> None:
                 g=ctx["group"] if ctx else None,
             )
 
-    actuator.Kube._call = _call  # type: ignore[method-assign]
+    kube.RestKube._once = _call  # type: ignore[method-assign]
 
     # -- registry requests ---------------------------------------------------------------
     class RecordingTransport(httpx.AsyncBaseTransport):
@@ -171,7 +171,7 @@ def install(trace: Trace) -> None:
 
     engine.Engine.on_pod = _on_pod  # type: ignore[method-assign]
 
-    orig_decide = engine.Engine._decide
+    orig_decide = remediation.Remediator.decide
 
     async def _decide(self: Any, group: Any, *args: Any, **kwargs: Any) -> Any:
         ctx: dict[str, Any] = {
@@ -197,7 +197,7 @@ def install(trace: Trace) -> None:
                 pods=len(group.pods),
             )
 
-    engine.Engine._decide = _decide  # type: ignore[method-assign]
+    remediation.Remediator.decide = _decide  # type: ignore[method-assign]
 
     orig_apply = actuator.Actuator.apply
 

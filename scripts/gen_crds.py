@@ -145,6 +145,17 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                             else ". Only secrets of this policy's namespace."
                         ),
                     },
+                    "nodeRegistries": {
+                        "type": "array",
+                        "maxItems": 32,
+                        "items": {"type": "string", "maxLength": 253},
+                        "description": "Registries whose credentials the nodes hold (kubelet "
+                        "credential provider plugins or node config), in the kubelet's "
+                        "matchImages syntax, e.g. '*.dkr.ecr.*.amazonaws.com'. pullmedic cannot "
+                        "see those credentials: an unauthorized probe there is reported as "
+                        "NodeCredentialsUnknown with the kubelet's own message, never fixed "
+                        "with a pull secret.",
+                    },
                 },
             },
             "mirrors": {

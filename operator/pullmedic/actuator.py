@@ -6,18 +6,14 @@ state first, so a plan applied twice — by a restarted operator, say — writes
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from pullmedic import records
+from pullmedic.kube import KubeApi, KubeError
 from pullmedic.planning import (
     MANAGED_SECRET_LABEL,
     SOURCE_ANNOTATION,
@@ -28,21 +24,6 @@ from pullmedic.planning import (
 )
 
 log = logging.getLogger(__name__)
-
-REMEDIATION_ANNOTATION = "pullmedic.dev/last-remediation"
-CIRCUIT_ANNOTATION = "pullmedic.dev/circuit"
-
-PATHS = {
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-    "CronJob": "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}",
-    "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
-    "Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
-}
 
 
 @dataclass(frozen=True)
@@ -73,71 +54,8 @@ def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
     return cur
 
 
-class Kube:
-    """A thin, generic REST edge over the official client's ApiClient."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        content_type: str | None = None,
-        query: list[tuple[str, str]] | None = None,
-    ) -> Any:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        m, url, hdrs, data, post = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        resp = self.api.call_api(m, url, header_params=hdrs, body=data, post_params=post)
-        raw = resp.read()  # type: ignore[no-untyped-call]
-        text = raw.decode("utf-8", "replace") if raw else ""
-        if not 200 <= resp.status < 300:
-            raise ApiException.from_response(http_resp=resp, body=text, data=None)
-        return json.loads(text) if text else None
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        content_type: str | None = None,
-        query: list[tuple[str, str]] | None = None,
-    ) -> Any:
-        return await asyncio.to_thread(self._call, method, path, body, content_type, query)
-
-    async def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
-        """None when absent, or of a kind pullmedic never reads (Tekton, Argo, ...)."""
-        if kind not in PATHS:
-            return None
-        try:
-            obj = await self.call("GET", PATHS[kind].format(ns=ns, name=name))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return dict(obj)
-
-    async def json_patch(
-        self, kind: str, ns: str, name: str, ops: list[dict[str, Any]], dry_run: bool = False
-    ) -> Any:
-        query = [("fieldManager", "pullmedic")] + ([("dryRun", "All")] if dry_run else [])
-        return await self.call(
-            "PATCH", PATHS[kind].format(ns=ns, name=name), ops, "application/json-patch+json", query
-        )
-
-
 class Actuator:
-    def __init__(self, kube: Kube, *, dry_run: bool = False) -> None:
+    def __init__(self, kube: KubeApi, *, dry_run: bool = False) -> None:
         self.kube = kube
         self.dry_run = dry_run
 
@@ -149,12 +67,9 @@ class Actuator:
         for action in plan.actions:
             try:
                 results.append(await self._apply_one(plan, action, at))
-            except ApiException as e:
-                results.append(Result(action, "failed", f"API {e.status}: {e.reason}"))
+            except KubeError as e:  # status 0: a timeout or reset, written or not is unknown
+                results.append(Result(action, "failed", f"API {e}"))
                 break  # later actions depend on earlier ones (copy before attach)
-            except Exception as e:  # a timeout or reset: whether it was written is unknown
-                results.append(Result(action, "failed", f"{type(e).__name__}"))
-                break
         return results
 
     async def apply_action(self, a: Action) -> Result:
@@ -192,9 +107,9 @@ class Actuator:
         ]
         if t.kind != "Pod":  # never annotate pods: they are not ours to mark
             ops += self.annotation_ops(
-                obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}
+                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
             )
-        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
+        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
         return Result(
             a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
         )
@@ -230,7 +145,7 @@ class Actuator:
             workload.kind,
             workload.namespace,
             workload.name,
-            self.annotation_ops(obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}),
+            self.annotation_ops(obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}),
         )
 
     async def _copy_secret(self, a: Action) -> Result:
@@ -254,12 +169,9 @@ class Actuator:
         if existing is None:
             if self.dry_run:
                 return Result(a, "dry-run")
-            path = f"/api/v1/namespaces/{a.target.namespace}/secrets"
             try:
-                await self.kube.call(
-                    "POST", path, body, "application/json", [("fieldManager", "pullmedic")]
-                )
-            except ApiException as e:
+                await self.kube.create("Secret", a.target.namespace, body)
+            except KubeError as e:
                 if e.status != 409:
                     raise
                 return Result(a, "unchanged", "created concurrently")
@@ -282,8 +194,10 @@ class Actuator:
             },
             {"op": "replace", "path": "/data", "value": body["data"]},
         ]
-        await self.kube.json_patch("Secret", a.target.namespace, a.secret, ops, self.dry_run)
-        return Result(a, "applied", f"refreshed copy of {a.source}")
+        await self.kube.json_patch(
+            "Secret", a.target.namespace, a.secret, ops, dry_run=self.dry_run
+        )
+        return Result(a, "dry-run" if self.dry_run else "applied", f"refreshed copy of {a.source}")
 
     async def _attach(self, a: Action) -> Result:
         t = a.target
@@ -307,8 +221,10 @@ class Actuator:
                 },
             ]
             try:
-                await self.kube.json_patch("ServiceAccount", t.namespace, t.name, ops, self.dry_run)
-            except ApiException as e:
+                await self.kube.json_patch(
+                    "ServiceAccount", t.namespace, t.name, ops, dry_run=self.dry_run
+                )
+            except KubeError as e:
                 if e.status in (409, 422):
                     continue  # someone else wrote it: read again
                 raise
@@ -335,49 +251,17 @@ class Actuator:
         ops += [
             op
             for op in self.annotation_ops(
-                obj, {REMEDIATION_ANNOTATION: remediation_record(plan, a, at)}
+                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
             )
             if op["op"] != "test"  # the resourceVersion is tested above already
         ]
-        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, self.dry_run)
+        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
         return Result(a, "dry-run" if self.dry_run else "applied", f"added {a.secret}")
 
     async def _recreate(self, a: Action) -> Result:
         deleted = 0
         for p in a.pods:
-            body = {
-                "apiVersion": "v1",
-                "kind": "DeleteOptions",
-                "preconditions": {"uid": p.uid} if p.uid else None,
-            }
-            query = [("dryRun", "All")] if self.dry_run else []
-            try:
-                await self.kube.call(
-                    "DELETE",
-                    PATHS["Pod"].format(ns=p.namespace, name=p.name),
-                    body,
-                    "application/json",
-                    query,
-                )
+            if await self.kube.delete("Pod", p.namespace, p.name, uid=p.uid, dry_run=self.dry_run):
                 deleted += 1
-            except ApiException as e:
-                if e.status not in (404, 409):
-                    raise
         outcome = "dry-run" if self.dry_run else ("applied" if deleted else "unchanged")
         return Result(a, outcome, f"deleted {deleted} of {len(a.pods)} stuck pods")
-
-
-def remediation_record(plan: Plan, a: Action, at: float) -> str:
-    return json.dumps(
-        {
-            "time": dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "cause": str(plan.cause),
-            "policy": plan.policy,
-            "action": str(a.type),
-            "container": plan.failure.container,
-            "previousImage": a.old_image or plan.failure.image,
-            "newImage": a.new_image or plan.failure.image,
-            "secret": a.secret or None,
-        },
-        sort_keys=True,
-    )

@@ -9,6 +9,7 @@ repositories behind 401, so anything weaker is reported as ``NotFoundOrPrivate``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,18 @@ class Cause(StrEnum):
     RateLimited = "RateLimited"
     RegistryUnreachable = "RegistryUnreachable"
     PlatformMismatch = "PlatformMismatch"
+    ImageIncomplete = "ImageIncomplete"  # listed, but a manifest or blob cannot be served
+    NodeCredentialsUnknown = "NodeCredentialsUnknown"  # the node authenticates, we cannot
     ImageAvailable = "ImageAvailable"
     BlockedAddress = "BlockedAddress"
     MalformedSecret = "MalformedSecret"
     Unknown = "Unknown"
+
+
+# Causes a working pull secret fixes: one set, used by planning, probing and the breaker.
+CREDENTIAL_CAUSES = frozenset(
+    {Cause.AuthenticationRequired, Cause.CredentialsRejected, Cause.NotFoundOrPrivate}
+)
 
 
 FailureKind: TypeAlias = Literal[
@@ -198,6 +207,10 @@ class Observation:
     wanted_platform: str = ""
     platform_matched: bool | None = None
     available_platforms: tuple[str, ...] = ()
+    # What the kubelet fetches after the manifest: the platform's manifest and every blob.
+    # None: all present (when ``integrity_checked``) or not checked.
+    integrity_problem: str | None = None
+    integrity_checked: bool = False
     secret_problems: tuple[tuple[str, str], ...] = ()
     evidence: tuple[Evidence, ...] = ()
 
@@ -403,8 +416,23 @@ def conclude(obs: Observation) -> Diagnosis:
                 "schedule on a matching node.",
                 availablePlatforms=list(obs.available_platforms),
             )
-        conf2: Confidence = "high" if obs.platform_matched else "medium"
-        extra = "" if obs.platform_matched else " (platform could not be checked)"
+        if obs.integrity_problem is not None:
+            return make(
+                Cause.ImageIncomplete,
+                "high",
+                f"{_ref_text(obs)} is listed by {obs.registry_host} but cannot be pulled "
+                f"whole: {obs.integrity_problem}. Recreating pods will not help; push the "
+                "image again, or pull it from a mirror that has it whole.",
+                missing=obs.integrity_problem,
+            )
+        conf2: Confidence = "high" if obs.platform_matched and obs.integrity_checked else "medium"
+        extra = (
+            ""
+            if obs.platform_matched and obs.integrity_checked
+            else " (platform could not be checked)"
+            if not obs.platform_matched
+            else " (its blobs could not all be checked)"
+        )
         return make(
             Cause.ImageAvailable,
             conf2,
@@ -502,3 +530,77 @@ def merge_evidence(parts: Sequence[Sequence[Evidence]]) -> tuple[Evidence, ...]:
                 seen.add(item)
                 out.append(item)
     return tuple(out)
+
+
+# ---- the node's view ------------------------------------------------------------------
+
+# The runtime's words for "the credentials did not grant this" and "it does not exist",
+# as containerd reports them through the kubelet (supporting evidence only: the probe
+# decides, this text only says what the node saw).
+_NODE_DENIED = (
+    "401 unauthorized",
+    "403 forbidden",
+    "authorization failed",
+    "pull access denied",
+    "failed to authorize",
+    "insufficient_scope",
+)
+_NODE_NOT_FOUND = (": not found", "code = notfound", "manifest unknown")
+
+
+def node_view(d: Diagnosis, kubelet_message: str, registry_host: str) -> Diagnosis:
+    """A credential diagnosis for a registry whose credentials live on the nodes.
+
+    The probe ran without the node's credentials, so its "unauthorized" is not the node's
+    answer. What the kubelet reported is the only evidence of what the node saw.
+    """
+    if d.cause not in CREDENTIAL_CAUSES:
+        return d
+    text = kubelet_message.lower()
+    quoted = kubelet_message.strip()[:300]
+    if any(k in text for k in _NODE_NOT_FOUND):
+        conf: Confidence = "medium"
+        saw = (
+            "the kubelet's pull, with the node's credentials, reports the image not found: "
+            "check the image name and tag"
+        )
+    elif any(k in text for k in _NODE_DENIED):
+        conf = "medium"
+        saw = (
+            "the kubelet's pull was refused too: the node's credential provider (or node "
+            "config) has no valid credentials for this repository"
+        )
+    else:
+        conf = "low"
+        saw = "what the node's credentials would get is unknown"
+    summary = (
+        f"The probe of {d.image} without credentials got {d.cause}, but nodes provide "
+        f"their own credentials for {registry_host}; {saw}."
+    )
+    details: dict[str, JSONValue] = dict(d.details)
+    details["probeCause"] = str(d.cause)
+    if quoted:
+        details["kubeletMessage"] = quoted
+    evidence = d.evidence + (
+        (Evidence("kubelet", note=f"kubelet reported: {quoted}"),) if quoted else ()
+    )
+    return Diagnosis(
+        d.image, Cause.NodeCredentialsUnknown, conf, summary, evidence, details, d.digest
+    )
+
+
+def held_by_node(d: Diagnosis, node: str) -> Diagnosis:
+    """A credential failure for an image the node already holds (ensure-secret-pulled-
+    images, on by default since Kubernetes 1.35): the kubelet gives a cached private image
+    only to pods whose own credentials grant it, so this pod pulls, and fails, with its
+    own. The credential fix is the right one; say why the cached copy did not help."""
+    if d.cause not in CREDENTIAL_CAUSES:
+        return d
+    details: dict[str, JSONValue] = dict(d.details)
+    details["imageOnNode"] = node
+    summary = (
+        d.summary.rstrip(".")
+        + f". The image is already on node {node}, but the kubelet only lets pods whose own "
+        "pull credentials grant it use a cached private image (ensure-secret-pulled-images)."
+    )
+    return dataclasses.replace(d, summary=summary, details=details)

@@ -10,9 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from kubernetes.client.exceptions import ApiException
-
-from pullmedic.actuator import Kube
+from pullmedic.kube import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
 COMPONENT = "pullmedic"
@@ -26,13 +24,16 @@ class Involved:
     namespace: str | None
     name: str
     uid: str = ""
-    event_namespace: str | None = None  # where the Event lives; defaults to the object's
 
 
-async def post(kube: Kube, obj: Involved, reason: str, message: str, type_: str = "Normal") -> None:
-    """Best effort: a failed Event must never fail a remediation."""
+async def post(
+    kube: KubeApi, obj: Involved, reason: str, message: str, type_: str = "Normal"
+) -> None:
+    """Best effort: a failed Event must never fail a remediation. Never repeated after an
+    unknown outcome (the client retries a create only when it was surely not sent), so an
+    outcome is announced at most once."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ns = obj.event_namespace or obj.namespace or "default"
+    ns = obj.namespace or "default"  # Events of cluster-scoped objects live in default
     body = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -55,8 +56,6 @@ async def post(kube: Kube, obj: Involved, reason: str, message: str, type_: str 
         "count": 1,
     }
     try:
-        await kube.call("POST", f"/api/v1/namespaces/{ns}/events", body, "application/json")
-    except ApiException as e:
-        log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, e.status)
-    except Exception as e:  # a timeout or reset after a write must not replay the write
-        log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, type(e))
+        await kube.create("Event", ns, body)
+    except KubeError as e:
+        log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, e)

@@ -6,18 +6,36 @@ written on pods (kopf's on.create/on.update would annotate every pod in the clus
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from pullmedic.detection import PULL_REASONS
 from pullmedic.engine import Engine
+from pullmedic.health import HealthServer
 from pullmedic.policy import GROUP, VERSION
 
 log = logging.getLogger("pullmedic")
+
+
+@dataclass(frozen=True)
+class WatchTimeouts:
+    """How fast a dead watch connection is noticed, whatever the network does to it.
+
+    Each watch request asks the server to end it after ``server`` seconds and the client
+    gives up after ``client``: a connection that silently died is replaced within
+    ``client`` seconds. kopf also reconnects a stream silent for ``inactivity`` seconds
+    (the API server sends a bookmark about every minute).
+    """
+
+    server: int = 40  # sent as timeoutSeconds: the API server wants an integer
+    client: float = 50.0
+    connect: float = 10.0
+    inactivity: float = 70.0
+    request: float = 30.0  # kopf's own non-watch requests (listing)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -36,10 +54,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
+def configure(settings: kopf.OperatorSettings, watch: WatchTimeouts) -> None:
+    settings.posting.enabled = False  # our Events are explicit, never log lines
+    settings.watching.server_timeout = watch.server
+    settings.watching.client_timeout = watch.client
+    settings.watching.connect_timeout = watch.connect
+    settings.watching.inactivity_timeout = watch.inactivity
+    settings.networking.request_timeout = watch.request
+    settings.networking.connect_timeout = watch.connect
+    settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
+    settings.persistence.diffbase_storage = NoDiffBase()
+
+
+def build_registry(
+    make_engine: Callable[[], Engine],
+    *,
+    health: tuple[str, int] | None = None,
+    watch: WatchTimeouts | None = None,
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    holder: dict[str, Engine] = {}
-    tasks: list[asyncio.Task[None]] = []
+    holder: dict[str, Any] = {}
+    watch = watch or WatchTimeouts()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -48,35 +83,31 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # our Events are explicit, never log lines
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 60
-        settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
-        settings.persistence.diffbase_storage = NoDiffBase()
+        configure(settings, watch)
         engine = make_engine()
         holder["engine"] = engine
-        loop = asyncio.get_running_loop()
-        tasks.append(loop.create_task(engine.run_status_flusher()))
-        tasks.append(loop.create_task(engine.run_secret_sync()))
-        tasks.append(loop.create_task(engine.run_sweeper()))
+        engine.start()
+        if health is not None:
+            server = HealthServer(engine.liveness, engine.readiness)
+            await server.start(*health)
+            holder["health"] = server
         log.info("pullmedic started")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for t in tasks:
-            t.cancel()
-
-    @kopf.on.probe(id="policies", registry=registry)
-    def probe_policies(**_: Any) -> int:
         engine = holder.get("engine")
-        return len(engine.policies) if engine else 0
+        if engine is not None:
+            await engine.stop()
+        server = holder.get("health")
+        if server is not None:
+            await server.stop()
 
     @kopf.on.event("v1", "pods", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        engine = holder.get("engine")
+        engine: Engine | None = holder.get("engine")
         if engine is None:
             return
+        engine.saw_pod_event()
         # Cheap pre-filter: only pods that have, or had, a pull failure reach the engine.
         status = body.get("status") or {}
         interesting = body.get("metadata", {}).get("uid") in engine.pods or any(
@@ -89,7 +120,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        engine = holder.get("engine")
+        engine: Engine | None = holder.get("engine")
         if engine is not None:
             engine.on_namespace(event.get("type"), body)
 
@@ -97,7 +128,7 @@ def build_registry(make_engine: Callable[[], Engine]) -> kopf.OperatorRegistry:
 
         @kopf.on.event(GROUP, VERSION, plural, id=f"policy-{plural}", registry=registry)
         async def policy_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-            engine = holder.get("engine")
+            engine: Engine | None = holder.get("engine")
             if engine is not None:
                 await engine.on_policy(event.get("type"), body)
 

@@ -399,6 +399,30 @@ def key_matches(key: str, image: ImageReference) -> bool:
     return all(_glob_match(k, t) for k, t in zip(key_labels, image_labels, strict=True))
 
 
+@dataclass(frozen=True)
+class NodeRegistries:
+    """Registries whose pull credentials the nodes hold (kubelet credential provider
+    plugins, a node config.json): patterns with the kubelet's own ``matchImages`` rules."""
+
+    keys: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, patterns: Iterable[str]) -> tuple[NodeRegistries, list[str]]:
+        keys, problems = [], []
+        for p in patterns:
+            try:
+                keys.append(normalize_key(p))
+            except ValueError as exc:
+                problems.append(str(exc))
+        return cls(tuple(keys)), problems
+
+    def provide(self, image: ImageReference) -> bool:
+        return any(key_matches(k, image) for k in self.keys)
+
+    def __or__(self, other: NodeRegistries) -> NodeRegistries:
+        return NodeRegistries(self.keys + other.keys)
+
+
 class Keyring:
     """Credentials indexed by normalised registry key, looked up the kubelet's way."""
 

@@ -57,6 +57,33 @@ SECONDS_SAVED = Counter(
     "Back-off waiting avoided by recreating stuck pods after a fix.",
     registry=REGISTRY,
 )
+LOOP_RESTARTS = Counter(
+    "pullmedic_loop_restarts_total",
+    "Background loops restarted after a failure or a missed deadline, by loop.",
+    ["loop"],
+    registry=REGISTRY,
+)
+API_ERRORS = Counter(
+    "pullmedic_kube_request_failures_total",
+    "Kubernetes API calls that failed after their retries, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "pullmedic_leader",
+    "1 on the replica that holds the Lease and acts; 0 on standbys.",
+    registry=REGISTRY,
+)
+HEALTHY = Gauge(
+    "pullmedic_healthy",
+    "1 when the liveness check passes (loops ticking, no wedged decision, pod watch alive).",
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "pullmedic_ready",
+    "1 when the watches are established and the API server answered recently.",
+    registry=REGISTRY,
+)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

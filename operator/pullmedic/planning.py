@@ -6,12 +6,13 @@ actuator. Every branch here is a policy decision a platform engineer can read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
 from pullmedic.policy import Mode, Policy, SecretRef
 
 GITOPS_LABELS = (
@@ -82,12 +83,6 @@ class Failure:
     # Pull secrets the owner's pod template lists itself (None: no template known). When
     # it lists any, admission does not add the ServiceAccount's: the template must change.
     template_pull_secrets: tuple[str, ...] | None = None
-
-    @property
-    def dedup_key(self) -> tuple[str, str, str]:
-        """500 failing replicas of one Deployment share one key, one diagnosis, one plan."""
-        owner = self.workload or self.job or self.pod
-        return (str(owner), self.container, self.image)
 
     @property
     def gitops_managed(self) -> bool:
@@ -189,8 +184,17 @@ class Plan:
 
 
 def managed_secret_name(source: SecretRef) -> str:
-    """Stable, collision-free name for a copied secret (DNS-1123, at most 253 chars)."""
-    return f"pullmedic-{source.namespace}-{source.name}"[:253]
+    """Stable, collision-free name for a copied secret (a DNS-1123 subdomain).
+
+    Namespace names are DNS labels (no dots), so the first dot after the prefix separates
+    namespace from name unambiguously: ``a-b/c`` and ``a/b-c`` get different copies. Names
+    too long for 253 characters end in a hash of the full source instead.
+    """
+    name = f"pullmedic.{source.namespace}.{source.name}"
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(f"{source.namespace}/{source.name}".encode()).hexdigest()[:16]
+    return f"{name[:236].rstrip('.-')}.{digest}"
 
 
 def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Action], str]:
@@ -287,11 +291,7 @@ def plan(
             if policy.tags.pin_digest and fix.digest and "@" not in new:
                 new = f"{new}@{fix.digest}"
             actions, note = _image_actions(failure, new, policy)
-    elif cause in (
-        Cause.AuthenticationRequired,
-        Cause.CredentialsRejected,
-        Cause.NotFoundOrPrivate,
-    ):
+    elif cause in CREDENTIAL_CAUSES:
         actions, note = _credential_actions(failure, diagnosis, policy)
     elif cause in (Cause.RegistryUnreachable, Cause.RateLimited):
         if mirror_image:
@@ -302,6 +302,23 @@ def plan(
                 if policy.mirrors or cause is Cause.RegistryUnreachable
                 else "the registry is rate-limiting; the kubelet retries after its back-off"
             )
+    elif cause is Cause.ImageIncomplete:
+        # The pull fails the same way on every retry: never "recreate to skip back-off".
+        if mirror_image:
+            actions, note = _image_actions(failure, mirror_image, policy)
+        else:
+            note = "the registry cannot serve this image whole and no mirror has it; push it again"
+    elif cause is Cause.NodeCredentialsUnknown:
+        note = (
+            "nodes hold the credentials for this registry: check the node's credential "
+            "provider or config; a pull secret is not attached over it"
+        )
+    elif cause is Cause.ImageAvailable and failure.reason == "ErrImageNeverPull":
+        # The registry has it, but the kubelet will never pull: recreating changes nothing.
+        note = (
+            "imagePullPolicy is Never and the node does not have the image (or the pod's "
+            "credentials do not grant it); load it on the node or allow pulling"
+        )
     elif cause is Cause.ImageAvailable:
         if (
             failure.workload is not None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pullmedic.keyring import normalize_key
 from pullmedic.tags import SemverRange
 
 GROUP = "pullmedic.dev"
@@ -107,6 +108,7 @@ class Policy:
     tags: TagCorrection = field(default_factory=TagCorrection)
     credentials_enabled: bool = True
     secrets: tuple[SecretRef, ...] = ()
+    node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
     mirrors: tuple[Mirror, ...] = ()
     recreate_pods: bool = True
     patch_bare_pods: bool = True
@@ -262,6 +264,12 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
             problems.append(f"credentials.secrets[{i}] needs a namespace in a ClusterPullPolicy")
             continue
         secrets.append(SecretRef(str(ns or own_ns), str(s.get("name", ""))))
+    node_registries = tuple(str(r) for r in creds.get("nodeRegistries") or ())
+    for i, r in enumerate(node_registries):
+        try:
+            normalize_key(r)
+        except ValueError as exc:
+            problems.append(f"credentials.nodeRegistries[{i}]: {exc}")
 
     mirrors: list[Mirror] = []
     seen: set[str] = set()
@@ -308,6 +316,7 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         ),
         credentials_enabled=bool(creds.get("enabled", True)),
         secrets=tuple(secrets),
+        node_registries=node_registries,
         mirrors=tuple(mirrors),
         recreate_pods=bool(recovery.get("recreatePods", True)),
         patch_bare_pods=bool(recovery.get("patchBarePods", True)),

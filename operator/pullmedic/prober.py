@@ -14,6 +14,7 @@ carry the wanted platform; a proposed secret must authenticate and grant pull.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Generic, TypeVar
 import httpx
 
 from pullmedic.diagnosis import (
+    CREDENTIAL_CAUSES,
     Cause,
     Diagnosis,
     Evidence,
@@ -159,6 +161,9 @@ class Prober:
         self._platform_cache: TTLCache[Hashable, tuple[tuple[str, ...], bool | None]] = TTLCache(
             self.pconfig.max_entries
         )
+        self._integrity_cache: TTLCache[Hashable, tuple[str | None, bool]] = TTLCache(
+            self.pconfig.max_entries
+        )
         self._diag_flight: SingleFlight[Hashable, Diagnosis] = SingleFlight()
         self._probe_flight: SingleFlight[Hashable, ProbeResult] = SingleFlight()
         self._tags_flight: SingleFlight[Hashable, tuple[tuple[str, ...], int]] = SingleFlight()
@@ -264,6 +269,10 @@ class Prober:
                     and v.observation.manifest_status == 200
                 )
             )
+            # Blobs can vanish under a digest (garbage collection): check them again.
+            self._integrity_cache.discard_where(
+                lambda k, v: k[1:3] == (ref.registry_host, ref.path) and v[0] is None  # type: ignore[index]
+            )
         creds = keyring.lookup(ref)
         cand = candidate_keyrings or {}
         key = (
@@ -296,7 +305,13 @@ class Prober:
         return dataclasses.replace(diag, image=image) if diag.image != image else diag
 
     def clear_cache(self) -> None:
-        for c in (self._diag_cache, self._probe_cache, self._tags_cache, self._platform_cache):
+        for c in (
+            self._diag_cache,
+            self._probe_cache,
+            self._tags_cache,
+            self._platform_cache,
+            self._integrity_cache,
+        ):
             c.clear()
 
     # ---- the diagnosis -------------------------------------------------------------
@@ -336,16 +351,7 @@ class Prober:
             and not ref.digest
         ):
             return await self._suggest_tag(diag, ref, chosen_cred, platform, chosen, tag_policy)
-        if (
-            diag.cause
-            in (
-                Cause.AuthenticationRequired,
-                Cause.CredentialsRejected,
-                Cause.NotFoundOrPrivate,
-                Cause.MalformedSecret,
-            )
-            and candidates
-        ):
+        if diag.cause in (*CREDENTIAL_CAUSES, Cause.MalformedSecret) and candidates:
             return await self._suggest_secret(diag, ref, platform, candidates)
         return diag
 
@@ -574,7 +580,84 @@ class Prober:
         plats, matched = await self._platforms(ref, sess, head.digest, head.media_type, platform)
         f["available_platforms"] = plats
         f["platform_matched"] = matched
+        if matched is not False:  # unknown too: a config that cannot be read may be gone
+            problem, checked = await self._integrity(ref, sess, head.digest, platform)
+            f["integrity_problem"] = problem
+            f["integrity_checked"] = checked
         return (), False
+
+    async def _integrity(
+        self,
+        ref: ImageReference,
+        sess: RepositorySession,
+        digest: str | None,
+        platform: Platform,
+    ) -> tuple[str | None, bool]:
+        """What the kubelet checks after the manifest: (the missing or inconsistent piece,
+        whether everything was checked).
+
+        The manifest and the platform's child manifest must match their digests, and the
+        config and every layer blob must be served (HEAD: no bytes are read). Cached by
+        digest for this credential's own answer, so a storm of pods costs nothing extra.
+        """
+        key = ("integrity", ref.registry_host, ref.path, digest, str(platform))
+        if digest and self.pconfig.cache:
+            hit = self._integrity_cache.get(key)
+            if hit is not None:
+                sess.rec.append(Evidence("blob", note=f"integrity cached for {digest[:19]}"))
+                return hit
+        result = await self._verify(ref, sess, digest, platform)
+        if digest and self.pconfig.cache and result[1]:
+            ttl = self.pconfig.ok_ttl if result[0] is None else self.pconfig.failure_ttl
+            self._integrity_cache.put(key, result, ttl)
+        return result
+
+    async def _verify(
+        self,
+        ref: ImageReference,
+        sess: RepositorySession,
+        digest: str | None,
+        platform: Platform,
+    ) -> tuple[str | None, bool]:
+        got = await sess.get_manifest(digest or ref.manifest_ref)
+        if got.status != 200:
+            return None, False
+        if digest and not _digest_matches(got.body, digest):
+            return f"the manifest's content does not match its digest {digest}", True
+        doc = got.json()
+        if is_index(got.media_type, doc):
+            entries = manifest_platforms(doc)
+            idx = best_match(platform, [Platform.from_mapping(p) for p, _ in entries])
+            if idx is None:
+                return None, False
+            child_digest = entries[idx][1]
+            child = await sess.get_manifest(child_digest)
+            if child.status == 404:
+                return f"the {platform} manifest {child_digest} is missing (404)", True
+            if child.status != 200:
+                return None, False
+            if not _digest_matches(child.body, child_digest):
+                return f"the {platform} manifest's content does not match {child_digest}", True
+            doc = child.json()
+        blobs = _blobs_of(doc)
+        if blobs is None:
+            return "the manifest lists no config or layers", True
+        limit = self.config.max_verified_blobs
+        for what, blob_digest, size in blobs[:limit]:
+            r = await sess.head_blob(blob_digest)
+            if r.status == 404:
+                return f"{what} {blob_digest} is missing (404)", True
+            if r.status != 200:
+                return None, False  # 401/5xx on a blob: not evidence of a broken image
+            length = r.header("content-length")
+            if (
+                size is not None
+                and length is not None
+                and length.isdigit()
+                and (int(length) != size)
+            ):
+                return f"{what} {blob_digest} is {length} bytes, the manifest says {size}", True
+        return None, len(blobs) <= limit
 
     async def _platforms(
         self,
@@ -621,6 +704,34 @@ class Prober:
         if digest and self.pconfig.cache:
             self._platform_cache.put(key, result, self.pconfig.ok_ttl)
         return result
+
+
+def _digest_matches(body: bytes, digest: str) -> bool:
+    """What containerd checks on every manifest it fetches; unknown algorithms pass."""
+    algo, _, want = digest.partition(":")
+    if algo not in ("sha256", "sha512"):
+        return True
+    return hashlib.new(algo, body).hexdigest() == want
+
+
+def _blobs_of(doc: object) -> list[tuple[str, str, int | None]] | None:
+    """(what, digest, declared size) of the config and each layer of an image manifest."""
+    if not isinstance(doc, dict):
+        return None
+    out: list[tuple[str, str, int | None]] = []
+    cfg = doc.get("config")
+    if isinstance(cfg, dict) and isinstance(cfg.get("digest"), str):
+        size = cfg.get("size")
+        out.append(("config blob", cfg["digest"], size if isinstance(size, int) else None))
+    layers = doc.get("layers")
+    if isinstance(layers, list):
+        for i, layer in enumerate(layers):
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                size = layer.get("size")
+                out.append(
+                    (f"layer {i + 1}", layer["digest"], size if isinstance(size, int) else None)
+                )
+    return out or None
 
 
 def _strategy(tag_policy: TagCorrection | None, default: Strategy) -> Strategy:

@@ -325,6 +325,7 @@ class ClientConfig:
     max_tags_pages: int = 10
     tags_page_size: int = 1000
     max_redirects: int = 3
+    max_verified_blobs: int = 128  # config + layers checked per image; more is not verified
     insecure_hosts: frozenset[str] = frozenset()
     address_policy: AddressPolicy = field(default_factory=AddressPolicy)
     user_agent: str = "pullmedic/0.1 (+registry probe)"
@@ -1184,6 +1185,12 @@ class RepositorySession:
     async def get_blob(self, digest: str, max_bytes: int) -> HttpResult:
         return await self._request(
             "blob", "GET", self._url(f"blobs/{digest}"), accept=None, max_bytes=max_bytes
+        )
+
+    async def head_blob(self, digest: str) -> HttpResult:
+        """Whether a blob can be served (the kubelet fetches every one), without its bytes."""
+        return await self._request(
+            "blob", "HEAD", self._url(f"blobs/{digest}"), accept=None, max_bytes=0
         )
 
     async def list_tags(self, *, max_pages: int | None = None) -> TagListing:

@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import kopf
 from kubernetes import client, config
 
 from pullmedic import metrics
-from pullmedic.actuator import Kube
 from pullmedic.engine import Engine, EngineSettings
-from pullmedic.handlers import build_registry
+from pullmedic.handlers import WatchTimeouts, build_registry
+from pullmedic.keyring import NodeRegistries
+from pullmedic.kube import RestKube, Timeouts, configure
+from pullmedic.leadership import LeaseSettings
 from pullmedic.netguard import AddressPolicy
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
@@ -42,6 +45,8 @@ class OperatorSettings:
     probe: ClientConfig = field(default_factory=ClientConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
     peering: PeeringSettings = field(default_factory=PeeringSettings)
+    kube: Timeouts = field(default_factory=Timeouts)
+    watch: WatchTimeouts = field(default_factory=WatchTimeouts)
     log_format: str = "plain"
     kubeconfig: str | None = None
 
@@ -101,7 +106,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds between refreshes of managed secret copies from their source",
     )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=env("PULLMEDIC_LEADER_ELECT", "") in ("1", "true"),
+        help="run several replicas: the holder of a coordination.k8s.io Lease acts, the "
+        "others stand by with warm state",
+    )
+    p.add_argument("--lease-name", default=env("PULLMEDIC_LEASE_NAME", "pullmedic"))
+    p.add_argument(
+        "--lease-namespace",
+        default=env("PULLMEDIC_LEASE_NAMESPACE"),
+        help="namespace of the Lease (default: --operator-namespace)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=10.0,
+        help="seconds without renewal before a standby takes over (renew deadline: 70%%)",
+    )
+    p.add_argument(
+        "--node-credentials-for",
+        action="append",
+        metavar="PATTERN",
+        default=_split(env("PULLMEDIC_NODE_CREDENTIAL_REGISTRIES")),
+        help="registry whose pull credentials the nodes hold (credential provider plugin or "
+        "node config), kubelet matchImages syntax; repeat",
+    )
+    p.add_argument(
+        "--api-timeout",
+        type=float,
+        default=float(env("PULLMEDIC_API_TIMEOUT", "20")),
+        help="read timeout of one Kubernetes API request, seconds (connect: 5)",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=float(env("PULLMEDIC_WATCH_TIMEOUT", "50")),
+        help="a watch connection is replaced after this many seconds at the latest",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
+
+
+def _lease(args: argparse.Namespace) -> LeaseSettings | None:
+    if not args.leader_elect:
+        return None
+    namespace = args.lease_namespace or args.operator_namespace
+    if not namespace:
+        raise ValueError("--leader-elect needs --lease-namespace or --operator-namespace")
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    d = float(args.lease_duration)
+    if d < 3:
+        raise ValueError("--lease-duration must be at least 3 seconds")
+    return LeaseSettings(
+        namespace=namespace,
+        name=args.lease_name,
+        identity=identity,
+        duration=d,
+        renew_deadline=round(d * 0.7, 1),
+        retry=max(0.5, round(d * 0.2, 1)),
+    )
 
 
 def _split(value: str | None) -> list[str]:
@@ -109,6 +173,10 @@ def _split(value: str | None) -> list[str]:
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    """Raises ValueError (a usage error) for values the operator cannot use."""
+    _, problems = NodeRegistries.parse(args.node_credentials_for)
+    if problems:
+        raise ValueError(f"--node-credentials-for: {'; '.join(problems)}")
     return OperatorSettings(
         engine=EngineSettings(
             operator_namespace=args.operator_namespace,
@@ -116,12 +184,16 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             recheck_after=args.recheck_after,
             secret_sync_interval=args.secret_sync_interval,
             dry_run=args.dry_run,
+            node_registries=tuple(args.node_credentials_for),
+            lease=_lease(args),
         ),
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
             address_policy=AddressPolicy(tuple(args.allow_address)),
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
+        kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
+        watch=WatchTimeouts(server=max(5, int(args.watch_timeout) - 10), client=args.watch_timeout),
         peering=PeeringSettings(
             standalone=not args.peering, name=args.peering or "pullmedic", priority=args.priority
         ),
@@ -130,18 +202,19 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def _api_client(kubeconfig: str | None) -> client.ApiClient:
+def _api_client(kubeconfig: str | None, timeouts: Timeouts, pool: int) -> client.ApiClient:
     # The config loaders are untyped in the kubernetes package.
+    cfg = client.Configuration()
     if kubeconfig:
-        api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=cfg
         )
-        return api
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configure(cfg, timeouts, pool))
 
 
 def run(settings: OperatorSettings) -> int:
@@ -156,16 +229,20 @@ def run(settings: OperatorSettings) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
-    api = _api_client(settings.kubeconfig)
-    pool = max(32, (os.cpu_count() or 2) * 8)
-    api.rest_client.pool_manager.connection_pool_kw["maxsize"] = pool
+    workers = 16
+    api = _api_client(settings.kubeconfig, settings.kube, pool=workers)
 
     def make_engine() -> Engine:
-        return Engine(Kube(api), Prober(settings.probe), settings.engine)
+        return Engine(
+            RestKube(api, settings.kube, workers=workers), Prober(settings.probe), settings.engine
+        )
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)
-    registry = build_registry(make_engine)
-    liveness = f"http://{settings.server.bind}:{settings.server.liveness_port}/healthz"
+    registry = build_registry(
+        make_engine,
+        health=(settings.server.bind, settings.server.liveness_port),
+        watch=settings.watch,
+    )
     asyncio.run(
         kopf.operator(
             registry=registry,
@@ -174,7 +251,6 @@ def run(settings: OperatorSettings) -> int:
             # Naming a peering makes it mandatory in kopf: only when peering is wanted.
             peering_name=None if settings.peering.standalone else settings.peering.name,
             priority=settings.peering.priority,
-            liveness_endpoint=liveness,
         )
     )
     return 0

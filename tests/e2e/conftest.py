@@ -153,7 +153,7 @@ class PrivateCase:
 
     @property
     def copied_secret(self) -> str:
-        return f"pullmedic-{self.source_namespace}-regcred"
+        return f"pullmedic.{self.source_namespace}.regcred"
 
 
 @pytest.fixture

@@ -548,7 +548,9 @@ def test_metrics_and_health_endpoints(operator: Any) -> None:
     assert samples["pullmedic_probe_duration_seconds_count"] >= 1
     assert samples["pullmedic_backoff_seconds_saved_total"] > 0
     health = httpx.get(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5)
-    assert health.status_code == 200
+    assert health.status_code == 200, health.text
+    ready = httpx.get(f"http://127.0.0.1:{operator.liveness_port}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"ok": True, "problems": []}
 
 
 def test_no_marks_on_pods_and_no_secret_material_anywhere(

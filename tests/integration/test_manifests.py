@@ -109,6 +109,8 @@ def installed(cluster: Any, base: list[Doc]) -> Iterator[list[Doc]]:
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
     )
     docs = [d for d in base if d["kind"] in real_kinds]
     assert {d["kind"] for d in docs} == set(real_kinds)
@@ -171,12 +173,22 @@ def test_base_renders_exactly_the_operator(base: list[Doc]) -> None:
             ("ServiceAccount", OPERATOR_SA),
             ("ClusterRole", "pullmedic"),
             ("ClusterRoleBinding", "pullmedic"),
+            ("Role", "pullmedic-leader-election"),
+            ("RoleBinding", "pullmedic-leader-election"),
             ("Deployment", "pullmedic"),
+            ("PodDisruptionBudget", "pullmedic"),
             ("Service", "pullmedic-metrics"),
         ]
     )
     for d in base:
-        if d["kind"] in ("ServiceAccount", "Deployment", "Service"):
+        if d["kind"] in (
+            "ServiceAccount",
+            "Deployment",
+            "Service",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        ):
             assert d["metadata"]["namespace"] == OPERATOR_NS, d["kind"]
     # The CRDs are exactly the generated files.
     for crd in CRD_NAMES:
@@ -186,12 +198,20 @@ def test_base_renders_exactly_the_operator(base: list[Doc]) -> None:
         assert rendered["spec"] == generated["spec"]
 
 
-def test_deployment_is_one_restricted_replica(base: list[Doc]) -> None:
+def test_deployment_is_two_restricted_replicas_that_elect_a_leader(base: list[Doc]) -> None:
     dep = one(base, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     pod = spec["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == (
+        spec["selector"]["matchLabels"]
+    )
+    pdb = one(base, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     assert pod["serviceAccountName"] == OPERATOR_SA
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -208,10 +228,12 @@ def test_deployment_is_one_restricted_replica(base: list[Doc]) -> None:
     assert res["limits"] == {"memory": "512Mi"}
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
 
 def test_deployment_args_are_accepted_by_pullmedic_run(base: list[Doc]) -> None:
@@ -223,7 +245,8 @@ def test_deployment_args_are_accepted_by_pullmedic_run(base: list[Doc]) -> None:
     assert args.liveness_port == ports["health"]
     assert args.metrics_port == ports["metrics"]
     assert args.log_format == "json"
-    assert not args.peering  # --standalone: one replica, no kopf peering objects
+    assert not args.peering  # --standalone: no kopf peering objects
+    assert args.leader_elect  # the Lease decides which replica acts
 
 
 def test_metrics_service_selects_the_operator_pod(base: list[Doc]) -> None:
@@ -440,7 +463,20 @@ DENIED = [
     # CRDs: observed, never changed
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),
     ("delete", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+    # leases: only its own namespace's, never deleted or replaced
+    ("get", "coordination.k8s.io", "leases", "NS"),
+    ("patch", "coordination.k8s.io", "leases", "NS"),
+    ("create", "coordination.k8s.io", "leases", ""),
+    ("delete", "coordination.k8s.io", "leases", OPERATOR_NS),
+    ("update", "coordination.k8s.io", "leases", OPERATOR_NS),
 ]
+
+
+def test_leases_are_granted_in_the_operator_namespace_only(
+    operator_client: Any, installed: list[Doc]
+) -> None:
+    for verb in ("get", "create", "patch"):
+        assert can(operator_client, verb, "coordination.k8s.io", "leases", OPERATOR_NS), verb
 
 
 def test_access_review_matches_the_clusterrole(
@@ -461,7 +497,7 @@ def test_access_review_matches_the_clusterrole(
     allowed = [
         (verb, group, resource, ns)
         for verb, group, resource, ns in DENIED
-        if can(operator_client, verb, group, resource, namespace if ns == "NS" else "")
+        if can(operator_client, verb, group, resource, namespace if ns == "NS" else ns)
     ]
     assert not allowed, f"allowed, but the operator must not be able to: {allowed}"
 

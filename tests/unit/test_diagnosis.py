@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic.diagnosis import Cause, Diagnosis, Evidence, Fix, Observation, conclude
+from pullmedic.diagnosis import Cause, Diagnosis, Evidence, Fix, Observation, conclude, node_view
 
 BASE: dict[str, Any] = {
     "image": "reg.example/team/app:1.2.3",
@@ -194,9 +194,40 @@ CASES: list[tuple[str, Observation, Cause, str]] = [
             auth_scheme="none",
             manifest_status=200,
             platform_matched=True,
+            integrity_checked=True,
             digest="sha256:" + "b" * 64,
         ),
         Cause.ImageAvailable,
+        "high",
+    ),
+    (
+        "available, blobs not all checked",
+        obs(auth_scheme="none", manifest_status=200, platform_matched=True),
+        Cause.ImageAvailable,
+        "medium",
+    ),
+    (
+        "listed but a layer is gone",
+        obs(
+            auth_scheme="none",
+            manifest_status=200,
+            platform_matched=True,
+            integrity_checked=True,
+            integrity_problem="layer 2 sha256:" + "c" * 64 + " is missing (404)",
+        ),
+        Cause.ImageIncomplete,
+        "high",
+    ),
+    (
+        "config unreadable and gone",
+        obs(
+            auth_scheme="none",
+            manifest_status=200,
+            platform_matched=None,
+            integrity_checked=True,
+            integrity_problem="config blob sha256:" + "d" * 64 + " is missing (404)",
+        ),
+        Cause.ImageIncomplete,
         "high",
     ),
     (
@@ -326,8 +357,51 @@ def test_cause_values_are_stable() -> None:
         "RateLimited",
         "RegistryUnreachable",
         "PlatformMismatch",
+        "ImageIncomplete",
+        "NodeCredentialsUnknown",
         "ImageAvailable",
         "BlockedAddress",
         "MalformedSecret",
         "Unknown",
     }
+
+
+# ---- registries whose credentials live on the nodes ----------------------------------
+
+
+def _auth_required() -> Diagnosis:
+    return conclude(obs(auth_scheme="bearer", token_status=200, manifest_status=401))
+
+
+@pytest.mark.parametrize(
+    ("kubelet", "confidence", "says"),
+    [
+        (
+            'failed to pull and unpack image "x": failed to resolve reference "x": '
+            "pull access denied, repository does not exist or may require authorization: "
+            "server message: insufficient_scope: authorization failed",
+            "medium",
+            "refused too",
+        ),
+        (
+            'rpc error: code = NotFound desc = failed to pull and unpack image "x": failed to '
+            'resolve reference "x": x: not found',
+            "medium",
+            "not found",
+        ),
+        ('Back-off pulling image "x"', "low", "unknown"),
+        ("", "low", "unknown"),
+    ],
+)
+def test_node_view_of_a_credential_failure(kubelet: str, confidence: str, says: str) -> None:
+    d = node_view(_auth_required(), kubelet, "123.dkr.ecr.eu-west-1.amazonaws.com")
+    assert d.cause is Cause.NodeCredentialsUnknown
+    assert d.confidence == confidence
+    assert says in d.summary and "123.dkr.ecr.eu-west-1.amazonaws.com" in d.summary
+    assert d.details["probeCause"] == str(_auth_required().cause)
+    assert ("kubeletMessage" in d.details) == bool(kubelet)
+
+
+def test_node_view_leaves_other_causes_alone() -> None:
+    tag = conclude(obs(auth_scheme="none", manifest_status=404, tags_status=200))
+    assert node_view(tag, "401 Unauthorized", "h") is tag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -201,6 +202,18 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.RegistryUnreachable), policy(), {}, [], False),
         # pullable now: recreate to skip the back-off
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
+        # pull policy Never: the kubelet will not pull, so recreating is futile
+        (failure(reason="ErrImageNeverPull"), diag(Cause.ImageAvailable), policy(), {}, [], False),
+        # listed but not whole: recreating cannot help; a mirror with it whole can
+        (failure(), diag(Cause.ImageIncomplete), policy(), {}, [], False),
+        (
+            failure(),
+            diag(Cause.ImageIncomplete),
+            policy(),
+            {"mirror_image": "127.0.0.1:5001/library/nginx:1.27.99"},
+            [A.PATCH_WORKLOAD_IMAGE],
+            True,
+        ),
         # pods of owners that do not recreate them equivalently are never deleted
         (
             failure(workload=ObjectRef("Job", NS, "once")),
@@ -311,9 +324,24 @@ def test_pin_digest() -> None:
     assert plan.actions[0].new_image == f"{TAG_FIX.image}@{TAG_FIX.digest}"
 
 
-def test_copied_secret_name_and_dedup_key() -> None:
+def test_copied_secret_name() -> None:
     plan = planning.plan(failure(), diag(Cause.AuthenticationRequired, SECRET_FIX), policy())
-    assert plan.actions[0].secret == "pullmedic-shared-regcred"
-    assert plan.actions[1].secret == "pullmedic-shared-regcred"
-    assert failure().dedup_key == failure(pod=POD2).dedup_key
-    assert failure().dedup_key != failure(image="x").dedup_key
+    assert plan.actions[0].secret == "pullmedic.shared.regcred"
+    assert plan.actions[1].secret == "pullmedic.shared.regcred"
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("a-b", "c"), ("a", "b-c")),  # joined with "-", these used to be one copy
+        (("team", "x-y"), ("team-x", "y")),
+        (("ns", "r" * 250), ("ns", "r" * 249 + "s")),  # long names: distinct hashed tails
+    ],
+)
+def test_copied_secret_names_never_collide(a: tuple[str, str], b: tuple[str, str]) -> None:
+    na = planning.managed_secret_name(pol.SecretRef(*a))
+    nb = planning.managed_secret_name(pol.SecretRef(*b))
+    assert na != nb
+    for n in (na, nb):
+        assert len(n) <= 253
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", n)

@@ -39,6 +39,7 @@ def body(kind: str = "PullPolicy", ns: str | None = "team-a", **spec: Any) -> di
             "needs values",
         ),
         ({"mode": "Destroy"}, "not Observe"),
+        ({"credentials": {"nodeRegistries": ["ecr io"]}}, "nodeRegistries[0]"),
     ],
 )
 def test_invalid_specs_are_reported(spec: dict[str, Any], problem: str) -> None:
@@ -153,3 +154,16 @@ def test_precedence_namespaced_first_then_priority() -> None:
     assert pol.choose([cluster_hi, ns_lo, ns_hi], **kw) is ns_hi
     assert pol.choose([cluster_hi], **kw) is cluster_hi
     assert pol.choose([], **kw) is None
+
+
+def test_node_registries_match_like_the_kubelets_match_images() -> None:
+    from pullmedic.keyring import NodeRegistries
+    from pullmedic.reference import parse as ref
+
+    nodes, problems = NodeRegistries.parse(["*.dkr.ecr.*.amazonaws.com", "gcr.io/team"])
+    assert problems == []
+    assert nodes.provide(ref("123.dkr.ecr.eu-west-1.amazonaws.com/app:1"))
+    assert nodes.provide(ref("gcr.io/team/app:1"))
+    assert not nodes.provide(ref("gcr.io/other/app:1"))  # path prefix
+    assert not nodes.provide(ref("a.b.dkr.ecr.eu-west-1.amazonaws.com/app:1"))  # label count
+    assert not nodes.provide(ref("docker.io/library/nginx:1"))

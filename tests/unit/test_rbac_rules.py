@@ -35,6 +35,9 @@ OPERATOR = REPO / "operator"
 
 ACTUATOR = "pullmedic/actuator.py"
 PLANNING = "pullmedic/planning.py"
+LOOKUPS = "pullmedic/lookups.py"
+KUBE = "pullmedic/kube.py"
+STATUS = "pullmedic/status.py"
 ENGINE = "pullmedic/engine.py"
 EVENTS = "pullmedic/events.py"
 HANDLERS = "pullmedic/handlers.py"
@@ -65,20 +68,20 @@ def need(where: str, *evidence: tuple[str, str]) -> Need:
 
 PODS_WATCH = (HANDLERS, kopf_handler_on("pods", "pod", "Pod"))
 NAMESPACES_WATCH = (HANDLERS, kopf_handler_on("namespaces", "namespace", "Namespace"))
-GET_CALL = (ACTUATOR, r"await self\.call\(\"GET\"")
-PATCH_CALL = (ACTUATOR, r"await self\.call\(\"PATCH\"")
+GET_CALL = (KUBE, r"await self\.request\(\"GET\", path_of\(kind")
+PATCH_CALL = (KUBE, r"\"PATCH\", path_of\(kind, ns, name\), ops, \"application/json-patch\+json\"")
 KOPF_USED = (HANDLERS, r"^import kopf|^from kopf\b")
 
 
 def _path(kind: str, path: str) -> tuple[str, str]:
-    return (ACTUATOR, rf"\"{kind}\": \"{re.escape(path)}\"")
+    return (KUBE, rf"\"{kind}\": \"{re.escape(path)}\"")
 
 
 def _workload(kind: str, path: str, owner_walk: str) -> dict[str, Need]:
     return {
         "get": need(
-            f"engine.Engine._owner_chain, actuator.Actuator._patch_image/record: get {kind}",
-            (ENGINE, owner_walk),
+            f"lookups.Lookups.owner_chain, actuator.Actuator._patch_image/record: get {kind}",
+            (LOOKUPS, owner_walk),
             _path(kind, path),
             GET_CALL,
         ),
@@ -112,14 +115,14 @@ def _policy_watch(plural: str) -> Need:
         f"handlers.build_registry policy_event: kopf.on.event list+watch of {plural}",
         (HANDLERS, rf"[\"']{plural}[\"']"),
         (HANDLERS, r"@kopf\.on\.event\("),
-        (ENGINE, r"async def on_policy\("),
+        (STATUS, r"async def on_policy\("),
     )
 
 
 JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     # --- pods -----------------------------------------------------------------------
     ("", "pods", "get"): need(
-        "actuator.Kube.get: re-read a pod before patching its image",
+        "kube.RestKube.get: re-read a pod before patching its image",
         _path("Pod", "/api/v1/namespaces/{ns}/pods/{name}"),
         GET_CALL,
     ),
@@ -133,7 +136,8 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ),
     ("", "pods", "delete"): need(
         "actuator.Actuator._recreate (RECREATE_PODS): stuck controller-owned pods",
-        (ACTUATOR, r"\"DELETE\", PATHS\[\"Pod\"\]"),
+        (ACTUATOR, r"self\.kube\.delete\(\"Pod\""),
+        (KUBE, r"await self\.request\(\"DELETE\", path_of\(kind, ns, name\)"),
     ),
     # --- namespaces (ClusterPullPolicy namespaceSelector) ----------------------------
     ("", "namespaces", "list"): need(
@@ -144,19 +148,20 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ),
     # --- nodes: the platform the kubelet pulls for ------------------------------------
     ("", "nodes", "get"): need(
-        "engine.Engine._platform: node os/arch labels",
-        (ENGINE, r"self\.kube\.call\(\"GET\", f\"/api/v1/nodes/\{node\}\"\)"),
-        (ENGINE, r"kubernetes\.io/arch"),
+        "lookups.Lookups.node: node os/arch labels and the images it holds",
+        (LOOKUPS, r"self\.kube\.get\(\"Node\", \"\", name\)"),
+        (LOOKUPS, r"kubernetes\.io/arch"),
+        _path("Node", "/api/v1/nodes/{name}"),
     ),
     # --- owner chain (read only) ------------------------------------------------------
     ("apps", "replicasets", "get"): need(
-        "engine.Engine._owner_chain: Pod -> ReplicaSet -> Deployment",
-        (ENGINE, r"self\.kube\.get\(\"ReplicaSet\""),
+        "lookups.Lookups.owner_chain: Pod -> ReplicaSet -> Deployment",
+        (LOOKUPS, r"self\.kube\.get\(\"ReplicaSet\""),
         _path("ReplicaSet", "/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
     ),
     ("batch", "jobs", "get"): need(
-        "engine.Engine._owner_chain: Pod -> Job -> CronJob",
-        (ENGINE, r"self\.kube\.get\(\"Job\""),
+        "lookups.Lookups.owner_chain: Pod -> Job -> CronJob",
+        (LOOKUPS, r"self\.kube\.get\(\"Job\""),
         _path("Job", "/apis/batch/v1/namespaces/{ns}/jobs/{name}"),
     ),
     # --- workload templates -------------------------------------------------------------
@@ -180,14 +185,14 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ),
     # --- secrets: by name only ----------------------------------------------------------
     ("", "secrets", "get"): need(
-        "engine.Engine._secret (pod's own and candidate pull secrets); _copy_secret",
-        (ENGINE, r"self\.kube\.get\(\"Secret\""),
+        "lookups.Lookups.secret (pod's own and candidate pull secrets); _copy_secret",
+        (LOOKUPS, r"self\.kube\.get\(\"Secret\""),
         (ACTUATOR, r"self\.kube\.get\(\"Secret\""),
     ),
     ("", "secrets", "create"): need(
         "actuator.Actuator._copy_secret: POST the managed copy",
-        (ACTUATOR, r"\"POST\", path"),
-        (ACTUATOR, r"/api/v1/namespaces/\{a\.target\.namespace\}/secrets\""),
+        (ACTUATOR, r"self\.kube\.create\(\"Secret\", a\.target\.namespace"),
+        (KUBE, r"await self\.request\(\"POST\", path_of\(kind, ns\)"),
     ),
     ("", "secrets", "patch"): need(
         "actuator.Actuator._copy_secret: refresh a managed copy",
@@ -197,7 +202,8 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     # --- events -------------------------------------------------------------------------
     ("", "events", "create"): need(
         "events.post: POST a new core/v1 Event",
-        (EVENTS, r"kube\.call\(\"POST\", f\"/api/v1/namespaces/\{ns\}/events\""),
+        (EVENTS, r"kube\.create\(\"Event\", ns, body\)"),
+        _path("Event", "/api/v1/namespaces/{ns}/events/{name}"),
     ),
     # --- pullmedic.dev policies ------------------------------------------------------
     ("pullmedic.dev", "pullpolicies", "list"): _policy_watch("pullpolicies"),
@@ -205,15 +211,16 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ("pullmedic.dev", "clusterpullpolicies", "list"): _policy_watch("clusterpullpolicies"),
     ("pullmedic.dev", "clusterpullpolicies", "watch"): _policy_watch("clusterpullpolicies"),
     ("pullmedic.dev", "pullpolicies/status", "patch"): need(
-        "engine.Engine._patch_policy_status (namespaced)",
-        (ENGINE, r"/namespaces/\{p\.namespace\}/pullpolicies/"),
-        (ENGINE, r"\{p\.name\}/status"),
-        (ENGINE, r"self\.kube\.call\(\"PATCH\", path, \{\"status\": status\}"),
+        "status.PolicyStatus.write (namespaced)",
+        _path("PullPolicy", "/apis/pullmedic.dev/v1alpha1/namespaces/{ns}/pullpolicies/{name}"),
+        (STATUS, r"self\.kube\.patch_status\(kind"),
+        (KUBE, r"path_of\(kind, ns, name\) \+ \"/status\""),
     ),
     ("pullmedic.dev", "clusterpullpolicies/status", "patch"): need(
-        "engine.Engine._patch_policy_status (cluster-scoped)",
-        (ENGINE, r"/clusterpullpolicies/\{p\.name\}/status"),
-        (ENGINE, r"self\.kube\.call\(\"PATCH\", path, \{\"status\": status\}"),
+        "status.PolicyStatus.write (cluster-scoped)",
+        _path("ClusterPullPolicy", "/apis/pullmedic.dev/v1alpha1/clusterpullpolicies/{name}"),
+        (STATUS, r"\"ClusterPullPolicy\" if p\.is_cluster"),
+        (KUBE, r"path_of\(kind, ns, name\) \+ \"/status\""),
     ),
     # --- kopf itself ----------------------------------------------------------------------
     **{
@@ -322,8 +329,49 @@ def test_no_secret_enumeration() -> None:
     assert secret_verbs == {"get", "create", "patch"}
 
 
-def test_only_one_role_bound_to_the_operator_service_account() -> None:
-    assert not objects_of("Role") and not objects_of("RoleBinding")
+LEADERSHIP = "pullmedic/leadership.py"
+ROLE_JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
+    ("coordination.k8s.io", "leases", verb): need(
+        f"leadership.LeaseElector: {verb} the Lease (--leader-elect)",
+        (LEADERSHIP, pattern),
+        _path("Lease", "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"),
+    )
+    for verb, pattern in (
+        ("get", r"self\.kube\.get\(\"Lease\""),
+        ("create", r"self\.kube\.create\(\"Lease\""),
+        ("patch", r"self\.kube\.json_patch\(\"Lease\""),
+    )
+}
+
+
+def test_the_leader_election_role_is_namespaced_and_justified() -> None:
+    (role,) = objects_of("Role")
+    assert role["metadata"]["namespace"] == "pullmedic-system"
+    have = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert have == set(ROLE_JUSTIFICATIONS)
+    for grant, justification in ROLE_JUSTIFICATIONS.items():
+        for module, pattern in justification.evidence:
+            text = module_text(module) or ""
+            folded = re.sub(r"\(\s+", "(", re.sub(r"\s+", " ", text))
+            assert re.search(pattern, text) or re.search(pattern, folded), (grant, pattern)
+    (rb,) = objects_of("RoleBinding")
+    assert rb["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert rb["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pullmedic", "namespace": "pullmedic-system"}
+    ]
+
+
+def test_only_one_cluster_role_bound_to_the_operator_service_account() -> None:
     (binding,) = objects_of("ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

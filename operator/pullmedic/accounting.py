@@ -1,0 +1,152 @@
+"""What each policy has done, as the numbers its status shows. Pure bookkeeping: outcomes
+in, counts, last actions, rate-limit slots and back-off figures out."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pullmedic import backoff
+from pullmedic.actuator import Result
+from pullmedic.grouping import PodState
+from pullmedic.planning import ActionType, ObjectRef, Plan
+
+APPLIED_OK = frozenset({"applied", "unchanged", "dry-run", "skipped"})
+RATE_WINDOW = 3600.0
+
+
+@dataclass
+class PolicyStats:
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"detected": 0, "suggested": 0, "remediated": 0, "failed": 0}
+    )
+    last_actions: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10))
+    attempts: int = 0
+    lost: float = 0.0
+    saved: float = 0.0
+    remediations: deque[float] = field(default_factory=deque)  # wall times of slots taken
+    copies: set[tuple[str, str]] = field(default_factory=set)  # (source ns/name, copy ns/name)
+    dirty: bool = True
+
+    def load(self, status: Mapping[str, Any]) -> None:
+        """Continue from what the status says (written by the previous leader, or by this
+        process before a restart): counts never go back to zero on failover."""
+        counts = status.get("counts") or {}
+        for k in self.counts:
+            v = counts.get(k)
+            if isinstance(v, int) and v > self.counts[k]:
+                self.counts[k] = v
+        backoff_ = status.get("backoff") or {}
+        if isinstance(backoff_.get("pullAttempts"), int):
+            self.attempts = max(self.attempts, backoff_["pullAttempts"])
+        for name, attr in (("secondsLostWaiting", "lost"), ("secondsSavedByRecreation", "saved")):
+            v = backoff_.get(name)
+            if isinstance(v, int | float) and v > getattr(self, attr):
+                setattr(self, attr, float(v))
+        actions = status.get("lastActions")
+        if isinstance(actions, list) and not self.last_actions:
+            for a in actions[-(self.last_actions.maxlen or 10) :]:
+                if isinstance(a, Mapping):
+                    self.last_actions.append({str(k): str(v) for k, v in a.items()})
+
+    # ---- rate limit ------------------------------------------------------------------
+    def rate_limited(self, per_hour: int, now: float) -> bool:
+        while self.remediations and now - self.remediations[0] > RATE_WINDOW:
+            self.remediations.popleft()
+        return len(self.remediations) >= per_hour
+
+    def reserve(self, slot: float) -> None:
+        self.remediations.append(slot)
+
+    def release(self, slot: float) -> None:
+        if slot in self.remediations:
+            self.remediations.remove(slot)
+
+    # ---- outcomes --------------------------------------------------------------------
+    def note(self, workload: ObjectRef, cause: str, action: str, result: str, detail: str) -> None:
+        self.last_actions.append(
+            {
+                "time": now_iso(),
+                "workload": str(workload),
+                "cause": cause,
+                "action": action,
+                "result": result,
+                "detail": detail[:500],
+            }
+        )
+        self.dirty = True
+
+    def detected(self) -> None:
+        self.counts["detected"] += 1
+        self.dirty = True
+
+    def suggested(self, workload: ObjectRef, cause: str, message: str) -> None:
+        self.counts["suggested"] += 1
+        self.note(workload, cause, "Suggest", "suggested", message)
+
+    def circuit_opened(self, workload: ObjectRef, cause: str) -> None:
+        self.counts["failed"] += 1
+        self.note(workload, cause, "CircuitBreaker", "failed", "same cause after remediation")
+
+    def applied(
+        self, p: Plan, results: Sequence[Result], workload: ObjectRef, text: str, saved: float
+    ) -> None:
+        ok, wrote = outcome(results)
+        for r in results:
+            if (
+                r.action.type is ActionType.COPY_SECRET
+                and r.action.source is not None
+                and r.outcome in ("applied", "unchanged")
+            ):
+                self.copies.add(
+                    (str(r.action.source), f"{r.action.target.namespace}/{r.action.secret}")
+                )
+        if wrote:
+            self.counts["remediated"] += 1
+        if not ok:
+            self.counts["failed"] += 1
+        self.saved += saved
+        self.note(
+            workload,
+            str(p.cause),
+            ",".join(str(a.type) for a in p.actions),
+            "applied" if wrote else ("failed" if not ok else "unchanged"),
+            text,
+        )
+
+    def account_backoff(self, members: Iterable[PodState], now: float) -> None:
+        attempts = sum(backoff.state(now - m.first_seen).attempts for m in members)
+        self.attempts = max(self.attempts, attempts)
+        self.dirty = True
+
+    def status(self, stuck: int) -> dict[str, Any]:
+        return {
+            "counts": {**self.counts, "stuck": stuck},
+            "backoff": {
+                "pullAttempts": self.attempts,
+                "secondsLostWaiting": round(self.lost, 1),
+                "secondsSavedByRecreation": round(self.saved, 1),
+            },
+            "lastActions": list(self.last_actions),
+            "managedSecrets": [{"source": s, "copy": d} for s, d in sorted(self.copies)],
+        }
+
+
+def outcome(results: Sequence[Result]) -> tuple[bool, bool]:
+    """(every action succeeded or had nothing to do, something was written)."""
+    ok = all(r.outcome in APPLIED_OK for r in results)
+    wrote = any(r.outcome == "applied" for r in results)
+    return ok, wrote
+
+
+def summary(results: Sequence[Result]) -> str:
+    return "; ".join(
+        f"{r.action.summary}: {r.outcome}" + (f" ({r.detail})" if r.detail else "") for r in results
+    )
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,84 @@
+"""The pure half of deciding one group: the failure as planning sees it, and whether a
+plan repeats a fix already applied. No I/O, no clock of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pullmedic.detection import StuckContainer
+from pullmedic.grouping import PodState
+from pullmedic.planning import ActionType, Failure, ObjectRef, Plan
+
+
+def template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    spec: Any = wobj.get("spec") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    tspec: Mapping[str, Any] = (spec.get("template") or {}).get("spec") or {}
+    return tspec
+
+
+def template_pull_secrets(
+    wobj: Mapping[str, Any] | None, workload: ObjectRef | None
+) -> tuple[str, ...] | None:
+    if not wobj or workload is None:
+        return None
+    refs = template_spec(wobj, workload.kind).get("imagePullSecrets") or ()
+    return tuple(str(r.get("name", "")) for r in refs if isinstance(r, Mapping))
+
+
+def template_index(
+    wobj: Mapping[str, Any], workload: ObjectRef | None, sc: StuckContainer
+) -> int | None:
+    if workload is None:
+        return None
+    for i, c in enumerate(template_spec(wobj, workload.kind).get(sc.kind) or ()):
+        if c.get("name") == sc.name:
+            return i
+    return None
+
+
+def failure_of(
+    rep: PodState,
+    sc: StuckContainer,
+    members: Sequence[PodState],
+    workload: ObjectRef | None,
+    job: ObjectRef | None,
+    wobj: Mapping[str, Any] | None,
+) -> Failure:
+    pod = rep.body
+    meta = (wobj or {}).get("metadata") or {}
+    return Failure(
+        pod=rep.ref,
+        container=sc.name,
+        container_kind=sc.kind,
+        container_index=sc.index,
+        image=sc.image,
+        reason=sc.reason,
+        service_account=pod["spec"]["serviceAccountName"],
+        pod_pull_secrets=tuple(s.get("name", "") for s in pod["spec"]["imagePullSecrets"]),
+        workload=workload,
+        job=job,
+        workload_container_index=template_index(wobj, workload, sc) if wobj else None,
+        workload_labels=tuple(sorted((meta.get("labels") or {}).items())) if wobj else (),
+        workload_annotations=tuple(sorted((meta.get("annotations") or {}).items())),
+        stuck_pods=tuple(m.ref for m in members),
+        template_pull_secrets=template_pull_secrets(wobj, workload),
+    )
+
+
+def fingerprint(p: Plan) -> str:
+    """What a plan changes, recreations aside: equal fingerprints are the same fix."""
+    parts = [
+        f"{a.type}:{a.target}:{a.new_image}:{a.secret}"
+        for a in p.actions
+        if a.type is not ActionType.RECREATE_PODS
+    ]
+    return f"{p.cause}|" + "|".join(parts) if p.actions else ""
+
+
+def is_follow_up(fp: str, applied: str, since_applied: float, window: float) -> bool:
+    """The same fix as one applied moments ago: late siblings get it without it counting
+    as a new remediation (one record, one Event, one rate-limit slot)."""
+    return bool(fp) and applied == fp and since_applied < window

@@ -1,0 +1,154 @@
+"""Policy status and gauges: what `kubectl get pullpolicies` and Prometheus show.
+
+Counts are kept in memory (accounting) and written here, at most once per interval and
+only when they changed. A write that fails stays dirty and is retried on the next tick, so
+the status catches up however long the API server was away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pullmedic import backoff, metrics
+from pullmedic import policy as pol
+from pullmedic.accounting import PolicyStats, now_iso
+from pullmedic.diagnosis import Cause
+from pullmedic.grouping import Groups, PodState
+from pullmedic.inventory import Inventory
+from pullmedic.kube import KubeApi, KubeError
+from pullmedic.reporting import Reporter
+
+log = logging.getLogger("pullmedic")
+
+
+def ready_condition(policy: pol.Policy, problems: list[str]) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "False" if problems else "True",
+        "reason": "InvalidSpec" if problems else "Accepted",
+        "message": "; ".join(problems) if problems else f"mode {policy.mode}",
+        "observedGeneration": policy.generation,
+    }
+
+
+def condition_changed(body: Mapping[str, Any], cond: Mapping[str, Any], generation: int) -> bool:
+    status = body.get("status") or {}
+    old: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
+    )
+    return {k: old.get(k) for k in cond} != dict(cond) or status.get(
+        "observedGeneration"
+    ) != generation
+
+
+class PolicyStatus:
+    def __init__(
+        self,
+        kube: KubeApi,
+        inventory: Inventory,
+        groups: Groups,
+        reporter: Reporter,
+        clock: Callable[[], float] = time.monotonic,
+        acting: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.kube = kube
+        self.inv = inventory
+        self.groups = groups
+        self.reporter = reporter
+        self.clock = clock
+        self.acting = acting  # standbys keep counts in step but never write
+        self.failed_writes = 0
+        self.bodies: dict[str, Mapping[str, Any]] = {}
+
+    async def write(self, p: pol.Policy, status: Mapping[str, Any]) -> None:
+        kind = "ClusterPullPolicy" if p.is_cluster else "PullPolicy"
+        await self.kube.patch_status(kind, p.namespace or "", p.name, status)
+
+    async def on_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Parse, remember, and publish the Ready condition when it changed."""
+        policy, problems = pol.parse(body)
+        if event_type == "DELETED":
+            self.inv.policies.pop(policy.key, None)
+            self.inv.stats.pop(policy.key, None)
+            self.bodies.pop(policy.key, None)
+            return
+        self.bodies[policy.key] = body
+        if problems:
+            self.inv.policies.pop(policy.key, None)
+        else:
+            self.inv.policies[policy.key] = policy
+        new = policy.key not in self.inv.stats
+        st = self.inv.stats.setdefault(policy.key, PolicyStats())
+        if new or not self.acting():
+            st.load(body.get("status") or {})  # continue the figures already published
+        for item in (body.get("status") or {}).get("managedSecrets") or ():
+            if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
+                st.copies.add((str(item["source"]), str(item["copy"])))
+        cond = ready_condition(policy, problems)
+        if self.acting() and condition_changed(body, cond, policy.generation):
+            cond["lastTransitionTime"] = now_iso()
+            try:
+                await self.write(
+                    policy, {"observedGeneration": policy.generation, "conditions": [cond]}
+                )
+            except KubeError as e:
+                # The next event for this policy (kopf re-lists on reconnect) writes it.
+                log.warning("condition of %s not written: %s", policy.key, e)
+            if problems:
+                await self.reporter.invalid_spec(policy, "; ".join(problems))
+
+    def pod_recovered(self, state: PodState) -> None:
+        """A stuck pod runs (or is gone): its waiting time is lost back-off."""
+        lost = self.clock() - state.first_seen
+        metrics.SECONDS_LOST.inc(lost)
+        st = self.inv.stats.get(state.policy) if state.policy else None
+        if st is not None:
+            st.lost += lost
+            st.dirty = True
+
+    def gauges(self) -> dict[str | None, int]:
+        """Set the gauges; returns stuck pods per policy for the status."""
+        stuck: dict[str | None, int] = {}
+        attempts = 0
+        now = self.clock()
+        for state in self.groups.pods.values():  # one pass per interval, never per event
+            stuck[state.policy] = stuck.get(state.policy, 0) + 1
+            attempts += backoff.state(now - state.first_seen).attempts
+        metrics.PULL_ATTEMPTS.set(attempts)
+        by_cause = self.groups.stuck_by_cause()
+        for cause in Cause:
+            metrics.STUCK_PODS.labels(cause=str(cause)).set(by_cause.get(str(cause), 0))
+        return stuck
+
+    async def resume(self) -> None:
+        """Just became the leader: publish what standbys only watched."""
+        for body in list(self.bodies.values()):
+            await self.on_policy(None, body)
+        for st in self.inv.stats.values():
+            st.dirty = True
+
+    async def flush(self) -> int:
+        """One tick: write every dirty policy's status. Returns how many writes failed."""
+        stuck = self.gauges()
+        failed = 0
+        if not self.acting():
+            return 0
+        for key, st in list(self.inv.stats.items()):
+            p = self.inv.policies.get(key)
+            if p is None or not st.dirty:
+                continue
+            st.dirty = False
+            try:
+                await self.write(p, st.status(stuck.get(key, 0)))
+            except KubeError as e:
+                st.dirty = True
+                failed += 1
+                log.warning("status of %s not written: %s", key, e)
+            except BaseException:
+                st.dirty = True  # cancelled or a bug: the next tick writes it
+                raise
+        self.failed_writes += failed
+        return failed

@@ -1,0 +1,569 @@
+"""The engine's lifecycle as scenarios: cluster state in (through a fake KubeApi), events
+fed, cluster state and writes out. No cluster, no registry; each runs in well under a
+second because every interval is scaled down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pullmedic.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.engine import Engine, EngineSettings
+from pullmedic.kube import KubeError
+from pullmedic.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION
+from tests.unit.fakekube import FakeKube, FakeProber
+
+NS = "team-a"
+BAD = "registry.example.com/app:1.4.99"
+GOOD = "registry.example.com/app:1.4.3"
+PRIVATE = "registry.example.com/private/app:1.0"
+
+FAST = EngineSettings(
+    debounce=0.01,
+    recheck_after=0.3,
+    decision_timeout=0.3,
+    retry_base=0.01,
+    status_interval=0.02,
+    secret_sync_interval=0.05,
+    sweep_interval=0.05,
+    sweep_max_age=0.05,
+    api_check_interval=0.02,
+    ready_budget=0.2,
+    pod_watch_budget=0.2,
+)
+
+
+def diag(image: str, cause: Cause, fix: Fix | None = None) -> Diagnosis:
+    return Diagnosis(image=image, cause=cause, confidence="high", summary=f"{cause}", fix=fix)
+
+
+TAG_TYPO = diag(BAD, Cause.TagNotFound, Fix(kind="tag", reason="highest patch", image=GOOD))
+GOOD_FAILS = diag(GOOD, Cause.TagNotFound, Fix(kind="tag", reason="highest patch", image=GOOD))
+NEEDS_SECRET = diag(
+    PRIVATE,
+    Cause.AuthenticationRequired,
+    Fix(kind="secret", reason="authenticates", secret="shared/regcred"),
+)
+
+
+# ---- cluster builders ------------------------------------------------------------------
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def cluster_policy(name: str = "heal", **spec: Any) -> dict[str, Any]:
+    spec.setdefault("mode", "Remediate")
+    spec.setdefault("selector", {"namespaces": [NS]})
+    return {
+        "apiVersion": "pullmedic.dev/v1alpha1",
+        "kind": "ClusterPullPolicy",
+        "metadata": {"name": name, "uid": f"policy-{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def deployment(kube: FakeKube, name: str, image: str) -> dict[str, Any]:
+    dep = kube.put(
+        {
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
+        }
+    )
+    kube.put(
+        {
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": f"{name}-rs",
+                "namespace": NS,
+                "ownerReferences": [
+                    {
+                        "kind": "Deployment",
+                        "name": name,
+                        "uid": dep["metadata"]["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+        }
+    )
+    return dep
+
+
+def stuck_pod(
+    kube: FakeKube,
+    owner: str,
+    n: int,
+    image: str,
+    *,
+    created: str = "2026-12-01T10:00:00Z",
+    pull_secrets: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    rs = kube.obj("ReplicaSet", NS, f"{owner}-rs")
+    return kube.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{owner}-{n}",
+                "namespace": NS,
+                "uid": f"{owner}-pod-{n}",
+                "creationTimestamp": created,
+                "ownerReferences": [
+                    {
+                        "kind": "ReplicaSet",
+                        "name": rs["metadata"]["name"],
+                        "uid": rs["metadata"]["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {
+                "containers": [{"name": "app", "image": image}],
+                "imagePullSecrets": [{"name": s} for s in pull_secrets],
+                "nodeName": "node-1",
+            },
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "app",
+                        "image": image,
+                        "state": {"waiting": {"reason": "ErrImagePull"}},
+                    }
+                ]
+            },
+        }
+    )
+
+
+async def until(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll a positive condition; fail loudly when it never holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+class World:
+    def __init__(self, settings: EngineSettings = FAST) -> None:
+        self.kube = FakeKube()
+        self.prober = FakeProber({BAD: TAG_TYPO, GOOD: GOOD_FAILS, PRIVATE: NEEDS_SECRET})
+        self.settings = settings
+        self.engine = self.new_engine()
+
+    def new_engine(self) -> Engine:
+        return Engine(self.kube, self.prober, self.settings)
+
+    async def boot(self, *policies: dict[str, Any]) -> None:
+        self.engine.on_namespace(None, namespace(NS))
+        for p in policies:
+            self.kube.put(p)
+            await self.engine.on_policy(None, p)
+
+    def feed(self, *pods: dict[str, Any], event: str = "MODIFIED") -> None:
+        for p in pods:
+            self.engine.on_pod(event, p)
+
+    async def settle(self) -> None:
+        """Wait until no decision is running or due."""
+        await until(
+            lambda: all(g.task is None or g.task.done() for g in self.engine.groups.groups.values())
+        )
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    yield World()
+
+
+def image_patches(kube: FakeKube, name: str) -> list[Any]:
+    return [
+        w
+        for w in kube.written("patch", "Deployment")
+        if w.name == name and any(op.get("path", "").endswith("/image") for op in w.payload)
+    ]
+
+
+# ---- scenarios --------------------------------------------------------------------------
+
+
+async def test_a_storm_of_replicas_is_one_diagnosis_one_patch_one_record(world: World) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    pods = [stuck_pod(world.kube, "web", i, BAD) for i in range(5)]
+    world.feed(*pods)
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+
+    assert world.prober.asked == [BAD]  # five pods, one probe
+    assert len(image_patches(world.kube, "web")) == 1
+    dep = world.kube.obj("Deployment", NS, "web")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == GOOD
+    record = json.loads(dep["metadata"]["annotations"][REMEDIATION_ANNOTATION])
+    assert (record["previousImage"], record["newImage"]) == (BAD, GOOD)
+    assert len(world.kube.events("Remediated", on="web")) == 1
+    assert len(world.kube.events("Remediated", on="heal")) == 1
+    assert len(world.kube.events("PullDiagnosed")) == 1  # on the group's representative
+
+
+async def test_status_catches_up_after_the_api_server_was_unreachable(world: World) -> None:
+    """The reported bug: one failed status write used to end the status loop for good."""
+    await world.boot(cluster_policy())
+    world.engine.start()
+    try:
+        world.kube.fail("patch_status", "ClusterPullPolicy", KubeError(0, "NewConnectionError"))
+        deployment(world.kube, "web", BAD)
+        world.feed(stuck_pod(world.kube, "web", 0, BAD))
+        await until(lambda: bool(image_patches(world.kube, "web")))
+        await asyncio.sleep(0.1)  # several status ticks fail meanwhile ...
+        policy = world.kube.obj("ClusterPullPolicy", "", "heal")
+        assert "counts" not in policy.get("status", {})
+        assert world.engine.status.failed_writes >= 2  # ... and were really attempted
+        world.kube.heal()
+        await until(
+            lambda: (
+                world.kube.obj("ClusterPullPolicy", "", "heal")
+                .get("status", {})
+                .get("counts", {})
+                .get("remediated")
+                == 1
+            )
+        )
+        assert world.engine.supervisor.stalled() == []
+    finally:
+        await world.engine.stop()
+
+
+async def test_a_hung_call_cannot_wedge_a_group(world: World) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    release = world.kube.hang("get", "ReplicaSet")  # a pooled connection that died
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    group = next(iter(world.engine.groups.groups.values()))
+    await until(lambda: world.engine.scheduler.timeouts == 1, timeout=2)
+    assert group.failures == 1 and group.timer is not None  # retried later, not forgotten
+    world.kube.faults.clear()  # the network heals (the hung call itself stays hung)
+    await until(lambda: bool(image_patches(world.kube, "web")), timeout=5)
+    release.set()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [KubeError(0, "ReadTimeoutError"), KubeError(500, "etcd leader changed"), RuntimeError("bug")],
+)
+async def test_any_failure_retries_the_group(world: World, error: Exception) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.kube.fail("get", "ReplicaSet", error, times=1)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await until(lambda: bool(image_patches(world.kube, "web")), timeout=5)
+    group = next(iter(world.engine.groups.groups.values()))
+    assert group.failures == 0  # the retry succeeded and reset the streak
+
+
+async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "priv", PRIVATE)
+    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
+    world.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    world.engine.on_namespace(None, namespace("shared"))
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await world.settle()
+    # A sibling created before the fix fails moments later: same fix, recreated at once.
+    world.feed(stuck_pod(world.kube, "priv", 1, PRIVATE))
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
+    await world.settle()
+
+    assert len(world.kube.written("create", "Secret")) == 1
+    assert len(world.kube.written("patch", "ServiceAccount")) == 1
+    assert len(world.kube.events("Remediated", on="priv")) == 1  # one Event, one record
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 1
+    assert len(stats.remediations) == 1  # one rate-limit slot
+
+
+async def test_rate_limit_counts_remediations_per_policy(world: World) -> None:
+    await world.boot(cluster_policy(rateLimit={"remediationsPerHour": 1}))
+    deployment(world.kube, "one", BAD)
+    deployment(world.kube, "two", BAD)
+    world.feed(stuck_pod(world.kube, "one", 0, BAD))
+    await until(lambda: bool(image_patches(world.kube, "one")))
+    await world.settle()
+    world.feed(stuck_pod(world.kube, "two", 0, BAD))
+    await until(lambda: len(world.prober.asked) == 2)
+    await world.settle()
+    assert image_patches(world.kube, "two") == []  # the second is held back ...
+    assert world.kube.events("SuggestedFix", on="two")  # ... and said so
+
+
+async def test_circuit_opens_once_when_our_fix_fails_the_same_way(world: World) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+    # The image pullmedic chose fails too (same cause): stop, mark, warn once.
+    world.feed(stuck_pod(world.kube, "web", 1, GOOD, created="2026-12-01T10:05:00Z"))
+    await until(lambda: bool(world.kube.events("RemediationIneffective")))
+    world.feed(stuck_pod(world.kube, "web", 2, GOOD, created="2026-12-01T10:06:00Z"))
+    await asyncio.sleep(0.05)
+    await world.settle()
+    dep = world.kube.obj("Deployment", NS, "web")
+    assert dep["metadata"]["annotations"][CIRCUIT_ANNOTATION] == "open"
+    assert len(image_patches(world.kube, "web")) == 1  # never patched again
+    assert len(world.kube.events("RemediationIneffective")) == 1
+
+
+async def test_a_restarted_operator_converges_without_writing_twice(world: World) -> None:
+    """Killed after patching the workload, before recreating pods: the next process
+    reads the record from the workload and finishes with no second patch or Event."""
+    await world.boot(cluster_policy())
+    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
+    world.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    world.engine.on_namespace(None, namespace("shared"))
+    deployment(world.kube, "priv", PRIVATE)
+    pod = stuck_pod(world.kube, "priv", 0, PRIVATE)
+    world.kube.hang("delete", "Pod")  # the first process dies while recreating
+    world.feed(pod)
+    await until(lambda: bool(world.kube.written("patch", "ServiceAccount")))
+    await asyncio.sleep(0.02)
+    world.engine.scheduler.cancel_all()  # SIGKILL: nothing after this point runs
+    world.kube.faults.clear()
+
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    second.on_namespace(None, namespace("shared"))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    second.on_pod(None, world.kube.obj("Pod", NS, "priv-0"))  # kopf re-lists on start
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await until(lambda: all(g.task is None or g.task.done() for g in second.groups.groups.values()))
+
+    assert len(world.kube.written("create", "Secret")) == 1  # copy: once
+    assert len(world.kube.written("patch", "ServiceAccount")) == 1  # attach: once
+    assert len(world.kube.written("delete", "Pod")) == 1
+    assert len(world.kube.events("Remediated", on="priv")) == 1  # the first died before it
+    record = world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"]
+    assert json.loads(record[REMEDIATION_ANNOTATION])["action"] == "AttachPullSecret"
+
+
+async def test_dry_run_refresh_is_reported_as_dry_run_and_posts_nothing() -> None:
+    w = World(EngineSettings(**{**FAST.__dict__, "dry_run": True}))
+    await w.boot(
+        cluster_policy(credentials={"secrets": [{"namespace": "shared", "name": "regcred"}]})
+    )
+    w.engine.on_namespace(None, namespace("shared"))
+    w.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "bmV3"},
+        }
+    )
+    w.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {
+                "name": "pullmedic.shared.regcred",
+                "namespace": NS,
+                "labels": {"pullmedic.dev/managed": "true"},
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "b2xk"},
+        }
+    )
+    policy = w.engine.inventory.policies["ClusterPullPolicy/heal"]
+    outcome = await w.engine.secret_sync.refresh(
+        policy, "shared/regcred", f"{NS}/pullmedic.shared.regcred"
+    )
+    assert outcome == "dry-run"
+    assert w.kube.events("SecretRefreshed") == []
+    copy = w.kube.obj("Secret", NS, "pullmedic.shared.regcred")
+    assert copy["data"] == {".dockerconfigjson": "b2xk"}  # nothing written
+
+
+async def test_supervised_loop_restarts_after_any_failure_and_is_counted() -> None:
+    from pullmedic import metrics
+    from pullmedic.supervision import Supervisor
+
+    sup = Supervisor()
+    sup.BACKOFF_MIN = 0.001  # type: ignore[misc]
+    runs = {"n": 0}
+
+    async def flaky() -> None:
+        runs["n"] += 1
+        if runs["n"] <= 2:
+            raise ValueError("not a KubeError")
+
+    before = metrics.LOOP_RESTARTS.labels(loop="flaky")._value.get()
+    loop = sup.every("flaky", 0.001, flaky)
+    sup.start()
+    try:
+        await until(lambda: runs["n"] >= 4)
+        assert loop.restarts == 2 and loop.streak == 0
+        assert metrics.LOOP_RESTARTS.labels(loop="flaky")._value.get() - before == 2
+        assert sup.stalled() == []
+    finally:
+        await sup.stop()
+
+
+async def test_a_hanging_loop_body_is_cancelled_and_liveness_says_so() -> None:
+    from pullmedic.supervision import Supervisor
+
+    now = {"t": 0.0}
+    sup = Supervisor(clock=lambda: now["t"])
+    sup.BACKOFF_MIN = 0.001  # type: ignore[misc]
+    calls = {"n": 0}
+
+    async def hangs() -> None:
+        calls["n"] += 1
+        await asyncio.Event().wait()
+
+    sup.every("hangs", 0.001, hangs, deadline=0.01)
+    sup.start()
+    try:
+        await until(lambda: calls["n"] >= 2)  # cancelled at its deadline, then run again
+        assert sup.loops["hangs"].restarts >= 1
+        now["t"] = 1000.0  # no run has completed for longer than the budget
+        assert sup.stalled() and "hangs" in sup.stalled()[0]
+    finally:
+        await sup.stop()
+
+
+async def test_liveness_and_readiness(world: World) -> None:
+    eng = world.engine
+    assert "namespace watch has not listed yet" in eng.readiness()
+    await world.boot(cluster_policy())
+    eng.start()
+    try:
+        await until(lambda: eng.readiness() == [])
+        assert eng.liveness() == []
+        # A stuck pod and then silence beyond the budget: the pod watch is deaf.
+        deployment(world.kube, "web", GOOD)
+        world.prober.hang = asyncio.Event()
+        world.feed(stuck_pod(world.kube, "web", 0, GOOD))
+        await until(lambda: any("no pod event" in p for p in eng.liveness()), timeout=2)
+        eng.saw_pod_event()
+        assert not any("no pod event" in p for p in eng.liveness())
+        # The API server stops answering: unready, but still alive.
+        world.kube.fail("get", "Version", KubeError(0, "ConnectTimeoutError"))
+        await until(lambda: "API server has not answered recently" in eng.readiness())
+        assert not any("API" in p for p in eng.liveness())
+        world.prober.hang.set()
+    finally:
+        await eng.stop()
+
+
+async def test_an_incomplete_image_moves_to_a_mirror_that_has_it_whole(world: World) -> None:
+    broken = "registry.example.com/app:2.0"
+    mirrored = "mirror.example.com/app:2.0"
+    world.prober.answers[broken] = diag(broken, Cause.ImageIncomplete)
+    world.prober.answers[mirrored] = diag(mirrored, Cause.ImageAvailable)
+    await world.boot(
+        cluster_policy(
+            mirrors=[{"registry": "registry.example.com", "mirror": "mirror.example.com"}]
+        )
+    )
+    deployment(world.kube, "web", broken)
+    world.feed(stuck_pod(world.kube, "web", 0, broken))
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+    dep = world.kube.obj("Deployment", NS, "web")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == mirrored
+    assert world.prober.asked == [broken, mirrored]  # the mirror was verified first
+    assert world.kube.written("delete", "Pod") == []  # never "recreate to skip back-off"
+
+
+async def test_an_incomplete_image_without_a_mirror_is_reported_not_recreated(
+    world: World,
+) -> None:
+    broken = "registry.example.com/app:2.0"
+    world.prober.answers[broken] = diag(broken, Cause.ImageIncomplete)
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", broken)
+    world.feed(stuck_pod(world.kube, "web", 0, broken))
+    await until(lambda: bool(world.kube.events("PullDiagnosed")))
+    await world.settle()
+    assert world.kube.written("delete", "Pod") == []
+    assert image_patches(world.kube, "web") == []
+
+
+async def test_registries_the_nodes_authenticate_to_get_no_pull_secret(world: World) -> None:
+    """The probe's 401 is not the node's answer where a credential provider runs: report
+    with the kubelet's own words, never attach a secret over it."""
+    await world.boot(
+        cluster_policy(
+            credentials={
+                "secrets": [{"namespace": "shared", "name": "regcred"}],
+                "nodeRegistries": ["registry.example.com"],
+            }
+        )
+    )
+    deployment(world.kube, "priv", PRIVATE)
+    pod = stuck_pod(world.kube, "priv", 0, PRIVATE)
+    pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = (
+        "failed to authorize: failed to fetch oauth token: 401 Unauthorized"
+    )
+    world.feed(pod)
+    await until(lambda: bool(world.kube.events("PullDiagnosed")))
+    await world.settle()
+    (event,) = world.kube.events("PullDiagnosed")
+    assert "NodeCredentialsUnknown" in event["message"] and "refused too" in event["message"]
+    assert world.kube.written("patch", "ServiceAccount") == []
+    assert world.kube.written("create", "Secret") == []
+
+
+async def test_a_private_image_on_the_node_still_gets_the_credential_fix(world: World) -> None:
+    """Ensure-secret-pulled-images: the image is cached on the node, yet a pod without
+    credentials fails. The diagnosis says why; the fix is the pull secret, not a
+    recreation (which "ImageAvailable" would have chosen)."""
+    world.kube.put(
+        {
+            "kind": "Node",
+            "metadata": {
+                "name": "node-1",
+                "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+            },
+            "status": {"images": [{"names": [PRIVATE, "registry.example.com/other:1"]}]},
+        }
+    )
+    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
+    world.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    await world.boot(cluster_policy())
+    world.engine.on_namespace(None, namespace("shared"))
+    deployment(world.kube, "priv", PRIVATE)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("patch", "ServiceAccount")))
+    await world.settle()
+    (event,) = world.kube.events("PullDiagnosed")
+    assert "already on node node-1" in event["message"]
+    assert "ensure-secret-pulled-images" in event["message"]
