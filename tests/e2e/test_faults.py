@@ -212,8 +212,14 @@ def assert_remediated_once(
         times = [t for r in records for t in record_times(r)]
         problems.append(f"the remediation record was written {len(records)} times {times}")
     events = workload_events(core, ns, name)
-    if events.get("Remediated") != 1:
-        problems.append(f"{events.get('Remediated', 0)} Remediated Events; all: {events}")
+    if events.get("Remediated") != 1 or any(n > 1 for n in events.values()):
+        problems.append(f"Events on the {kind} by reason: {events} (want one Remediated)")
+    on_pods: dict[str, int] = {}
+    for e in events_for(core, ns):
+        if e.involved_object.kind == "Pod" and e.source and e.source.component == "pullmedic":
+            key = f"{e.involved_object.name}:{e.reason}"
+            on_pods[key] = on_pods.get(key, 0) + (e.count or 1)
+    print(f"\n[faults] Events on {kind} {name}: {events}; on its pods: {on_pods}")
     assert not problems, f"{kind} {name} after the restart: " + "; ".join(problems)
 
 
