@@ -209,6 +209,25 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                     },
                 },
             },
+            "admission": {
+                "type": "object",
+                "description": "Prevention at kubectl apply, for Pods and the pod templates of "
+                "workloads this policy selects (needs the admission webhook installed).",
+                "properties": {
+                    "mode": {
+                        "type": "string",
+                        "enum": ["Off", "Warn", "Deny", "Mutate"],
+                        "default": "Off",
+                        "description": "Off: nothing. Warn: admission warnings with the cause "
+                        "and the fix. Deny: refuse only what never recovers by itself (an "
+                        "invalid reference, a tag or repository that does not exist for "
+                        "credentials that can see it); warn for the rest. Mutate: like Warn, "
+                        "and rewrite to a verified mirror when the registry is unreachable, "
+                        "rate-limited or cannot serve the image whole (the original image is "
+                        "kept in the pullmedic.dev/original-images annotation).",
+                    },
+                },
+            },
         },
     }
 
@@ -265,6 +284,16 @@ STATUS = {
                     k: {"type": "string"}
                     for k in ("time", "workload", "cause", "action", "result", "detail")
                 },
+            },
+        },
+        "pendingActions": {
+            "type": "array",
+            "maxItems": 1000,
+            "description": "Remediations begun and not yet counted: the operator's journal, "
+            "so a restart in the middle of one finishes it once.",
+            "items": {
+                "type": "object",
+                "properties": {k: {"type": "string"} for k in ("workload", "cause", "since")},
             },
         },
     },

@@ -30,6 +30,27 @@ class PolicyStats:
     remediations: deque[float] = field(default_factory=deque)  # wall times of slots taken
     copies: set[tuple[str, str]] = field(default_factory=set)  # (source ns/name, copy ns/name)
     dirty: bool = True
+    # The journal, published as status.pendingActions: a fix is entered before its first
+    # write and leaves once counted and announced. Entries a previous process left are
+    # ``inherited``: the next decision for that workload continues them, or the status
+    # loop resolves them from the workload's record.
+    journal: dict[str, dict[str, str]] = field(default_factory=dict)
+    inherited: dict[str, dict[str, str]] = field(default_factory=dict)
+    inherited_at: float = 0.0  # monotonic time they were loaded
+
+    def intend(self, workload: ObjectRef, cause: str, since: str) -> None:
+        self.journal[str(workload)] = {"workload": str(workload), "cause": cause, "since": since}
+        self.dirty = True
+
+    def settle(self, workload: ObjectRef) -> None:
+        if self.journal.pop(str(workload), None) is not None:
+            self.dirty = True
+
+    def take_inherited(self, workload: str) -> dict[str, str] | None:
+        entry = self.inherited.pop(workload, None)
+        if entry is not None:
+            self.dirty = True
+        return entry
 
     def load(self, status: Mapping[str, Any]) -> None:
         """Continue from what the status says (written by the previous leader, or by this
@@ -46,6 +67,13 @@ class PolicyStats:
             v = backoff_.get(name)
             if isinstance(v, int | float) and v > getattr(self, attr):
                 setattr(self, attr, float(v))
+        pending = status.get("pendingActions")
+        self.inherited = {}
+        for e in pending if isinstance(pending, list) else ():
+            if isinstance(e, Mapping) and e.get("workload") and e.get("since"):
+                w = str(e["workload"])
+                if w not in self.journal:
+                    self.inherited[w] = {str(k): str(v) for k, v in e.items()}
         actions = status.get("lastActions")
         if isinstance(actions, list) and not self.last_actions:
             for a in actions[-(self.last_actions.maxlen or 10) :]:
@@ -132,6 +160,10 @@ class PolicyStats:
             },
             "lastActions": list(self.last_actions),
             "managedSecrets": [{"source": s, "copy": d} for s, d in sorted(self.copies)],
+            "pendingActions": [
+                {**self.inherited, **self.journal}[w]
+                for w in sorted({**self.inherited, **self.journal})
+            ],
         }
 
 

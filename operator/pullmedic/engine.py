@@ -42,6 +42,7 @@ class EngineSettings:
     secret_sync_interval: float = 60.0  # how often managed copies follow their source
     sweep_interval: float = 60.0
     sweep_max_age: float = 300.0
+    journal_grace: float = 10.0  # a restarted process's chance to continue a fix itself
     api_check_interval: float = 10.0
     ready_budget: float = 30.0  # see health.HealthSettings
     pod_watch_budget: float = 420.0
@@ -77,6 +78,7 @@ class Engine:
             clocks=self.clocks,
             node_registries=NodeRegistries.parse(settings.node_registries)[0],
             acting=self.acting,
+            journal=lambda key: self.status.journal(key),
         )
         self.scheduler = Scheduler(
             self.groups,
@@ -191,6 +193,7 @@ class Engine:
     # ---- background ---------------------------------------------------------------------
 
     async def _status_tick(self) -> None:
+        await self.status.resolve(self.settings.journal_grace)
         await self.status.flush()
         self.circuit.forget_before(self.clocks.wall() - self.settings.circuit_window)
         self.groups.forget_idle(

@@ -6,6 +6,7 @@ Messages carry names (images, secrets, workloads), never credential material.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ class Involved:
 
 
 async def post(
-    kube: KubeApi, obj: Involved, reason: str, message: str, type_: str = "Normal"
+    kube: KubeApi,
+    obj: Involved,
+    reason: str,
+    message: str,
+    type_: str = "Normal",
+    *,
+    key: str = "",
 ) -> None:
     """Best effort: a failed Event must never fail a remediation. Never repeated after an
     unknown outcome (the client retries a create only when it was surely not sent), so an
@@ -37,7 +44,7 @@ async def post(
     body = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{obj.name[:200]}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+        "metadata": {"name": f"{obj.name[:200]}.{_suffix(obj, reason, key)}", "namespace": ns},
         "involvedObject": {
             "apiVersion": obj.api_version,
             "kind": obj.kind,
@@ -58,4 +65,16 @@ async def post(
     try:
         await kube.create("Event", ns, body)
     except KubeError as e:
+        if e.status == 409 and key:
+            return  # announced already (by this fix's earlier, interrupted run)
         log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, e)
+
+
+def _suffix(obj: Involved, reason: str, key: str) -> str:
+    """A random name, or with ``key`` one derived from it: the same outcome announced twice
+    (a restarted operator finishing a plan) is one Event."""
+    if not key:
+        return uuid.uuid4().hex[:12]
+    return hashlib.sha256(
+        f"{obj.kind}/{obj.namespace}/{obj.name}|{reason}|{key}".encode()
+    ).hexdigest()[:16]

@@ -17,6 +17,7 @@ from pullmedic.detection import PULL_REASONS
 from pullmedic.engine import Engine
 from pullmedic.health import HealthServer
 from pullmedic.policy import GROUP, VERSION
+from pullmedic.webhook import AdmissionWebhook, WebhookSettings
 
 log = logging.getLogger("pullmedic")
 
@@ -71,6 +72,7 @@ def build_registry(
     *,
     health: tuple[str, int] | None = None,
     watch: WatchTimeouts | None = None,
+    webhook: WebhookSettings | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     holder: dict[str, Any] = {}
@@ -86,6 +88,13 @@ def build_registry(
         configure(settings, watch)
         engine = make_engine()
         holder["engine"] = engine
+        if webhook is not None:
+            hook = AdmissionWebhook(
+                engine.remediator.prober, engine.inventory, engine.remediator.lookups, webhook
+            )
+            engine.supervisor.every("webhook-certs", 30.0, hook.reload_certs)
+            await hook.start()
+            holder["webhook"] = hook
         engine.start()
         if health is not None:
             server = HealthServer(engine.liveness, engine.readiness)
@@ -101,6 +110,9 @@ def build_registry(
         server = holder.get("health")
         if server is not None:
             await server.stop()
+        hook = holder.get("webhook")
+        if hook is not None:
+            await hook.stop()
 
     @kopf.on.event("v1", "pods", registry=registry)
     async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

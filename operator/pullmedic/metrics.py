@@ -69,6 +69,12 @@ API_ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+ADMISSIONS = Counter(
+    "pullmedic_admission_reviews_total",
+    "Admission reviews answered, by decision (allowed, warned, mutated, denied).",
+    ["decision"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "pullmedic_leader",
     "1 on the replica that holds the Lease and acts; 0 on standbys.",

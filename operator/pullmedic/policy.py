@@ -28,6 +28,13 @@ class Mode(StrEnum):
     REMEDIATE = "Remediate"
 
 
+class AdmissionMode(StrEnum):
+    OFF = "Off"  # installing changes nothing
+    WARN = "Warn"  # admission warnings (kubectl prints them); always admitted
+    DENY = "Deny"  # refuse what never recovers by itself; warn for the rest
+    MUTATE = "Mutate"  # rewrite to a verified mirror when the registry cannot serve
+
+
 class TagStrategy(StrEnum):
     HIGHEST_PATCH = "HighestPatch"
     SEMVER_RANGE = "SemverRange"
@@ -114,6 +121,7 @@ class Policy:
     patch_bare_pods: bool = True
     gitops_direct_patch: bool = False
     remediations_per_hour: int = 60
+    admission: AdmissionMode = AdmissionMode.OFF
 
     @property
     def is_cluster(self) -> bool:
@@ -288,6 +296,12 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         problems.append(f"mode {spec.get('mode')!r} is not Observe, Suggest or Remediate")
         mode = Mode.OBSERVE
 
+    try:
+        admission = AdmissionMode((spec.get("admission") or {}).get("mode", AdmissionMode.OFF))
+    except ValueError:
+        problems.append("admission.mode must be Off, Warn, Deny or Mutate")
+        admission = AdmissionMode.OFF
+
     recovery = spec.get("recovery") or {}
     policy = Policy(
         kind=kind,
@@ -322,5 +336,6 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         patch_bare_pods=bool(recovery.get("patchBarePods", True)),
         gitops_direct_patch=bool((spec.get("gitops") or {}).get("allowDirectPatch", False)),
         remediations_per_hour=int((spec.get("rateLimit") or {}).get("remediationsPerHour", 60)),
+        admission=admission,
     )
     return policy, problems

@@ -59,11 +59,20 @@ class RemediationRecord:
         )
 
 
+def stamp(at: float) -> str:
+    """The record's time as written: microseconds, so it identifies one fix."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def same_time(a: float, b: float) -> bool:
+    return abs(a - b) < 1e-3
+
+
 def render(plan: Plan, a: Action, at: float) -> str:
     """The annotation value: everything a human needs to revert the change."""
     return json.dumps(
         {
-            "time": dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "time": stamp(at),
             "cause": str(plan.cause),
             "policy": plan.policy,
             "action": str(a.type),

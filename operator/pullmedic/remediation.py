@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
 from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
 from pullmedic.decision import failure_of, fingerprint, is_follow_up
+from pullmedic.detection import parse_time
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
 from pullmedic.grouping import Group, Groups, PodState
 from pullmedic.inventory import Inventory
@@ -31,7 +32,14 @@ from pullmedic.kube import KubeApi, KubeError
 from pullmedic.lookups import Lookups
 from pullmedic.planning import ActionType, Failure, ObjectRef, Plan, plan
 from pullmedic.platforms import Platform
-from pullmedic.records import CIRCUIT_ANNOTATION, CIRCUIT_OPEN, RemediationRecord
+from pullmedic.records import (
+    CIRCUIT_ANNOTATION,
+    CIRCUIT_OPEN,
+    REMEDIATION_ANNOTATION,
+    RemediationRecord,
+    same_time,
+    stamp,
+)
 from pullmedic.reporting import Reporter, remediated_message, suggestion_message
 from pullmedic.scheduler import Postpone
 
@@ -80,8 +88,10 @@ class Remediator:
         clocks: Clocks | None = None,
         node_registries: NodeRegistries | None = None,
         acting: Callable[[], bool] = lambda: True,
+        journal: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.acting = acting
+        self.journal = journal
         self.kube = kube
         self.prober = prober
         self.groups = groups
@@ -220,6 +230,18 @@ class Remediator:
         )
         fp = fingerprint(p)
         follow_up = is_follow_up(fp, group.applied, now - group.applied_at, self.window)
+        continuation = False
+        if p.apply and stats is not None and not follow_up:
+            # A fix a previous process began (its journal entry is in the status): finish
+            # it under its own time, so its record and Events are the same ones.
+            entry = stats.inherited.get(str(target))
+            if entry is not None and entry.get("cause") == str(p.cause):
+                try:
+                    since = parse_time(entry.get("since"))
+                except ValueError:
+                    since = None
+                if since is not None:
+                    slot, continuation = since, True
         if p.apply and stats is not None and not follow_up:
             stats.reserve(slot)  # with no await since the check
         log.info(
@@ -236,7 +258,7 @@ class Remediator:
             await self._open_circuit(failure, target, wobj, diagnosis.cause, stats, group)
             return
         if p.apply:
-            await self._apply(p, failure, members, stats, group, slot, follow_up, fp)
+            await self._apply(p, failure, members, stats, group, slot, follow_up, fp, continuation)
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -260,9 +282,17 @@ class Remediator:
         started: float,
         follow_up: bool,
         fp: str,
+        continuation: bool = False,
     ) -> None:
         """A follow-up repeats an applied plan for late siblings: its writes (recreating
-        those pods) happen, but it is not a new remediation to count, record or announce."""
+        those pods) happen, but it is not a new remediation to count, record or announce.
+        A continuation finishes a fix an earlier process began: counted and announced once
+        (unless the status loop already did), never recorded twice."""
+        target = f.workload or f.pod
+        if not follow_up and not continuation and stats is not None and p.policy:
+            stats.intend(target, str(p.cause), stamp(started))
+            if self.journal is not None:
+                await self.journal(p.policy)  # on record before the first write
         results = await self.actuator.apply(p, started=started)
         # Account first: nothing after this point may make the plan run again unrecorded.
         ok, wrote = outcome(results)
@@ -281,7 +311,8 @@ class Remediator:
             if not follow_up:  # the window counts from the fix, not from its follow-ups
                 group.applied_at = now
             group.applied = fp
-        target = f.workload or f.pod
+        if continuation and stats is not None and stats.take_inherited(str(target)) is None:
+            follow_up = True  # the status loop counted and announced it meanwhile
         main = _main_action(p)
         if wrote and not follow_up:
             self.circuit.remember(
@@ -316,6 +347,7 @@ class Remediator:
             if not wrote:
                 stats.release(started)  # nothing written: give the slot back
             stats.applied(p, results, target, text, saved)
+            stats.settle(target)
         if follow_up:
             return
         if (
@@ -323,13 +355,16 @@ class Remediator:
             and wrote
             and f.workload.kind in ANNOTATABLE
             and not _carries_record(results)
+            and not (continuation and _recorded(f, started))
         ):
             # Image patches carry their record; secret fixes and recreations get one too.
             with contextlib.suppress(KubeError):
                 await self.actuator.record(p, main, f.workload, started=started)
         if wrote:
             policy = self.inv.policies.get(p.policy) if p.policy else None
-            await self.reporter.remediated(target, policy, remediated_message(p, f, text, saved))
+            await self.reporter.remediated(
+                target, policy, remediated_message(p, f, text, saved), key=stamp(started)
+            )
         elif not ok and group.fresh(f"failed:{p.cause}:{text}"):
             await self.reporter.failed(target, p.cause, text)
 
@@ -396,6 +431,14 @@ def _main_action(p: Plan) -> Any:
         ),
         next((a for a in p.actions if a.new_image), p.actions[-1]),
     )
+
+
+def _recorded(f: Failure, at: float) -> bool:
+    """The workload already carries the record of the fix made at ``at``."""
+    rec = RemediationRecord.from_annotation(
+        dict(f.workload_annotations).get(REMEDIATION_ANNOTATION)
+    )
+    return rec is not None and same_time(rec.at, at)
 
 
 def _carries_record(results: Sequence[Result]) -> bool:

@@ -73,11 +73,18 @@ class Reporter:
     async def suggested(self, target: ObjectRef, message: str) -> None:
         await events.post(self.kube, involved(target), "SuggestedFix", message)
 
-    async def remediated(self, target: ObjectRef, policy: pol.Policy | None, message: str) -> None:
-        await events.post(self.kube, involved(target), "Remediated", message)
+    async def remediated(
+        self, target: ObjectRef, policy: pol.Policy | None, message: str, *, key: str = ""
+    ) -> None:
+        """``key`` identifies the fix (its record's time): announcing it again is a no-op."""
+        await events.post(self.kube, involved(target), "Remediated", message, key=key)
         if policy is not None:
             await events.post(
-                self.kube, policy_involved(policy), "Remediated", f"{target}: {message}"
+                self.kube,
+                policy_involved(policy),
+                "Remediated",
+                f"{target}: {message}",
+                key=f"{target}|{key}" if key else "",
             )
 
     async def failed(self, target: ObjectRef, cause: Cause, text: str) -> None:

@@ -21,6 +21,7 @@ from pullmedic.leadership import LeaseSettings
 from pullmedic.netguard import AddressPolicy
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
+from pullmedic.webhook import WebhookSettings
 
 log = logging.getLogger("pullmedic")
 
@@ -45,6 +46,7 @@ class OperatorSettings:
     probe: ClientConfig = field(default_factory=ClientConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
     peering: PeeringSettings = field(default_factory=PeeringSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
     kube: Timeouts = field(default_factory=Timeouts)
     watch: WatchTimeouts = field(default_factory=WatchTimeouts)
     log_format: str = "plain"
@@ -145,6 +147,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=float(env("PULLMEDIC_WATCH_TIMEOUT", "50")),
         help="a watch connection is replaced after this many seconds at the latest",
     )
+    p.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(env("PULLMEDIC_WEBHOOK_PORT", "0")),
+        help="serve the admission webhook (HTTPS POST /admit) on this port; 0: off",
+    )
+    p.add_argument(
+        "--webhook-cert",
+        default=env("PULLMEDIC_WEBHOOK_CERT", "/etc/pullmedic/webhook/tls.crt"),
+        help="serving certificate (PEM; reloaded when the file changes)",
+    )
+    p.add_argument(
+        "--webhook-key", default=env("PULLMEDIC_WEBHOOK_KEY", "/etc/pullmedic/webhook/tls.key")
+    )
+    p.add_argument(
+        "--webhook-budget",
+        type=float,
+        default=1.5,
+        help="seconds of registry probing per admission request (keep under its timeout)",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -192,6 +214,15 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             address_policy=AddressPolicy(tuple(args.allow_address)),
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
+        webhook=WebhookSettings(
+            port=args.webhook_port,
+            bind=args.bind,
+            cert_file=args.webhook_cert,
+            key_file=args.webhook_key,
+            budget=args.webhook_budget,
+            default_platform=args.default_platform,
+            operator_namespace=args.operator_namespace,
+        ),
         kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
         watch=WatchTimeouts(server=max(5, int(args.watch_timeout) - 10), client=args.watch_timeout),
         peering=PeeringSettings(
@@ -242,6 +273,7 @@ def run(settings: OperatorSettings) -> int:
         make_engine,
         health=(settings.server.bind, settings.server.liveness_port),
         watch=settings.watch,
+        webhook=settings.webhook if settings.webhook.port else None,
     )
     asyncio.run(
         kopf.operator(

@@ -15,10 +15,13 @@ from typing import Any
 from pullmedic import backoff, metrics
 from pullmedic import policy as pol
 from pullmedic.accounting import PolicyStats, now_iso
+from pullmedic.detection import parse_time
 from pullmedic.diagnosis import Cause
 from pullmedic.grouping import Groups, PodState
 from pullmedic.inventory import Inventory
 from pullmedic.kube import KubeApi, KubeError
+from pullmedic.planning import ObjectRef
+from pullmedic.records import REMEDIATION_ANNOTATION, RemediationRecord, same_time, stamp
 from pullmedic.reporting import Reporter
 
 log = logging.getLogger("pullmedic")
@@ -84,6 +87,7 @@ class PolicyStatus:
         st = self.inv.stats.setdefault(policy.key, PolicyStats())
         if new or not self.acting():
             st.load(body.get("status") or {})  # continue the figures already published
+            st.inherited_at = self.clock()
         for item in (body.get("status") or {}).get("managedSecrets") or ():
             if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
                 st.copies.add((str(item["source"]), str(item["copy"])))
@@ -122,6 +126,70 @@ class PolicyStatus:
         for cause in Cause:
             metrics.STUCK_PODS.labels(cause=str(cause)).set(by_cause.get(str(cause), 0))
         return stuck
+
+    async def journal(self, key: str) -> None:
+        """Write one policy's status now: a fix entered in the journal is on record before
+        its first write. Best effort: when this fails, the status loop writes it."""
+        p = self.inv.policies.get(key)
+        st = self.inv.stats.get(key)
+        if p is None or st is None or not self.acting():
+            return
+        try:
+            await self.write(p, st.status(self.gauges().get(key, 0)))
+        except KubeError as e:
+            log.info("journal of %s not written yet: %s", key, e)
+
+    async def resolve(self, grace: float) -> None:
+        """Fixes a previous process began and no decision of ours has continued within
+        ``grace`` seconds: count and announce those whose record is on the workload (the
+        fix landed), drop the rest (it never did; a still-stuck workload is decided anew)."""
+        if not self.acting():
+            return
+        now = self.clock()
+        for key, st in list(self.inv.stats.items()):
+            p = self.inv.policies.get(key)
+            if p is None or not st.inherited or now - st.inherited_at < grace:
+                continue
+            for workload in list(st.inherited):
+                entry = st.inherited.get(workload)
+                if entry is None:
+                    continue
+                kind, _, rest = workload.partition("/")
+                ns, _, name = rest.partition("/")
+                try:
+                    obj = await self.kube.get(kind, ns, name)
+                except KubeError:
+                    continue  # next tick
+                if st.take_inherited(workload) is None:
+                    continue  # a decision took it meanwhile
+                ann = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+                rec = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
+                try:
+                    since = parse_time(entry.get("since"))
+                except ValueError:
+                    since = None
+                if rec is None or since is None or not same_time(rec.at, since):
+                    continue
+                cause = entry.get("cause", rec.cause)
+                st.counts["remediated"] += 1
+                st.note(
+                    ObjectRef(
+                        kind, ns, name, str(((obj or {}).get("metadata") or {}).get("uid", ""))
+                    ),
+                    cause,
+                    rec.action,
+                    "applied",
+                    "finished before a restart; counted from the record on the workload",
+                )
+                await self.reporter.remediated(
+                    ObjectRef(
+                        kind, ns, name, str(((obj or {}).get("metadata") or {}).get("uid", ""))
+                    ),
+                    p,
+                    f"Remediated {cause} for container {rec.container}: {rec.action} "
+                    f"{rec.new_image or rec.secret}".rstrip(),
+                    key=stamp(rec.at),
+                )
 
     async def resume(self) -> None:
         """Just became the leader: publish what standbys only watched."""

@@ -206,8 +206,9 @@ def test_deployment_is_two_restricted_replicas_that_elect_a_leader(base: list[Do
     pod = spec["template"]["spec"]
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == (
-        spec["selector"]["matchLabels"]
+    assert (
+        anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == (spec["selector"]["matchLabels"])
     )
     pdb = one(base, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
@@ -652,3 +653,37 @@ def test_operator_identity_real_calls(
     }
     statuses = {what: status_of(call) for what, call in refused.items()}
     assert statuses == dict.fromkeys(refused, 403), statuses
+
+
+def test_webhook_overlay_can_never_block_the_cluster() -> None:
+    docs = render(MANIFESTS / "overlays" / "webhook")
+    (cfg,) = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    (hook,) = cfg["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["timeoutSeconds"] <= 2
+    assert hook["sideEffects"] == "None"
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr["operator"] == "NotIn" and set(expr["values"]) == {"kube-system", OPERATOR_NS}
+    assert hook["objectSelector"]["matchExpressions"][0]["values"] == ["pullmedic"]
+    assert cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{OPERATOR_NS}/pullmedic-webhook"
+    )
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--webhook-port=9443" in c["args"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "webhook-tls")
+    from pullmedic import cli
+
+    args = cli.build_parser().parse_args(["run", *c["args"]])
+    assert args.webhook_cert.startswith(mount["mountPath"])
+    assert args.webhook_key.startswith(mount["mountPath"])
+    (svc,) = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "pullmedic-webhook"
+    ]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    (cert,) = [
+        d
+        for d in docs
+        if d["kind"] == "Certificate" and d["metadata"]["name"] == "pullmedic-webhook"
+    ]
+    assert "pullmedic-webhook.pullmedic-system.svc" in cert["spec"]["dnsNames"]

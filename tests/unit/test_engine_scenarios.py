@@ -366,6 +366,63 @@ async def test_a_restarted_operator_converges_without_writing_twice(world: World
     assert len(world.kube.events("Remediated", on="priv")) == 1  # the first died before it
     record = world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"]
     assert json.loads(record[REMEDIATION_ANNOTATION])["action"] == "AttachPullSecret"
+    assert len([w for w in world.kube.written("patch", "Deployment") if w.name == "priv"]) == 1
+    stats = second.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 1 and not stats.inherited and not stats.journal
+    # The journal entry the first process wrote is cleared by the second's status write.
+    assert world.kube.obj("ClusterPullPolicy", "", "heal")["status"]["pendingActions"]
+    await second.status.flush()
+    assert world.kube.obj("ClusterPullPolicy", "", "heal")["status"]["pendingActions"] == []
+
+
+async def test_killed_mid_status_write_the_next_process_counts_it_once(world: World) -> None:
+    """Fix applied and announced, its counted status never written: the next process
+    finds the journal entry, confirms the record on the workload, counts it, and its
+    announcement is the same Event (no duplicate)."""
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await until(lambda: bool(world.kube.events("Remediated", on="web")))
+    await world.settle()
+    # The journal write landed before the patch; every later status write is lost.
+    status = world.kube.obj("ClusterPullPolicy", "", "heal")["status"]
+    assert [e["workload"] for e in status["pendingActions"]] == [f"Deployment/{NS}/web"]
+    assert "counts" not in status or status["counts"]["remediated"] == 0
+    world.engine.scheduler.cancel_all()  # SIGKILL before the status loop ran
+
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    await second.status.resolve(grace=0)
+    await second.status.flush()
+    status = world.kube.obj("ClusterPullPolicy", "", "heal")["status"]
+    assert status["counts"]["remediated"] == 1
+    assert status["pendingActions"] == []
+    assert [a["workload"] for a in status["lastActions"]] == [f"Deployment/{NS}/web"]
+    assert len(world.kube.events("Remediated", on="web")) == 1
+    assert len(world.kube.events("Remediated", on="heal")) == 1
+    assert len(image_patches(world.kube, "web")) == 1
+
+
+async def test_a_journal_entry_for_a_fix_that_never_landed_is_dropped(world: World) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.kube.obj("ClusterPullPolicy", "", "heal")["status"] = {
+        "pendingActions": [
+            {
+                "workload": f"Deployment/{NS}/web",
+                "cause": "TagNotFound",
+                "since": "2026-12-01T10:00:00.000000Z",
+            }
+        ]
+    }
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    await second.status.resolve(grace=0)
+    stats = second.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 0 and not stats.inherited
+    assert world.kube.events("Remediated") == []
 
 
 async def test_dry_run_refresh_is_reported_as_dry_run_and_posts_nothing() -> None:
