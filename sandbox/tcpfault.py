@@ -470,6 +470,9 @@ class ApiFaultProxy:
             conn.pending.append(req)
             upstream.write(raw)
             await upstream.drain()
+            if "upgrade" in headers:  # exec/attach/port-forward: no longer HTTP after this
+                await self._pipe(conn, reader, upstream)
+                return
 
     async def _responses(
         self, conn: _Conn, reader: asyncio.StreamReader, client: asyncio.StreamWriter
