@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -50,6 +51,26 @@ class Cluster:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return ctx
+
+    def restart(self, name: str, *, down_for: float = 0.0, timeout: float = 120.0) -> float:
+        """Stop one control-plane process and start it again with the same flags, port and
+        data (the fault tests); returns how long the apiserver was not ready."""
+        old = self.procs[name]
+        argv = [str(a) for a in cast(list[str], old.args)]  # spawn() always passes a list
+        log = self.state / "logs" / f"{name}.log"
+        t0 = time.monotonic()
+        procs.stop(old)
+        time.sleep(down_for)
+        self.procs[name] = procs.spawn(argv, log)
+        ctx = self.ssl_context()
+        procs.wait_until(  # /readyz checks etcd too
+            lambda: httpx.get(f"{self.api_url}/readyz", verify=ctx, timeout=2).status_code == 200,
+            f"kube-apiserver ready after restarting {name}",
+            timeout,
+            self.procs[name],
+            log,
+        )
+        return time.monotonic() - t0
 
     def stop(self) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
