@@ -6,7 +6,9 @@ namespaces a policy selects (``spec.audit.enabled``), each at most once per peri
 within a per-registry-host budget (in the spirit of kube-image-keeper's 25 checks per
 3 hours), with the credentials a new pod would have. Findings go to the policy status, an
 Event on the workload when its result changes, and the gauge
-``pullmedic_image_unavailable``.
+``pullmedic_image_unavailable``. One check answers for every workload with the same image
+and the same credentials (namespace, pull secrets, ServiceAccount): a thousand workloads
+on a few images cost a few checks.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ class Item:
     @property
     def key(self) -> tuple[str, str]:
         return (str(self.workload), self.container)
+
+    @property
+    def check_key(self) -> tuple[str, str, tuple[str, ...], str]:
+        """Items with equal check keys get the same answer: one check serves them all."""
+        return (self.image, self.workload.namespace, self.pull_secrets, self.service_account)
 
 
 @dataclass
@@ -143,6 +150,7 @@ class Auditor:
         self.platform = Platform.parse(settings.platform)
         self.budget = HostBudget(settings.checks_per_host, settings.period)
         self.findings: dict[tuple[str, str], Finding] = {}
+        self._shared: dict[tuple[str, str, tuple[str, ...], str], Finding] = {}
         self.on_change = on_change
         self.wall = wall
 
@@ -181,11 +189,16 @@ class Auditor:
                 and now - old.checked < self.s.period
             ):
                 continue
-            if not self.budget.take(host_of(item.image), now):
+            shared = self._shared.get(item.check_key)
+            if shared is not None and now - shared.checked < self.s.period:
+                finding = Finding(item, shared.cause, shared.summary, shared.checked)
+            elif not self.budget.take(host_of(item.image), now):
                 run.deferred += 1
                 continue
-            finding = await self.check(item, tags)
-            run.checked += 1
+            else:
+                finding = await self.check(item, tags)
+                run.checked += 1
+                self._shared[item.check_key] = finding
             self.findings[item.key] = finding
             changed = old is None or old.cause != finding.cause or old.item.image != item.image
             if changed and (old is not None or not finding.pullable):
@@ -196,6 +209,8 @@ class Auditor:
         for key in [k for k in self.findings if k not in seen]:
             gone = self.findings.pop(key)
             _gauge(None, gone)
+        for ck in [k for k, f in self._shared.items() if now - f.checked >= 2 * self.s.period]:
+            del self._shared[ck]
         return run
 
     def unavailable(self, namespaces: Iterable[str] | None = None) -> list[Finding]:

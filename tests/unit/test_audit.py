@@ -136,3 +136,15 @@ async def test_only_namespaces_an_auditing_policy_selects_and_status_lists_findi
     again = PolicyAudit(auditor(kube, prober, Clock()), engine.inventory, kube, None)
     await again.tick()
     assert len(kube.events("ImageUnavailable")) == 1
+
+
+async def test_one_check_answers_for_every_workload_with_the_same_image_and_credentials() -> None:
+    kube, clock = FakeKube(), Clock()
+    for i in range(10):
+        workload(kube, f"w{i}", GONE)
+    workload(kube, "elsewhere", GONE, ns="team-b")  # other namespace: other credentials
+    prober = FakeProber({GONE: diag(GONE, Cause.TagNotFound)})
+    a = auditor(kube, prober, clock, n=25)
+    run = await a.run((i, None) for i in await a.workloads(None))
+    assert run.checked == 2 and len(prober.asked) == 2
+    assert len(a.unavailable()) == 11  # every workload still gets its own finding
