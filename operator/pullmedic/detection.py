@@ -6,7 +6,7 @@ Runs on every pod event, so it touches only the few fields it needs.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,3 +79,16 @@ def parse_time(value: str | None) -> float | None:
     if not value:
         return None
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def might_be_stuck(pod: Mapping[str, Any], known: Container[str]) -> bool:
+    """The cheap pre-filter every pod event passes: a pull failure now, or a pod that had
+    one (its recovery or deletion matters too)."""
+    if (pod.get("metadata") or {}).get("uid") in known:
+        return True
+    status = pod.get("status") or {}
+    return any(
+        ((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS
+        for _, f in STATUS_FIELDS
+        for cs in status.get(f) or ()
+    )

@@ -15,12 +15,14 @@ from typing import Any
 from pullmedic.actuator import Actuator
 from pullmedic.audit import Auditor, AuditSettings, PolicyAudit
 from pullmedic.circuit import CircuitBreaker
+from pullmedic.detection import might_be_stuck
 from pullmedic.grouping import Groups, PodState
 from pullmedic.health import HealthChecks, HealthSettings
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import KubeApi
 from pullmedic.leadership import LeaseElector, LeaseSettings
+from pullmedic.podwatch import PodWatch, PodWatchSettings, Source
 from pullmedic.remediation import Clocks, Diagnoser, Remediator
 from pullmedic.reporting import Reporter
 from pullmedic.scheduler import Scheduler, SchedulerSettings
@@ -148,6 +150,7 @@ class Engine:
         )
         self.supervisor.every("audit", settings.audit_interval, self.audit.tick, deadline=900)
         self._resuming: set[asyncio.Task[None]] = set()
+        self.pod_watch: PodWatch | None = None
 
     def acting(self) -> bool:
         """True on the one replica that decides and writes."""
@@ -194,6 +197,28 @@ class Engine:
         for w in wakes:
             self.scheduler.schedule(w.group, force=w.force)
 
+    def attach_pod_watch(self, source: Source, settings: PodWatchSettings | None = None) -> None:
+        """Watch pods with our own lean watch (before start())."""
+        s = settings or PodWatchSettings()
+        self.pod_watch = PodWatch(
+            source,
+            self._pod_event,
+            lambda: list(self.groups.pods),
+            settings=s,
+            on_heartbeat=self._pod_heartbeat,
+            clock=self.clocks.monotonic,
+        )
+        self.supervisor.forever("pod-watch", self.pod_watch.run, silence=2 * s.read_timeout + 30)
+
+    def _pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        self.health.saw_pod_event()
+        if might_be_stuck(body, self.groups.pods):
+            self.on_pod(event_type, body)
+
+    def _pod_heartbeat(self) -> None:
+        self.supervisor.beat("pod-watch")
+        self.health.saw_pod_event()
+
     def saw_pod_event(self) -> None:
         """Any pod event at all, failing or not: the watch is alive."""
         self.health.saw_pod_event()
@@ -224,7 +249,10 @@ class Engine:
         return self.health.liveness()
 
     def readiness(self) -> list[str]:
-        return self.health.readiness()
+        problems = self.health.readiness()
+        if self.pod_watch is not None and not self.pod_watch.listed:
+            problems.append("pod watch has not listed yet")
+        return problems
 
 
 __all__ = ["Engine", "EngineSettings"]

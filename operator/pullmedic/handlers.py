@@ -1,7 +1,8 @@
-"""kopf wiring: events in, engine out. Nothing here decides anything.
+"""kopf wiring: namespace and policy events in, engine out. Nothing here decides anything.
 
-Pods are watched with ``on.event`` only: no annotations, finalizers or status are ever
-written on pods (kopf's on.create/on.update would annotate every pod in the cluster).
+Pods are not watched through kopf: kopf keeps per-object state for every pod it has seen,
+healthy or not. The engine's own lean watch (podwatch.py) keeps nothing per healthy pod.
+Nothing is ever written on pods.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import kopf
 
-from pullmedic.detection import PULL_REASONS
 from pullmedic.engine import Engine
 from pullmedic.health import HealthServer
 from pullmedic.policy import GROUP, VERSION
@@ -113,22 +113,6 @@ def build_registry(
         hook = holder.get("webhook")
         if hook is not None:
             await hook.stop()
-
-    @kopf.on.event("v1", "pods", registry=registry)
-    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        engine: Engine | None = holder.get("engine")
-        if engine is None:
-            return
-        engine.saw_pod_event()
-        # Cheap pre-filter: only pods that have, or had, a pull failure reach the engine.
-        status = body.get("status") or {}
-        interesting = body.get("metadata", {}).get("uid") in engine.pods or any(
-            ((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS
-            for f in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
-            for cs in status.get(f) or ()
-        )
-        if interesting:
-            engine.on_pod(event.get("type"), body)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

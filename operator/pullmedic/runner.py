@@ -20,6 +20,7 @@ from pullmedic.keyring import NodeRegistries
 from pullmedic.kube import RestKube, Timeouts, configure
 from pullmedic.leadership import LeaseSettings
 from pullmedic.netguard import AddressPolicy
+from pullmedic.podwatch import ApiSource, PodWatchSettings
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
 from pullmedic.webhook import WebhookSettings
@@ -283,9 +284,15 @@ def run(settings: OperatorSettings) -> int:
     api = api_client(settings.kubeconfig, settings.kube, pool=workers)
 
     def make_engine() -> Engine:
-        return Engine(
+        engine = Engine(
             RestKube(api, settings.kube, workers=workers), Prober(settings.probe), settings.engine
         )
+        w = settings.watch
+        engine.attach_pod_watch(
+            ApiSource(api.configuration, PodWatchSettings(w.server, w.client, w.connect)),
+            PodWatchSettings(w.server, w.client, w.connect),
+        )
+        return engine
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)
     registry = build_registry(

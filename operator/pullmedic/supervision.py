@@ -30,10 +30,13 @@ class Loop:
     streak: int = 0  # consecutive failures
     restarts: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    silence: float | None = None  # long-running bodies: the longest gap between heartbeats
 
     @property
     def budget(self) -> float:
         """Longest healthy silence: a wait, a full run, and the longest back-off."""
+        if self.silence is not None:
+            return self.silence + Supervisor.BACKOFF_MAX
         return self.interval + self.deadline + Supervisor.BACKOFF_MAX
 
 
@@ -57,6 +60,18 @@ class Supervisor:
         self.loops[name] = loop
         return loop
 
+    def forever(self, name: str, body: Callable[[], Awaitable[object]], *, silence: float) -> Loop:
+        """A body that runs until it fails (a watch): restarted like any loop; healthy
+        while it calls ``beat(name)`` at least every ``silence`` seconds."""
+        loop = Loop(name, body, 0.0, float("inf"), silence=silence)
+        self.loops[name] = loop
+        return loop
+
+    def beat(self, name: str) -> None:
+        loop = self.loops.get(name)
+        if loop is not None:
+            loop.last_tick = self.clock()
+
     def start(self) -> None:
         aio = asyncio.get_running_loop()
         for loop in self.loops.values():
@@ -76,8 +91,12 @@ class Supervisor:
                 if not first:
                     await asyncio.sleep(loop.interval)
                 first = False
-                async with asyncio.timeout(loop.deadline):
+                async with asyncio.timeout(
+                    None if loop.deadline == float("inf") else loop.deadline
+                ):
                     await loop.body()
+                if loop.silence is not None:
+                    raise RuntimeError("ended")  # a forever body that returns is restarted
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():

@@ -66,7 +66,10 @@ def need(where: str, *evidence: tuple[str, str]) -> Need:
     return Need(where, evidence)
 
 
-PODS_WATCH = (HANDLERS, kopf_handler_on("pods", "pod", "Pod"))
+PODWATCH = "pullmedic/podwatch.py"
+PODS_LIST = (PODWATCH, r"await self\.source\.list_page\(")
+PODS_WATCH = (PODWATCH, r"watch=\"true\"")
+PODS_PATH = (PODWATCH, r"PODS = \"/api/v1/pods\"")
 NAMESPACES_WATCH = (HANDLERS, kopf_handler_on("namespaces", "namespace", "Namespace"))
 GET_CALL = (KUBE, r"await self\.request\(\"GET\", path_of\(kind")
 PATCH_CALL = (KUBE, r"\"PATCH\", path_of\(kind, ns, name\), ops, \"application/json-patch\+json\"")
@@ -126,8 +129,10 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
         _path("Pod", "/api/v1/namespaces/{ns}/pods/{name}"),
         GET_CALL,
     ),
-    ("", "pods", "list"): need("handlers.build_registry pod_event (kopf list)", PODS_WATCH),
-    ("", "pods", "watch"): need("handlers.build_registry pod_event (kopf watch)", PODS_WATCH),
+    ("", "pods", "list"): need("podwatch.PodWatch.relist: list every pod", PODS_LIST, PODS_PATH),
+    ("", "pods", "watch"): need(
+        "podwatch.PodWatch.watch_once: watch every pod", PODS_WATCH, PODS_PATH
+    ),
     ("", "pods", "patch"): need(
         "actuator.Actuator._patch_image (PATCH_POD_IMAGE): bare pods, Job/CronJob pods",
         (PLANNING, r"ActionType\.PATCH_POD_IMAGE"),
