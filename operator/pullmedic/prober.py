@@ -40,6 +40,7 @@ from pullmedic.registry import (
     INDEX_TYPES,
     ClientConfig,
     HostBackingOff,
+    HttpResult,
     ProbeError,
     RegistryClient,
     RegistryCredential,
@@ -577,11 +578,14 @@ class Prober:
 
         f["digest"] = head.digest
         f["media_type"] = head.media_type
-        plats, matched = await self._platforms(ref, sess, head.digest, head.media_type, platform)
+        fetched: dict[str, HttpResult] = {}  # what the platform check already read
+        plats, matched = await self._platforms(
+            ref, sess, head.digest, head.media_type, platform, fetched
+        )
         f["available_platforms"] = plats
         f["platform_matched"] = matched
         if matched is not False:  # unknown too: a config that cannot be read may be gone
-            problem, checked = await self._integrity(ref, sess, head.digest, platform)
+            problem, checked = await self._integrity(ref, sess, head.digest, platform, fetched)
             f["integrity_problem"] = problem
             f["integrity_checked"] = checked
         return (), False
@@ -592,6 +596,7 @@ class Prober:
         sess: RepositorySession,
         digest: str | None,
         platform: Platform,
+        fetched: dict[str, HttpResult] | None = None,
     ) -> tuple[str | None, bool]:
         """What the kubelet checks after the manifest: (the missing or inconsistent piece,
         whether everything was checked).
@@ -606,7 +611,7 @@ class Prober:
             if hit is not None:
                 sess.rec.append(Evidence("blob", note=f"integrity cached for {digest[:19]}"))
                 return hit
-        result = await self._verify(ref, sess, digest, platform)
+        result = await self._verify(ref, sess, digest, platform, fetched or {})
         if digest and self.pconfig.cache and result[1]:
             ttl = self.pconfig.ok_ttl if result[0] is None else self.pconfig.failure_ttl
             self._integrity_cache.put(key, result, ttl)
@@ -618,8 +623,10 @@ class Prober:
         sess: RepositorySession,
         digest: str | None,
         platform: Platform,
+        fetched: dict[str, HttpResult],
     ) -> tuple[str | None, bool]:
-        got = await sess.get_manifest(digest or ref.manifest_ref)
+        key = digest or ref.manifest_ref
+        got = fetched.get(key) or await sess.get_manifest(key)
         if got.status != 200:
             return None, False
         if digest and not _digest_matches(got.body, digest):
@@ -644,6 +651,8 @@ class Prober:
             return "the manifest lists no config or layers", True
         limit = self.config.max_verified_blobs
         for what, blob_digest, size in blobs[:limit]:
+            if blob_digest in fetched and fetched[blob_digest].status == 200:
+                continue  # read whole already (the config, for the platform check)
             r = await sess.head_blob(blob_digest)
             if r.status == 404:
                 return f"{what} {blob_digest} is missing (404)", True
@@ -666,6 +675,7 @@ class Prober:
         digest: str | None,
         media_type: str | None,
         platform: Platform,
+        fetched: dict[str, HttpResult] | None = None,
     ) -> tuple[tuple[str, ...], bool | None]:
         """Platforms the image offers and whether ``platform`` can run one of them.
 
@@ -680,6 +690,8 @@ class Prober:
                 return hit
         ref_for_get = digest or ref.manifest_ref
         got = await sess.get_manifest(ref_for_get)
+        if fetched is not None:
+            fetched[ref_for_get] = got
         if got.status != 200:
             return (), None
         doc = got.json()
@@ -691,6 +703,8 @@ class Prober:
             if cfg_digest is None:
                 return (), None
             blob = await sess.get_blob(cfg_digest, self.config.max_config_bytes)
+            if fetched is not None:
+                fetched[cfg_digest] = blob
             if blob.status != 200:
                 return (), None
             cfg = blob.json()

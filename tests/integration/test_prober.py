@@ -136,9 +136,10 @@ async def test_available_single_platform(world: World) -> None:
         d = await prober.diagnose(f"{world.regs.open.host}/app/web:1.2.3", Keyring(), AMD64)
     assert d.cause is Cause.ImageAvailable and d.confidence == "high"
     assert d.digest == world.digests["web:1.2.3"]
-    # HEAD answers existence; GETs only for the manifest body and the config blob.
+    # HEAD answers existence; GETs only for the manifest body and the config blob; each
+    # layer is checked with a HEAD (what the kubelet will fetch must exist), never read.
     assert counts.counts["manifest_head"] == 1
-    assert counts.counts["manifest_get"] == 1 and counts.counts["blob"] == 1
+    assert counts.counts["manifest_get"] == 1 and counts.counts["blob"] == 2  # config + 1 layer
 
 
 async def test_available_docker_manifest_list(world: World) -> None:
