@@ -59,7 +59,7 @@ import httpx
 import yaml
 from kubernetes import client, config
 
-from bench.common import REPO, operator_source_digest, percentile, say, table
+from bench.common import REPO, operator_source_digest, parse_prometheus, percentile, say, table
 from sandbox import procs
 from sandbox.env import Sandbox
 from sandbox.env import start as start_sandbox
@@ -74,7 +74,8 @@ from sandbox.kube import (
     wait_for,
 )
 
-NS = "bench-admission"
+NS = "bench-admission"  # selected by the webhook configurations
+BASE_NS = "bench-admission-baseline"  # selected by none of them
 REPO_PATH = "bench/app"
 PM_HOOK = "pullmedic-bench"
 KUIK_HOOK = "kuik-bench"
@@ -82,6 +83,8 @@ KUIK_PORT = 9443  # controller-runtime's default; kuik's main.go has no flag for
 KUIK_ANNOTATION = "kuik.enix.io/original-images"
 CACHE = Path(os.environ.get("PULLMEDIC_CACHE", Path.home() / ".cache" / "pullmedic"))
 PEERS = REPO / "sandbox" / "peers.sh"
+# Paced cold requests: one every PACE s, within the per-host probe rate (20/s).
+PACE = 0.5
 
 
 # --------------------------------------------------------------------------------------
@@ -113,7 +116,21 @@ class Case:
             "warned": sum(s.warned for s in self.samples),
             "rewritten": sum(s.rewritten for s in self.samples),
             "kuik_annotated": sum(s.kuik for s in self.samples),
+            "ms": [round(x, 1) for x in ms],
         }
+
+
+@dataclass
+class Spec:
+    key: str  # warm | cold | cold-paced | hanging | frozen | stopped
+    kind: str  # Deployment | Pod
+    images: list[str]
+    dry: bool = True  # False: stored (as `kubectl apply` would), in the case name as "create"
+    pace: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.key} {self.kind}" + ("" if self.dry else " create")
 
 
 def _r(v: float | None) -> float | None:
@@ -144,11 +161,11 @@ def body(kind: str, image: str) -> dict[str, Any]:
     }
 
 
-def post(h: httpx.Client, kind: str, image: str, *, dry: bool = True) -> Sample:
+def post(h: httpx.Client, kind: str, image: str, *, ns: str = NS, dry: bool = True) -> Sample:
     path = (
-        f"/api/v1/namespaces/{NS}/pods"
+        f"/api/v1/namespaces/{ns}/pods"
         if kind == "Pod"
-        else f"/apis/apps/v1/namespaces/{NS}/deployments"
+        else f"/apis/apps/v1/namespaces/{ns}/deployments"
     )
     doc = body(kind, image)
     t0 = time.perf_counter()
@@ -165,11 +182,20 @@ def post(h: httpx.Client, kind: str, image: str, *, dry: bool = True) -> Sample:
     return Sample(ms, r.status_code, warned, rewritten, kuik)
 
 
-def measure(h: httpx.Client, kind: str, images: Iterator[str] | list[str], **kw: Any) -> Case:
-    case = Case()
+def measure(
+    h: httpx.Client, kind: str, images: list[str], *, dry: bool = True, pace: float = 0.0
+) -> tuple[Case, Case]:
+    """Pairs: the same request in the baseline namespace (which no webhook configuration
+    selects) and then in the bench namespace, so both see the same moment of a shared
+    machine. ``pace``: seconds from one pair's start to the next (0: back to back)."""
+    hooked, base = Case(), Case()
     for image in images:
-        case.samples.append(post(h, kind, image, **kw))
-    return case
+        t0 = time.monotonic()
+        base.samples.append(post(h, kind, image, ns=BASE_NS, dry=dry))
+        hooked.samples.append(post(h, kind, image, dry=dry))
+        if pace:
+            time.sleep(max(0.0, pace - (time.monotonic() - t0)))
+    return hooked, base
 
 
 def repeat(image: str, n: int) -> list[str]:
@@ -205,11 +231,12 @@ class Images:
         return tags
 
     def push(self) -> None:
-        """Each tag on the open registry (behind the hanging proxy too) and on the mirror,
-        where kuik's alternative points."""
-        for reg in (self.sb.registries.open, self.sb.registries.mirror):
-            for tag in ["warm", *self.tags]:
-                push_image(reg, REPO_PATH, tag, seed=tag)
+        """Each tag on the open registry (the hanging proxy's upstream too); the warm and
+        the hanging ones on the mirror as well, where kuik's alternative points."""
+        for tag in ["warm", *self.tags]:
+            push_image(self.sb.registries.open, REPO_PATH, tag, seed=tag)
+            if tag == "warm" or tag.startswith("hang-"):
+                push_image(self.sb.registries.mirror, REPO_PATH, tag, seed=tag)
 
 
 # --------------------------------------------------------------------------------------
@@ -226,6 +253,12 @@ class Pullmedic:
         self.port = procs.free_port()
         self.log = state / "logs" / "pullmedic.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = procs.free_port()
+
+    def reviews(self) -> float:
+        """``pullmedic_admission_reviews_total``, all decisions: what the webhook answered."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return sum(parse_prometheus(text, "pullmedic_admission_reviews_total").values())
 
     def start(self) -> None:
         kubeconfig = install_operator_identity(
@@ -241,7 +274,7 @@ class Pullmedic:
         argv = [
             sys.executable, "-m", "pullmedic", "run",
             "--kubeconfig", str(kubeconfig), "--standalone", "--log-format", "json",
-            "--metrics-port", str(procs.free_port()),
+            "--metrics-port", str(self.metrics_port),
             "--liveness-port", str(procs.free_port()),
             "--bind", "127.0.0.1", "--allow-address", "127.0.0.0/8",
             "--operator-namespace", OPERATOR_NAMESPACE,
@@ -263,6 +296,8 @@ class Pullmedic:
         cfg = yaml.safe_load((REPO / "manifests/overlays/webhook/webhook.yaml").read_text())
         cfg["metadata"] = {"name": PM_HOOK}
         (hook,) = cfg["webhooks"]
+        # One change: the baseline namespace is left out as kube-system is.
+        hook["namespaceSelector"]["matchExpressions"][0]["values"].append(BASE_NS)
         hook["clientConfig"] = {
             "url": f"https://127.0.0.1:{self.port}/admit",
             "caBundle": base64.b64encode(self.sb.cluster.pki.ca_cert.read_bytes()).decode(),
@@ -483,49 +518,73 @@ def run(quick: bool = False) -> dict[str, Any]:
     say(f"admission: starting sandbox in {state}")
     sb = start_sandbox(state, time_scale=1.0, emulator=False)  # no pod ever runs here
     cleanup: list[Callable[[], None]] = []
+    cases: dict[str, dict[str, Any]] = {}
     result: dict[str, Any] = {
-        "sizes": {"n": n, "n_cold_hanging": n_slow, "n_frozen": n_frozen},
+        "sizes": {"n": n, "n_cold_hanging": n_slow, "n_frozen": n_frozen, "pace_s": PACE},
         "operator_source_sha256": operator_source_digest(),
         "load_average_at_start": list(os.getloadavg()),
+        "webhook_timeouts_s": {
+            "pullmedic": 2,
+            "pullmedic_probe_budget": 1.5,
+            "kuik": 10,
+            "kuik_active_check": 1,
+        },
+        "cases": cases,
     }
     try:
         api = config.new_client_from_config(config_file=str(sb.kubeconfig))  # type: ignore[no-untyped-call]
         install_crds(api)
         core = client.CoreV1Api(api)
         adm = client.AdmissionregistrationV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-        wait_for(lambda: core.read_namespaced_service_account("default", NS), "SA")
+        for ns in (NS, BASE_NS):
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+            wait_for(lambda ns=ns: core.read_namespaced_service_account("default", ns), "SA")
         proxy = FaultProxy(sb.registries.open.url)
         proxy.start()
         cleanup.append(proxy.stop)
         images = Images(sb, proxy.host_port)
-        plan = {
-            ("pullmedic", kind): (
-                images.cold("pm", kind, n_slow),
-                images.hanging("pm", kind, n_slow),
-            )
-            for kind in ("Deployment", "Pod")
-        }
-        plan["kuik", "Pod"] = (
-            images.cold("kuik", "Pod", n_slow),
-            images.hanging("kuik", "Pod", n_slow),
-        )
-        say(f"admission: pushing {2 * (len(images.tags) + 1)} tags")
+        warm = images.warm()
+
+        def plan(who: str, kind: str) -> list[Spec]:
+            return [
+                Spec("warm", kind, repeat(warm, n)),
+                Spec("cold", kind, images.cold(who, kind, n_slow)),
+                Spec("cold-paced", kind, images.cold(f"{who}-paced", kind, n_slow), pace=PACE),
+                Spec("hanging", kind, images.hanging(who, kind, n_slow)),
+            ]
+
+        pm_plan = plan("pm", "Deployment") + plan("pm", "Pod")
+        kuik_plan = plan("kuik", "Pod")
+        say(f"admission: pushing {len(images.tags) + 1} tags")
         images.push()
         proxy.set_mode("hang")
-        warm = images.warm()
-        cases: dict[str, dict[str, Any]] = {}
         h = admin_client(sb)
         cleanup.append(h.close)
 
-        # -- baseline: no webhook registered -------------------------------------------
+        def run_plan(who: str, specs: list[Spec], answered: Callable[[], float] | None) -> None:
+            for sp in specs:
+                before = answered() if answered else 0.0
+                hooked, base = measure(h, sp.kind, sp.images, dry=sp.dry, pace=sp.pace)
+                c = {"hooked": hooked.summary(), "baseline": base.summary()}
+                if answered:
+                    c["hooked"]["answered_by_webhook"] = int(answered() - before)
+                cases[f"{who} {sp.name}"] = c
+                say(f"admission: {who} {sp.name}: {_pp(c['hooked'])} ms")
+
+        def down(who: str, proc: Pullmedic | Kuik, specs: list[Spec]) -> None:
+            """Frozen (SIGSTOP), then killed; its configuration stays registered."""
+            proc.signal(signal.SIGSTOP)
+            run_plan(who, [Spec("frozen", "Pod", repeat(warm, n_frozen))], None)
+            proc.kill()
+            run_plan(who, specs, None)
+
+        # -- reference: no configuration registered at all -----------------------------
         for kind in ("Deployment", "Pod"):
             post(h, kind, warm)  # the connection and the API server's caches
-            cases[f"baseline {kind}"] = measure(h, kind, repeat(warm, n)).summary()
-        cases["baseline Deployment create"] = measure(
-            h, "Deployment", repeat(warm, n), dry=False
-        ).summary()
-        say("admission: baseline done")
+            post(h, kind, warm, ns=BASE_NS)
+        run_plan(
+            "none", [Spec("registered", k, repeat(warm, n)) for k in ("Deployment", "Pod")], None
+        )
 
         # -- pullmedic -----------------------------------------------------------------
         pm = Pullmedic(sb, api, state, [proxy.host_port])
@@ -542,19 +601,15 @@ def run(quick: bool = False) -> dict[str, Any]:
             )
             for kind in ("Deployment", "Pod"):
                 post(h, kind, warm)  # fills the cache
-                cases[f"pullmedic warm {kind}"] = measure(h, kind, repeat(warm, n)).summary()
-                cold, hanging = plan["pullmedic", kind]
-                cases[f"pullmedic cold {kind}"] = measure(h, kind, cold).summary()
-                cases[f"pullmedic hanging {kind}"] = measure(h, kind, hanging).summary()
-                say(f"admission: pullmedic {kind} done")
-            pm.signal(signal.SIGSTOP)
-            cases["pullmedic frozen Pod"] = measure(h, "Pod", repeat(warm, n_frozen)).summary()
-            pm.kill()
-            cases["pullmedic stopped Deployment create"] = measure(
-                h, "Deployment", repeat(warm, n), dry=False
-            ).summary()
-            cases["pullmedic stopped Pod"] = measure(h, "Pod", repeat(warm, n)).summary()
-        say("admission: pullmedic done")
+            run_plan("pullmedic", pm_plan, pm.reviews)
+            down(
+                "pullmedic",
+                pm,
+                [
+                    Spec("stopped", "Deployment", repeat(warm, n), dry=False),
+                    Spec("stopped", "Pod", repeat(warm, n)),
+                ],
+            )
 
         # -- kuik ----------------------------------------------------------------------
         built = build_kuik()
@@ -568,28 +623,14 @@ def run(quick: bool = False) -> dict[str, Any]:
                 with registered(adm, k.configuration()):
                     wait_answered(lambda: post(h, "Pod", warm).kuik, "kuik's annotation on a Pod")
                     post(h, "Pod", warm)
-                    cases["kuik warm Pod"] = measure(h, "Pod", repeat(warm, n)).summary()
-                    cold, hanging = plan["kuik", "Pod"]
-                    cases["kuik cold Pod"] = measure(h, "Pod", cold).summary()
-                    cases["kuik hanging Pod"] = measure(h, "Pod", hanging).summary()
-                    k.signal(signal.SIGSTOP)
-                    cases["kuik frozen Pod"] = measure(h, "Pod", repeat(warm, n_frozen)).summary()
-                    k.kill()
-                    cases["kuik stopped Pod"] = measure(h, "Pod", repeat(warm, n)).summary()
+                    run_plan("kuik", kuik_plan, None)
+                    down("kuik", k, [Spec("stopped", "Pod", repeat(warm, n))])
                 result["kuik"]["ran"] = True
             except Exception as e:
                 say(f"admission: kuik did not run: {e}")
                 log = state / "logs" / "kuik.log"
                 tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
                 result["kuik"].update(ran=False, error=f"{type(e).__name__}: {e}", log_tail=tail)
-        say("admission: kuik done")
-        result["cases"] = cases
-        result["webhook_timeouts_s"] = {
-            "pullmedic": 2,
-            "pullmedic_budget": 1.5,
-            "kuik": 10,
-            "kuik_active_check": 1,
-        }
     finally:
         for fn in reversed(cleanup):
             try:
@@ -609,16 +650,14 @@ def run(quick: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 ROWS = [
-    ("warm cache (same image again)", "Deployment", "warm", "baseline Deployment"),
-    ("warm cache (same image again)", "Pod", "warm", "baseline Pod"),
-    ("cold cache (a new tag each time)", "Deployment", "cold", "baseline Deployment"),
-    ("cold cache (a new tag each time)", "Pod", "cold", "baseline Pod"),
-    ("hanging registry (a new tag each time)", "Deployment", "hanging", "baseline Deployment"),
-    ("hanging registry (a new tag each time)", "Pod", "hanging", "baseline Pod"),
-    ("webhook frozen (SIGSTOP)", "Pod", "frozen", "baseline Pod"),
-    ("operator stopped (killed)", "Deployment create", "stopped", "baseline Deployment create"),
-    ("operator stopped (killed)", "Pod", "stopped", "baseline Pod"),
+    ("warm", "same image again (warm cache)"),
+    ("cold", "a new tag each time, back to back (cold cache)"),
+    ("cold-paced", "a new tag each time, one per 0.5 s (cold cache)"),
+    ("hanging", "registry hangs, a new tag each time"),
+    ("frozen", "webhook process frozen (SIGSTOP)"),
+    ("stopped", "webhook process killed, configuration left"),
 ]
+KINDS = ("Deployment", "Pod", "Deployment create")
 
 
 def _pp(c: dict[str, Any] | None) -> str:
@@ -631,6 +670,8 @@ def _what(c: dict[str, Any] | None, who: str) -> str:
     if not c:
         return ""
     bits = [f"n={c['n']}", "HTTP " + ",".join(map(str, c["statuses"]))]
+    if "answered_by_webhook" in c:
+        bits.append(f"{c['answered_by_webhook']} answered")
     if who == "pullmedic" and c["warned"]:
         bits.append(f"{c['warned']} warned")
     if c["rewritten"]:
@@ -644,27 +685,54 @@ def _what(c: dict[str, Any] | None, who: str) -> str:
 def render(r: dict[str, Any]) -> str:
     cases = r["cases"]
     rows = []
-    for label, kind, key, base in ROWS:
-        pm = cases.get(f"pullmedic {key} {kind}")
-        kk = cases.get(f"kuik {key} {kind}")
-        rows.append(
-            [
-                label,
-                kind,
-                _pp(cases.get(base)),
-                _pp(pm),
-                _what(pm, "pullmedic"),
-                _pp(kk) if kk else ("Pods only" if kind != "Pod" else "-"),
-                _what(kk, "kuik"),
-            ]
-        )
+    for key, label in ROWS:
+        for kind in KINDS:
+            pm = cases.get(f"pullmedic {key} {kind}")
+            kk = cases.get(f"kuik {key} {kind}")
+            if not pm and not kk:
+                continue
+            rows.append(
+                [
+                    label,
+                    kind,
+                    _pp(pm and pm["baseline"]),
+                    _pp(pm and pm["hooked"]),
+                    _what(pm and pm["hooked"], "pullmedic"),
+                    _pp(kk and kk["baseline"]) if kk else "",
+                    _pp(kk["hooked"]) if kk else ("Pods only" if kind != "Pod" else "-"),
+                    _what(kk and kk["hooked"], "kuik"),
+                ]
+            )
     out = table(
-        "Admission: API server answer time, ms, p50 / p99 (dry-run unless 'create')",
-        ["case", "object", "no webhook", "pullmedic", "pullmedic answers", "kuik", "kuik answers"],
+        "Admission: API server answer time, ms, p50 / p99 (dry runs unless 'create')",
+        [
+            "case",
+            "object",
+            "baseline",
+            "pullmedic",
+            "pullmedic answers",
+            "baseline",
+            "kuik",
+            "kuik answers",
+        ],
         rows,
     )
+    ref = [cases.get(f"none registered {k}") for k in ("Deployment", "Pod")]
+    if all(ref):
+        out += (
+            "\nBaseline: the same request, in the same moment, to a namespace no webhook "
+            "configuration selects. With no configuration registered at all: "
+            + ", ".join(
+                f"{k} {_pp(c['hooked'])} (excluded namespace {_pp(c['baseline'])})"
+                for k, c in zip(("Deployment", "Pod"), ref, strict=True)
+                if c
+            )
+            + " ms.\n"
+        )
     k = r.get("kuik") or {}
-    if not k.get("built"):
+    if not k:
+        pass
+    elif not k.get("built"):
         out += f"\nkuik not built: `{k.get('command')}`: {k.get('error')}\n"
     elif not k.get("ran"):
         out += f"\nkuik built but did not run: {k.get('error')}\n"
