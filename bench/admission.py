@@ -366,15 +366,15 @@ class Kuik:
         crds = sorted((self.binary.parent / "crds").glob("*.yaml"))
         create_all(self.api, [yaml.safe_load(f.read_text()) for f in crds])
         ext = client.ApiextensionsV1Api(self.api)
+
+        def established(name: str) -> bool:
+            status = ext.read_custom_resource_definition(name).status
+            conds = (status.conditions if status else None) or []
+            return any(c.type == "Established" and c.status == "True" for c in conds)
+
         for f in crds:
             name = yaml.safe_load(f.read_text())["metadata"]["name"]
-            wait_for(
-                lambda n=name: any(  # type: ignore[misc]
-                    c.type == "Established" and c.status == "True"
-                    for c in (ext.read_custom_resource_definition(n).status.conditions or [])
-                ),
-                f"CRD {name} established",
-            )
+            wait_for(lambda n=name: established(n), f"CRD {name} established")  # type: ignore[misc]
         flt = {"include": [f"/{REPO_PATH}:.+"]}
         custom = client.CustomObjectsApi(self.api)
         for i, host in enumerate(upstreams):
@@ -497,7 +497,7 @@ class Kuik:
 
 @contextmanager
 def registered(adm: client.AdmissionregistrationV1Api, cfg: dict[str, Any]) -> Iterator[None]:
-    adm.create_mutating_webhook_configuration(cfg)
+    adm.create_mutating_webhook_configuration(cfg)  # type: ignore[arg-type]
     try:
         yield
     finally:
@@ -538,7 +538,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         adm = client.AdmissionregistrationV1Api(api)
         for ns in (NS, BASE_NS):
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-            wait_for(lambda ns=ns: core.read_namespaced_service_account("default", ns), "SA")
+            wait_for(
+                lambda ns=ns: core.read_namespaced_service_account("default", ns),  # type: ignore[misc]
+                f"SA in {ns}",
+            )
         proxy = FaultProxy(sb.registries.open.url)
         proxy.start()
         cleanup.append(proxy.stop)
