@@ -3,13 +3,16 @@
 The figure is what a client sees: one POST to the real kube-apiserver (admin client
 certificate, a kept-alive connection, as kubectl does), timed from request to answer. The
 API server calls the webhook over TLS (the sandbox serving certificate, the sandbox CA as
-``caBundle``) at ``https://127.0.0.1:PORT``. The baseline is the same POST with no webhook
-registered, measured first in the same run and sandbox.
+``caBundle``) at ``https://127.0.0.1:PORT``. The baseline is paired with every request:
+the same POST sent just before it to a namespace no webhook configuration selects, so both
+see the same moment of a shared machine (a reference pass with no configuration registered
+at all shows the excluded namespace costs the same).
 
 Cases, each with a fresh object name per request:
 
 * **warm**: the same image again (one request beforehand fills the cache);
-* **cold**: an existing tag never asked for before (a new tag each request);
+* **cold**: an existing tag never asked for before (a new tag each request), back to back
+  and paced at one request per ``PACE`` s;
 * **hanging registry**: the image's registry is a :class:`sandbox.faultproxy.FaultProxy`
   in ``hang`` mode (the request is read and never answered), a new tag each request;
 * **webhook frozen**: the webhook process is SIGSTOPped: the kernel still accepts the
