@@ -169,6 +169,23 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
                     "properties": {"registry": HOST, "mirror": HOST},
                 },
             },
+            "alternatives": {
+                "type": "array",
+                "maxItems": 32,
+                "description": "Moved repositories: when an image is not found where it was, "
+                "the same tag (or digest) under the new name is used, only after it was found "
+                "whole there for the node's platform. 'from' is a glob over the image name "
+                "('*' one path segment, '**' any), 'to' the new name with $1... for the "
+                "captures, e.g. from docker.io/bitnami/* to docker.io/bitnamilegacy/$1.",
+                "items": {
+                    "type": "object",
+                    "required": ["from", "to"],
+                    "properties": {
+                        "from": {"type": "string", "maxLength": 255},
+                        "to": {"type": "string", "maxLength": 255},
+                    },
+                },
+            },
             "recovery": {
                 "type": "object",
                 "properties": {

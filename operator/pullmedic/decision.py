@@ -100,3 +100,25 @@ def mirror_candidate(image: str, policy: Policy) -> str | None:
         + (f":{ref.tag}" if ref.tag else "")
         + (f"@{ref.digest}" if ref.digest else "")
     )
+
+
+def alternative_candidate(image: str, policy: Policy) -> tuple[str, str] | None:
+    """(the image under a moved repository's new name, "from -> to"), or None."""
+    try:
+        ref = reference.parse(image)
+    except reference.InvalidReference:
+        return None
+    familiar = ref.familiar()
+    for suffix in (f"@{ref.digest}" if ref.digest else "", f":{ref.tag}" if ref.tag else ""):
+        if suffix and familiar.endswith(suffix):
+            familiar = familiar[: -len(suffix)]
+    moved = policy.moved_to([ref.name, familiar])
+    if moved is None:
+        return None
+    alt, name = moved
+    new = name + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+    try:
+        reference.parse(new)
+    except reference.InvalidReference:
+        return None
+    return new, f"{alt.from_} -> {alt.to}"

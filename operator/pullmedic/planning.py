@@ -25,6 +25,9 @@ GITOPS_ANNOTATIONS = ("argocd.argoproj.io/tracking-id", "argocd.argoproj.io/inst
 MANAGED_SECRET_LABEL = "pullmedic.dev/managed"
 SOURCE_ANNOTATION = "pullmedic.dev/source"
 
+# Causes a moved repository explains (the policy's alternatives are tried for them).
+MOVE_CAUSES = frozenset({Cause.TagNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate})
+
 # Kinds whose pod template may be patched to fix an image for good.
 TEMPLATE_PATHS = {
     "Deployment": "/spec/template/spec",
@@ -261,10 +264,12 @@ def plan(
     policy: Policy | None,
     *,
     mirror_image: str | None = None,
+    alternative: tuple[str, str] | None = None,
     circuit_open: bool = False,
     rate_limited: bool = False,
 ) -> Plan:
-    """Decide what to do about one failure. ``mirror_image`` is set only when verified."""
+    """Decide what to do about one failure. ``mirror_image`` and ``alternative`` (the
+    image under a moved repository's new name, and the move) are set only when verified."""
     cause = diagnosis.cause
     if policy is None:
         return Plan(failure, cause, None, Mode.OBSERVE, note="no policy selects this pod")
@@ -279,7 +284,13 @@ def plan(
     note = ""
     fix = diagnosis.fix
 
-    if cause is Cause.InvalidReference:
+    credential_fix = fix is not None and fix.kind == "secret"
+    if alternative is not None and cause in MOVE_CAUSES and not credential_fix:
+        # The same tag under the repository's new name: closer to what was asked for
+        # than another tag of the old one.
+        actions, note = _image_actions(failure, alternative[0], policy)
+        note = f"repository moved ({alternative[1]})" + (f"; {note}" if note else "")
+    elif cause is Cause.InvalidReference:
         note = "an invalid image reference never recovers: fix the manifest"
     elif cause in (Cause.TagNotFound, Cause.PlatformMismatch):
         if not policy.tags.enabled:

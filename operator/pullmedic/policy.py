@@ -7,6 +7,7 @@ cannot express and reports it as text for a ``Ready=False`` condition.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -89,6 +90,45 @@ class Mirror:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """A moved repository: ``from`` is a glob over the image name (``*`` one path segment,
+    ``**`` any), ``to`` the new name with ``$1``... for what the stars matched."""
+
+    from_: str
+    to: str
+
+    def pattern(self) -> re.Pattern[str]:
+        out = ""
+        i = 0
+        while i < len(self.from_):
+            if self.from_.startswith("**", i):
+                out += "(.+?)"
+                i += 2
+            elif self.from_[i] == "*":
+                out += "([^/]+)"
+                i += 1
+            else:
+                out += re.escape(self.from_[i])
+                i += 1
+        return re.compile(out + r"\Z")
+
+    def apply(self, name: str) -> str | None:
+        m = self.pattern().match(name)
+        if m is None:
+            return None
+        return re.sub(r"\$(\d+)", lambda g: m.group(int(g.group(1))), self.to)
+
+    def problem(self) -> str | None:
+        stars = self.pattern().groups
+        refs = [int(n) for n in re.findall(r"\$(\d+)", self.to)]
+        if any(n < 1 or n > stars for n in refs):
+            return f"{self.to!r} refers to a capture {self.from_!r} does not have"
+        if not self.from_ or not self.to:
+            return "from and to are both required"
+        return None
+
+
+@dataclass(frozen=True)
 class TagCorrection:
     enabled: bool = True
     strategy: TagStrategy = TagStrategy.HIGHEST_PATCH
@@ -117,6 +157,7 @@ class Policy:
     secrets: tuple[SecretRef, ...] = ()
     node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
     mirrors: tuple[Mirror, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
     recreate_pods: bool = True
     patch_bare_pods: bool = True
     gitops_direct_patch: bool = False
@@ -174,6 +215,16 @@ class Policy:
             and self.pod_selector.matches(pod_labels)
             and self.selects_image(image, familiar_image)
         )
+
+    def moved_to(self, names: Sequence[str]) -> tuple[Alternative, str] | None:
+        """The first alternative matching any spelling of the image name (canonical,
+        familiar), and the new name."""
+        for alt in self.alternatives:
+            for n in names:
+                new = alt.apply(n)
+                if new:
+                    return alt, new
+        return None
 
     def mirror_for(self, registry: str) -> str | None:
         for m in self.mirrors:
@@ -291,6 +342,14 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         seen.add(reg)
         mirrors.append(Mirror(reg, mir))
 
+    alternatives: list[Alternative] = []
+    for i, a in enumerate(spec.get("alternatives") or []):
+        alt = Alternative(str(a.get("from", "")), str(a.get("to", "")))
+        if (msg := alt.problem()) is not None:
+            problems.append(f"alternatives[{i}]: {msg}")
+            continue
+        alternatives.append(alt)
+
     try:
         mode = Mode(spec.get("mode", Mode.SUGGEST))
     except ValueError:
@@ -333,6 +392,7 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         secrets=tuple(secrets),
         node_registries=node_registries,
         mirrors=tuple(mirrors),
+        alternatives=tuple(alternatives),
         recreate_pods=bool(recovery.get("recreatePods", True)),
         patch_bare_pods=bool(recovery.get("patchBarePods", True)),
         gitops_direct_patch=bool((spec.get("gitops") or {}).get("allowDirectPatch", False)),

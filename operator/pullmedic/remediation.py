@@ -22,7 +22,13 @@ from pullmedic import policy as pol
 from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
 from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
-from pullmedic.decision import failure_of, fingerprint, is_follow_up, mirror_candidate
+from pullmedic.decision import (
+    alternative_candidate,
+    failure_of,
+    fingerprint,
+    is_follow_up,
+    mirror_candidate,
+)
 from pullmedic.detection import parse_time
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
 from pullmedic.grouping import Group, Groups, PodState
@@ -30,7 +36,7 @@ from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring, NodeRegistries, SecretProblem
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.lookups import Lookups
-from pullmedic.planning import ActionType, Failure, ObjectRef, Plan, plan
+from pullmedic.planning import MOVE_CAUSES, ActionType, Failure, ObjectRef, Plan, plan
 from pullmedic.platforms import Platform
 from pullmedic.records import (
     CIRCUIT_ANNOTATION,
@@ -149,6 +155,9 @@ class Remediator:
         mirror_image = None
         if policy and diagnosis.cause in MIRROR_CAUSES:
             mirror_image = await self._verified_mirror(sc.image, policy, keyring, platform)
+        alternative = None
+        if policy and policy.alternatives and diagnosis.cause in MOVE_CAUSES:
+            alternative = await self._verified_alternative(sc.image, policy, keyring, platform)
 
         if policy is not None:
             # The policy may have changed or gone while we probed (a kill switch to Observe).
@@ -156,7 +165,9 @@ class Remediator:
             if current is None or current.generation != policy.generation:
                 raise Postpone(f"{policy.key} changed while diagnosing")
             policy = current
-        await self._conclude(group, members, rep, failure, diagnosis, policy, wobj, mirror_image)
+        await self._conclude(
+            group, members, rep, failure, diagnosis, policy, wobj, mirror_image, alternative
+        )
 
     def _as_the_node_sees_it(
         self, d: Diagnosis, image: str, kubelet_message: str, policy: pol.Policy | None
@@ -198,6 +209,7 @@ class Remediator:
         policy: pol.Policy | None,
         wobj: dict[str, Any] | None,
         mirror_image: str | None,
+        alternative: tuple[str, str] | None = None,
     ) -> None:
         """From here on no Postpone: every branch is accounted."""
         if not self.acting():
@@ -225,6 +237,7 @@ class Remediator:
             diagnosis,
             policy,
             mirror_image=mirror_image,
+            alternative=alternative,
             circuit_open=circuit,
             rate_limited=rate_limited,
         )
@@ -402,6 +415,18 @@ class Remediator:
                     dry_run=self.dry_run,
                 )
         await self.reporter.ineffective(target, f, cause)
+
+    async def _verified_alternative(
+        self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
+    ) -> tuple[str, str] | None:
+        """The same tag (or digest) under a moved repository's new name, found whole for
+        the node's platform there; and the move, for the Event and the record."""
+        candidate = alternative_candidate(image, policy)
+        if candidate is None:
+            return None
+        new, move = candidate
+        d = await self.prober.diagnose(new, keyring, platform, suggest=False)
+        return (new, move) if d.cause is Cause.ImageAvailable else None
 
     async def _verified_mirror(
         self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform

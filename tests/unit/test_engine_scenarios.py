@@ -624,3 +624,53 @@ async def test_a_private_image_on_the_node_still_gets_the_credential_fix(world: 
     (event,) = world.kube.events("PullDiagnosed")
     assert "already on node node-1" in event["message"]
     assert "ensure-secret-pulled-images" in event["message"]
+
+
+async def test_a_moved_repository_is_followed_once_verified_there(world: World) -> None:
+    old = "registry.example.com/bitnami/redis:7.0"
+    new = "registry.example.com/bitnamilegacy/redis:7.0"
+    world.prober.answers[old] = diag(old, Cause.RepositoryNotFound)
+    world.prober.answers[new] = diag(new, Cause.ImageAvailable)
+    await world.boot(
+        cluster_policy(
+            alternatives=[
+                {
+                    "from": "registry.example.com/bitnami/*",
+                    "to": "registry.example.com/bitnamilegacy/$1",
+                }
+            ]
+        )
+    )
+    deployment(world.kube, "cache", old)
+    world.feed(stuck_pod(world.kube, "cache", 0, old))
+    await until(lambda: bool(image_patches(world.kube, "cache")))
+    await world.settle()
+    dep = world.kube.obj("Deployment", NS, "cache")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == new
+    assert world.prober.asked == [old, new]  # verified before use
+    (event,) = world.kube.events("Remediated", on="cache")
+    assert old in event["message"] and new in event["message"]
+    record = json.loads(dep["metadata"]["annotations"][REMEDIATION_ANNOTATION])
+    assert (record["previousImage"], record["newImage"]) == (old, new)
+
+
+async def test_an_alternative_that_is_not_there_whole_is_not_used(world: World) -> None:
+    old = "registry.example.com/bitnami/redis:7.0"
+    new = "registry.example.com/bitnamilegacy/redis:7.0"
+    world.prober.answers[old] = diag(old, Cause.RepositoryNotFound)
+    world.prober.answers[new] = diag(new, Cause.ImageIncomplete)
+    await world.boot(
+        cluster_policy(
+            alternatives=[
+                {
+                    "from": "registry.example.com/bitnami/*",
+                    "to": "registry.example.com/bitnamilegacy/$1",
+                }
+            ]
+        )
+    )
+    deployment(world.kube, "cache", old)
+    world.feed(stuck_pod(world.kube, "cache", 0, old))
+    await until(lambda: len(world.prober.asked) == 2)
+    await world.settle()
+    assert image_patches(world.kube, "cache") == []

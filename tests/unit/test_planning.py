@@ -204,6 +204,29 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
         # pull policy Never: the kubelet will not pull, so recreating is futile
         (failure(reason="ErrImageNeverPull"), diag(Cause.ImageAvailable), policy(), {}, [], False),
+        # a moved repository: the same tag under the new name wins over another tag
+        (
+            failure(),
+            diag(Cause.TagNotFound, TAG_FIX),
+            policy(),
+            {
+                "alternative": (
+                    "docker.io/legacy/nginx:1.27.99",
+                    "docker.io/library/* -> docker.io/legacy/$1",
+                )
+            },
+            [A.PATCH_WORKLOAD_IMAGE],
+            True,
+        ),
+        # a private image with a verified secret fix keeps the credential path
+        (
+            failure(),
+            diag(Cause.NotFoundOrPrivate, SECRET_FIX),
+            policy(),
+            {"alternative": ("docker.io/legacy/nginx:1.27.99", "moved")},
+            [A.COPY_SECRET, A.ATTACH_PULL_SECRET, A.RECREATE_PODS],
+            True,
+        ),
         # listed but not whole: recreating cannot help; a mirror with it whole can
         (failure(), diag(Cause.ImageIncomplete), policy(), {}, [], False),
         (
@@ -345,3 +368,18 @@ def test_copied_secret_names_never_collide(a: tuple[str, str], b: tuple[str, str
     for n in (na, nb):
         assert len(n) <= 253
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", n)
+
+
+def test_a_moved_repository_keeps_the_tag_and_says_so() -> None:
+    p = planning.plan(
+        failure(),
+        diag(Cause.RepositoryNotFound),
+        policy(),
+        alternative=(
+            "docker.io/legacy/nginx:1.27.99",
+            "docker.io/library/* -> docker.io/legacy/$1",
+        ),
+    )
+    (a,) = p.actions
+    assert a.new_image == "docker.io/legacy/nginx:1.27.99"
+    assert p.note.startswith("repository moved (docker.io/library/* -> docker.io/legacy/$1)")

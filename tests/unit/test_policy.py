@@ -167,3 +167,42 @@ def test_node_registries_match_like_the_kubelets_match_images() -> None:
     assert not nodes.provide(ref("gcr.io/other/app:1"))  # path prefix
     assert not nodes.provide(ref("a.b.dkr.ecr.eu-west-1.amazonaws.com/app:1"))  # label count
     assert not nodes.provide(ref("docker.io/library/nginx:1"))
+
+
+@pytest.mark.parametrize(
+    ("frm", "to", "name", "expected"),
+    [
+        (
+            "docker.io/bitnami/*",
+            "docker.io/bitnamilegacy/$1",
+            "docker.io/bitnami/redis",
+            "docker.io/bitnamilegacy/redis",
+        ),
+        ("bitnami/*", "bitnamilegacy/$1", "bitnami/redis", "bitnamilegacy/redis"),
+        (
+            "docker.io/bitnami/*",
+            "docker.io/bitnamilegacy/$1",
+            "docker.io/bitnami/charts/redis",
+            None,
+        ),  # * is one segment
+        ("old.io/**", "new.io/$1", "old.io/team/sub/app", "new.io/team/sub/app"),
+        ("old.io/*/app-*", "new.io/$1/$2", "old.io/team/app-web", "new.io/team/web"),
+        ("old.io/*", "new.io/$1", "older.io/x", None),
+        ("a.io/x", "b.io/x", "a.io/x", "b.io/x"),
+        ("a.io/x", "b.io/x", "a.io/xy", None),  # anchored
+    ],
+)
+def test_alternative_globs(frm: str, to: str, name: str, expected: str | None) -> None:
+    assert pol.Alternative(frm, to).apply(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"alternatives": [{"from": "a.io/*", "to": "b.io/$2"}]}, "capture"),
+        ({"alternatives": [{"from": "", "to": "b.io/x"}]}, "required"),
+    ],
+)
+def test_invalid_alternatives(spec: dict[str, Any], problem: str) -> None:
+    _, problems = pol.parse(body(**spec))
+    assert any(problem in p for p in problems), problems
