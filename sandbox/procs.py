@@ -99,8 +99,11 @@ def _kill_leftovers() -> None:
         stop(proc, timeout=5)
 
 
-def kill_pid(pid: int) -> None:
-    """Stop a process we did not start in this interpreter (``sandbox down``)."""
+def kill_pid(pid: int, patience: float = 5.0) -> None:
+    """Stop a process we did not start in this interpreter (``sandbox down``).
+
+    SIGTERM, then SIGKILL after ``patience`` seconds.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -109,7 +112,7 @@ def kill_pid(pid: int) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 return
-        for _ in range(50):
+        for _ in range(int(patience * 10)):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
