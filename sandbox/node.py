@@ -136,9 +136,9 @@ def _cgroup_dirs() -> list[Path]:
     tops = [base / "kubepods"] + [c / "kubepods" for c in base.iterdir() if c.is_dir()]
     tops += [base / "kubepods.slice"]
     for top in tops:
-        if top.is_dir():
-            dirs.extend(p for p in top.rglob("*") if p.is_dir())
-            dirs.append(top)
+        # os.walk ignores cgroups that vanish meanwhile (runc removes its own as it exits).
+        for here, _subdirs, _files in os.walk(top):
+            dirs.append(Path(here))
     return sorted(set(dirs), key=lambda p: len(p.parts), reverse=True)
 
 
