@@ -102,7 +102,8 @@ def _kill_leftovers() -> None:
 def kill_pid(pid: int, patience: float = 5.0) -> None:
     """Stop a process we did not start in this interpreter (``sandbox down``).
 
-    SIGTERM, then SIGKILL after ``patience`` seconds.
+    SIGTERM, then SIGKILL after ``patience`` seconds. A child of ours that exited is reaped
+    (an unreaped zombie would otherwise look alive for the whole wait).
     """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -113,11 +114,20 @@ def kill_pid(pid: int, patience: float = 5.0) -> None:
             except ProcessLookupError:
                 return
         for _ in range(int(patience * 10)):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _gone(pid):
                 return
             time.sleep(0.1)
+
+
+def _gone(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def wait_until(
