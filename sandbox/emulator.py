@@ -40,6 +40,9 @@ from typing import Any
 
 import httpx
 
+from sandbox.creds import Keyring, PullSecret, SecretUnreadable
+from sandbox.imageref import InvalidReference, Reference
+from sandbox.imageref import parse as parse_reference
 from sandbox.pull import Puller, PullError, PullResult, Target
 
 log = logging.getLogger("sandbox.emulator")
@@ -524,9 +527,9 @@ class ImageService:
 
 @dataclass
 class _PullCtx:
-    secrets: list[Any] | None = None  # pullmedic.keyring.PullSecret
-    keyring: Any = None
-    problems: list[Any] = field(default_factory=list)
+    secrets: list[PullSecret] | None = None
+    keyring: Keyring | None = None
+    error: str | None = None
     loaded: bool = False
 
 
@@ -1137,8 +1140,6 @@ class NodeEmulator:
 
     async def _pull_secrets(self, rec: PodRecord) -> _PullCtx:
         """``getPullSecretsForPod``: read each listed secret, warn about missing ones."""
-        from pullmedic.keyring import PullSecret
-
         pod = rec.pod
         ns = rec.namespace
         found: list[PullSecret] = []
@@ -1168,19 +1169,12 @@ class NodeEmulator:
     def _keyring(ctx: _PullCtx) -> str | None:
         """Build the pod's keyring once; returns the kubelet's error text if it fails."""
         if not ctx.loaded:
-            from pullmedic.keyring import Keyring
-
-            ctx.keyring, ctx.problems = Keyring.from_secrets(ctx.secrets or [])
+            try:
+                ctx.keyring = Keyring.from_secrets(ctx.secrets or [])
+            except SecretUnreadable as e:
+                ctx.error = str(e)
             ctx.loaded = True
-        for p in ctx.problems:
-            if getattr(p, "blocks_pull", False):
-                reason = str(getattr(p, "reason", "invalid pull secret"))
-                text = reason.split("; the kubelet fails", 1)[0]
-                for prefix in (".dockerconfigjson ", ".dockercfg "):
-                    if text.startswith(prefix):
-                        text = text[len(prefix) :]
-                return text
-        return None
+        return ctx.error
 
     # -- the sync ----------------------------------------------------------------------
 
@@ -1336,8 +1330,6 @@ class NodeEmulator:
         self, rec: PodRecord, c: Mapping[str, Any], kind: str, ctx: _PullCtx
     ) -> tuple[bool, str, str, CachedImage | None]:
         """``imageManager.EnsureImageExists`` -> (ok, waiting reason, message, image)."""
-        from pullmedic.reference import InvalidReference
-
         pod = rec.pod
         image = str(c.get("image") or "")
         ref = container_ref(pod, kind, str(c.get("name")))
@@ -1468,11 +1460,9 @@ class NodeEmulator:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_image(image: str) -> Any:
-    """``pullmedic.reference.parse``, memoised: thousands of pods share few images."""
-    from pullmedic.reference import parse
-
-    return parse(image)
+def _parse_image(image: str) -> Reference:
+    """The kubelet's parse, memoised: thousands of pods share few images."""
+    return parse_reference(image)
 
 
 def _cid() -> str:

@@ -91,9 +91,8 @@ def start_emulator(
     node: str = NODE_NAME,
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(paths.REPO), str(paths.REPO / "operator"), env.get("PYTHONPATH", "")]
-    )
+    # Only the repository root: the emulator must not see (or import) the operator's code.
+    env["PYTHONPATH"] = os.pathsep.join([str(paths.REPO), env.get("PYTHONPATH", "")])
     return procs.spawn(
         [
             sys.executable,
