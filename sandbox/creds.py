@@ -49,7 +49,9 @@ def _decode_auth(value: str) -> tuple[str, str]:
         raise SecretUnreadable("illegal base64 data at input byte 0") from None
     user, colon, password = raw.decode("utf-8", "replace").partition(":")
     if not colon:
-        raise SecretUnreadable("expect auth field in format of username:password")
+        raise SecretUnreadable(
+            "unable to parse auth field, must be formatted as base64(username:password)"
+        )
     return user, password
 
 

@@ -50,6 +50,9 @@ log = logging.getLogger("sandbox.emulator")
 IMAGE_BACKOFF_INITIAL = 10.0  # imageBackOffPeriod
 IMAGE_BACKOFF_MAX = 300.0  # MaxImageBackOff
 WORKER_BACKOFF = 10.0  # pod worker requeue after a failed sync, jittered by up to 50 %
+# The real kubelet's PLEG relists every second and sees the pod's new sandbox, so a pod
+# whose first sync failed is synced again 1-2 s later (and shows ImagePullBackOff then).
+PLEG_RELIST = 1.0
 LEASE_DURATION = 40
 LEASE_RENEW = 10.0
 NODE_STATUS_REPORT = 60.0
@@ -236,6 +239,8 @@ class PodRecord:
     fingerprint: str = ""
     ctrs: dict[tuple[str, str], Ctr] = field(default_factory=dict)
     waiting: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # what the status shows: the waiting reasons as the previous sync left them
+    shown: dict[tuple[str, str], tuple[str, str]] | None = None
     restarts: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
     start_time: str | None = None
     pod_ip: str | None = None
@@ -244,6 +249,7 @@ class PodRecord:
     deleting: bool = False
     gone: bool = False
     adopted: bool = False
+    relisted: bool = False
 
     @property
     def namespace(self) -> str:
@@ -1197,10 +1203,11 @@ class NodeEmulator:
         if rec.pod_ip is None:
             rec.pod_ip = self._alloc_ip(rec.uid)
 
-        if not rec.last_status:
-            # The kubelet writes the pod's status as it starts syncing it: ContainerCreating /
-            # PodInitializing while the first pulls run.
-            await self._write_status(rec)
+        # The kubelet writes the status it computed from its previous sync as a sync starts:
+        # ContainerCreating / PodInitializing while the first pulls run, and later a waiting
+        # reason one sync (1-15 s) after the Events that announced it.
+        rec.shown = dict(rec.waiting)
+        await self._write_status(rec)
         ctx = await self._pull_secrets(rec)
         retry = False
 
@@ -1249,7 +1256,10 @@ class NodeEmulator:
         if rec.gone:
             return
         await self._write_status(rec)
-        if retry:
+        if retry and not rec.relisted:
+            rec.relisted = True
+            self._requeue_after(rec, PLEG_RELIST * (1.0 + random.random()) * self.time_scale)
+        elif retry:
             self._requeue_after(rec, self._worker_backoff())
         await self._report_node_status()
 
@@ -1309,8 +1319,8 @@ class NodeEmulator:
         rec.waiting.pop(key, None)
         restart_count, last = rec.restarts.pop(key, (0, {}))
         cid = _cid()
-        await self.events.emit(ref, "Normal", "Created", f"Created container: {name}")
-        await self.events.emit(ref, "Normal", "Started", f"Started container {name}")
+        await self.events.emit(ref, "Normal", "Created", "Container created")
+        await self.events.emit(ref, "Normal", "Started", "Container started")
         started = now_rfc3339()
         ctr = Ctr(
             image=str(c.get("image")),
@@ -1508,7 +1518,7 @@ def _container_status(
             "started": started,
         }
     else:
-        waiting = rec.waiting.get(key)
+        waiting = (rec.waiting if rec.shown is None else rec.shown).get(key)
         if init_pending and kind != "ephemeral":
             waiting = waiting if (kind == "init" and waiting) else ("PodInitializing", "")
         if waiting is None:
@@ -1549,7 +1559,9 @@ def build_status(rec: PodRecord, node: str) -> dict[str, Any]:
     init_statuses: list[dict[str, Any]] = []
     pending = False
     for c in inits:
-        init_statuses.append(_container_status(rec, "init", c, pending))
+        # A pod with init containers starts every status at PodInitializing (the kubelet's
+        # default waiting state), init containers included.
+        init_statuses.append(_container_status(rec, "init", c, True))
         if ("init", str(c.get("name"))) not in rec.ctrs:
             pending = True
     app = sorted(

@@ -215,12 +215,9 @@ def test_bearer_registry_auth_flows(
     bad = pull_secret(core, namespace, reg.host, "bob", "wrong")
     wrong = make_pod(core, namespace, image, secrets=(bad,))
     msg = waiting(core, namespace, wrong, "ErrImagePull").message
-    assert (
-        "failed to authorize: failed to fetch oauth token: unexpected status from GET request to "
-        in msg
+    assert msg.endswith(
+        "failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized"
     )
-    scope = f"repository%3A{r.replace('/', '%2F')}%3Apull"
-    assert msg.endswith(f"?scope={scope}&service=sandbox-registry: 401 Unauthorized")
 
     good = pull_secret(core, namespace, reg.host, "bob", reg.users["bob"])
     ok = make_pod(core, namespace, image, secrets=(good,))
@@ -235,15 +232,11 @@ def test_basic_registry_auth_flows(
     push_image(reg, r, "1")
     image = f"{reg.host}/{r}:1"
     anon = make_pod(core, namespace, image)
-    assert waiting(core, namespace, anon, "ErrImagePull").message.endswith(
-        "pull access denied, repository does not exist or may require authorization: "
-        "authorization failed: no basic auth credentials"
-    )
+    denied = f"pulling from host {reg.host} failed with status code [manifests 1]: 401 Unauthorized"
+    assert waiting(core, namespace, anon, "ErrImagePull").message.endswith(denied)
     bad = pull_secret(core, namespace, reg.host, "alice", "wrong")
     wrong = make_pod(core, namespace, image, secrets=(bad,))
-    assert waiting(core, namespace, wrong, "ErrImagePull").message.endswith(
-        f"unexpected status from HEAD request to {reg.url}/v2/{r}/manifests/1: 401 Unauthorized"
-    )
+    assert waiting(core, namespace, wrong, "ErrImagePull").message.endswith(denied)
     good = pull_secret(core, namespace, reg.host, "alice", reg.users["alice"])
     running(core, namespace, make_pod(core, namespace, image, secrets=(good,)))
 

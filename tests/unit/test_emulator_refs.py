@@ -68,7 +68,7 @@ def test_undecodable_auth_fails_the_pull_like_the_kubelet() -> None:
     secret = creds.PullSecret(
         "ns", "s", "kubernetes.io/dockerconfigjson", {".dockerconfigjson": doc.decode()}
     )
-    with pytest.raises(creds.SecretUnreadable, match="username:password"):
+    with pytest.raises(creds.SecretUnreadable, match=r"as base64\(username:password\)"):
         creds.Keyring.from_secrets([secret])
 
 
