@@ -352,10 +352,9 @@ def _write_hosts(certs_d: Path, host: str) -> None:
     """containerd talks plain http to ``host`` (a sandbox registry or proxy on loopback)."""
     d = certs_d / host
     d.mkdir(parents=True, exist_ok=True)
-    (d / "hosts.toml").write_text(
-        f'server = "http://{host}"\n\n[host."http://{host}"]\n'
-        '  capabilities = ["pull", "resolve"]\n'
-    )
+    # Only ``server``: a [host] entry for the same address would make containerd try it
+    # twice per pull.
+    (d / "hosts.toml").write_text(f'server = "http://{host}"\n')
 
 
 # --- the node --------------------------------------------------------------------------

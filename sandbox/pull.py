@@ -210,6 +210,9 @@ def go_transport_error(method: str, url: str, exc: BaseException) -> str:
         inner = "net/http: timeout awaiting response headers"
     elif isinstance(exc, httpx.RemoteProtocolError):
         inner = "EOF"
+    elif isinstance(exc, httpx.ReadError) and "reset by peer" in text:
+        # Go names the local address too; the emulator does not know its port (0 here).
+        inner = f"read tcp 127.0.0.1:0->{hostport}: read: connection reset by peer"
     else:
         inner = str(exc) or exc.__class__.__name__
     return f'{op} "{url}": {inner}'

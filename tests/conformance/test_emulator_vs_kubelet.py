@@ -1,9 +1,10 @@
 """The emulator against the real kubelet: same scenarios, same transitions, same texts.
 
 Each scenario runs on both nodes at once (each sandbox has its own registries). Pod status
-transitions (phase and each container's state reason) and the kubelet's Events (type,
-reason, message) are recorded for a few seconds, registry addresses replaced by ``H``,
-and compared. ``-s`` prints the comparison as a table (docs/development.md has it).
+transitions (phase and each container's state reason), the distinct waiting messages and
+the kubelet's Events (type, reason, message) are recorded for 20 s, registry addresses
+replaced by ``H``, and compared. ``-s`` prints the comparison as a table
+(docs/development.md has it).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from sandbox.faultproxy import FaultProxy
 from sandbox.images import host_platform, push_image
 from sandbox.kube import dockerconfig_secret, wait_for
 
 pytestmark = pytest.mark.cluster
 WATCH_SECONDS = 20.0
-# Varies from run to run, not between implementations.
+# Vary from run to run, not between implementations.
+LOCAL_ADDR = re.compile(r"read tcp [0-9.]+:[0-9]+->")
 VOLATILE = re.compile(r" in [0-9.]+m?s \([0-9.]+m?s including waiting\)\. Image size: \d+ bytes\.")
 
 
@@ -82,6 +85,9 @@ SCENARIOS = [
         ("open", "conf/foreign", "1.0"),
         platforms=(OTHER,),
     ),
+    Scenario("registry-429", "{p429}/conf/app:1.0", ("open", "conf/app", "1.0")),
+    Scenario("registry-503", "{p503}/conf/app:1.0", ("open", "conf/app", "1.0")),
+    Scenario("connection-reset", "{preset}/conf/app:1.0", ("open", "conf/app", "1.0")),
     Scenario("invalid-name", "{open}/Conf/App:1.0"),
     Scenario("never-absent", "{open}/conf/app:absent", policy="Never"),
     Scenario(
@@ -96,6 +102,7 @@ SCENARIOS = [
 @dataclass
 class Record:
     transitions: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # distinct waiting messages, in order
     events: list[str] = field(default_factory=list)
 
 
@@ -120,6 +127,14 @@ def _state(cs: Any) -> str:
     return f"{cs.name}:?"
 
 
+def _waiting_texts(pod: Any) -> list[str]:
+    return [
+        cs.state.waiting.message or ""
+        for cs in (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
+        if cs.state.waiting
+    ]
+
+
 def _snapshot(pod: Any) -> str:
     st = pod.status
     parts = [st.phase or "?"]
@@ -128,12 +143,28 @@ def _snapshot(pod: Any) -> str:
     return " ".join(parts)
 
 
+def _normalise(text: str, hosts: dict[str, str]) -> str:
+    text = VOLATILE.sub(" in D (D including waiting). Image size: N bytes.", text)
+    text = LOCAL_ADDR.sub("read tcp L->", text)
+    for h in hosts.values():
+        text = text.replace(h, "H")
+    return text
+
+
 def run_all(sb: Any) -> dict[str, Record]:
     """Create every scenario's pod in a fresh namespace and record them side by side."""
     api = config.new_client_from_config(config_file=str(sb.kubeconfig))
     core = client.CoreV1Api(api)
     regs = sb.registries
     hosts = {r.name: r.host for r in regs.all()}
+    proxies = []
+    for mode, key in (("status_429", "p429"), ("status_503", "p503"), ("reset", "preset")):
+        px = FaultProxy(regs.open.url)
+        px.start()
+        px.set_mode(mode, match="/manifests/")
+        sb.trust_http(px.host_port)
+        proxies.append(px)
+        hosts[key] = px.host_port
     ns = f"conf-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     wait_for(lambda: core.read_namespaced_service_account("default", ns), "default SA")
@@ -181,18 +212,22 @@ def run_all(sb: Any) -> dict[str, Record]:
             rec = records[pod.metadata.name]
             if not rec.transitions or rec.transitions[-1] != snap:
                 rec.transitions.append(snap)
+            for text in _waiting_texts(pod):
+                text = _normalise(text, hosts)
+                if text and text not in rec.messages:
+                    rec.messages.append(text)
         time.sleep(0.1)
     evs = [e for e in core.list_namespaced_event(ns).items if e.source.component == "kubelet"]
     evs.sort(key=lambda e: (e.first_timestamp or e.event_time, e.metadata.creation_timestamp))
     for e in evs:
-        msg = VOLATILE.sub(" in D (D including waiting). Image size: N bytes.", e.message or "")
-        for h in hosts.values():
-            msg = msg.replace(h, "H")
+        msg = _normalise(e.message or "", hosts)
         line = f"{e.type}/{e.reason}: {msg}"
         rec = records[e.involved_object.name]
         if line not in rec.events:
             rec.events.append(line)
     core.delete_namespace(ns)
+    for px in proxies:
+        px.stop()
     for rec in records.values():
         # A 0.1 s poll may or may not catch the first status writes (bare Pending, then
         # ContainerCreating for a pod without init containers): timing, not behaviour.
@@ -211,6 +246,7 @@ def test_emulator_matches_the_kubelet(sandbox: Any, emulated: Any) -> None:
     for sc in SCENARIOS:
         for aspect, a, b in (
             ("transitions", real[sc.name].transitions, emu[sc.name].transitions),
+            ("messages", real[sc.name].messages, emu[sc.name].messages),
             ("events", real[sc.name].events, emu[sc.name].events),
         ):
             same = a == b

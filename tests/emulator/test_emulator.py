@@ -129,9 +129,17 @@ def test_node_is_registered_ready_with_lease(core: Any, emulator: Any) -> None:
     assert node.status.capacity["pods"] in ("11000", "11k")  # the apiserver canonicalises
     from kubernetes import client
 
-    lease: Any = client.CoordinationV1Api(core.api_client).read_namespaced_lease(
-        NODE, "kube-node-lease"
-    )
+    leases = client.CoordinationV1Api(core.api_client)
+
+    def lease_now() -> Any:  # the Lease follows the Node's registration
+        try:
+            return leases.read_namespaced_lease(NODE, "kube-node-lease")
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    lease: Any = wait_for(lease_now, 30, "node Lease")
     assert lease.spec.holder_identity == NODE
 
 
