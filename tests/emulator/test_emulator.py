@@ -119,7 +119,8 @@ def repo() -> str:
 
 
 def test_node_is_registered_ready_with_lease(core: Any, emulator: Any) -> None:
-    node = wait_for(lambda: _node(core), 30, "node")
+    # This runs first on a fresh emulated sandbox: the Node exists before its status does.
+    node = wait_for(lambda: (n := _node(core)) and n.status.conditions and n, 30, "node status")
     labels = node.metadata.labels
     assert labels["kubernetes.io/os"] == "linux"
     assert labels["kubernetes.io/arch"] == "amd64"
