@@ -30,12 +30,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sb = env.start(state, time_scale=args.time_scale)
+    sb = env.start(state, time_scale=args.time_scale, node=args.node)
     (state / "ready").write_text("ok")
     try:
         while not stop.wait(1.0):
             if sb.emulator is not None and sb.emulator.poll() is not None:
                 print("node emulator exited; see logs/emulator.log", file=sys.stderr)
+                break
+            if sb.node is not None and not sb.node.alive():
+                print("the real node exited; see logs/kubelet.log", file=sys.stderr)
                 break
     finally:
         (state / "ready").unlink(missing_ok=True)
@@ -67,6 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "serve",
             "--time-scale",
             str(args.time_scale),
+            *(["--node", args.node] if args.node else []),
         ],
         state / "serve.log",
         env=env_vars,
@@ -75,6 +79,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     (state / "serve.pid").write_text(str(proc.pid))
     procs.wait_until(lambda: (state / "ready").exists(), "sandbox", 300, proc, state / "serve.log")
     print(f"sandbox up in {time.monotonic() - t0:.1f}s")
+    node = json.loads((state / "sandbox.json").read_text())["node"]
+    if node["kind"] == "real":
+        print(f"node: real kubelet {node['kubelet']} on containerd {node['containerd']}")
+    else:
+        why = node.get("fallback_reason")
+        print("node: emulator" + (f" (no real node: {why})" if why else ""))
     print(f"kubeconfig: {state / 'cluster' / 'kubeconfig'}")
     return 0
 
@@ -95,7 +105,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     for name in ("operator.pid", "serve.pid"):
         pid_file = state / name
         if pid_file.exists():
-            procs.kill_pid(int(pid_file.read_text()))
+            # A real node needs a few seconds to undo its host state after SIGTERM.
+            procs.kill_pid(int(pid_file.read_text()), patience=60)
             pid_file.unlink()
     (state / "ready").unlink(missing_ok=True)
     return 0
@@ -133,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             "--time-scale",
             type=float,
             default=1.0,
-            help="kubelet back-off multiplier (1.0 = real timing)",
+            help="emulated kubelet back-off multiplier (1.0 = real timing)",
+        )
+        sp.add_argument(
+            "--node",
+            choices=("real", "emulator"),
+            default=None,
+            help="real kubelet (default, or PULLMEDIC_NODE) or the node emulator",
         )
         sp.set_defaults(fn=fn)
     args = p.parse_args(argv)

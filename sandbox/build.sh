@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compile the sandbox's control plane and registry from their Go modules into a cache
-# outside git. Each component is built once per pinned version; a warm cache is a no-op.
+# Compile the sandbox's control plane, node programs and registry from their Go modules
+# into a cache outside git. Each component is built once per pinned version; a warm cache
+# is a no-op.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
@@ -22,8 +23,12 @@ build_etcd() {
 }
 
 build_kubernetes() {
+  # One wrapper module per version for the control plane and the node: kube-apiserver,
+  # kube-controller-manager, kube-scheduler and kubelet. Only missing binaries are built.
   local out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-  [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && return 0
+  local want="kube-apiserver kube-controller-manager kube-scheduler kubelet" missing="" c
+  for c in $want; do [ -x "$out/$c" ] || missing="$missing $c"; done
+  [ -z "$missing" ] && return 0
   local src="$cache/src/kubernetes-$KUBERNETES_VERSION"; mkdir -p "$src"
   (cd "$src"
    if [ ! -f go.mod ]; then
@@ -38,18 +43,28 @@ build_kubernetes() {
        echo "replace k8s.io/$m => k8s.io/$m $KUBERNETES_STAGING_VERSION" >> go.mod
      done
    fi
-   go get "k8s.io/kubernetes@$KUBERNETES_VERSION" \
-     "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" \
-     "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBERNETES_VERSION"
+   local pkgs=("k8s.io/kubernetes@$KUBERNETES_VERSION")
+   for c in $missing; do pkgs+=("k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"); done
+   go get "${pkgs[@]}"
    local minor; minor="$(echo "$KUBERNETES_VERSION" | cut -d. -f2)"
    local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
      -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
      -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
-   for c in kube-apiserver kube-controller-manager; do
+   for c in $missing; do
      [ -x "$out.tmp/$c" ] && continue
      log "compiling $c $KUBERNETES_VERSION (slow on a cold cache)"
      go build -trimpath -ldflags "$ld" -o "$out.tmp/$c" "k8s.io/kubernetes/cmd/$c"
    done)
+  mkdir -p "$out"
+  for c in $missing; do mv "$out.tmp/$c" "$out/$c"; done
+  rmdir "$out.tmp"
+}
+
+build_pause() {
+  # The pod sandbox ("pause") program, pushed as the node's sandbox image at start.
+  local out="$cache/bin/pause-$PAUSE_VERSION"
+  [ -x "$out/pause" ] && return 0
+  (cd "$here/pause" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/pause" .)
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
@@ -61,7 +76,7 @@ build_registry() {
 }
 
 start=$(date +%s)
-for c in "${@:-etcd registry kubernetes}"; do
+for c in "${@:-etcd registry kubernetes pause}"; do
   for one in $c; do
     t0=$(date +%s); log "$one: start"
     "build_$one"

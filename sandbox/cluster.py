@@ -1,5 +1,7 @@
 """A real control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
+The scheduler runs with the real node (:mod:`sandbox.node`); the emulator binds pods itself.
+
 The behaviours pullmedic depends on (ServiceAccount admission copying pull secrets, the
 controllers recreating pods, RBAC, CRD validation) come from the real programs.
 """
@@ -110,7 +112,10 @@ def write_kubeconfig(
     return path
 
 
-def start_cluster(state: Path, *, tie: bool = True) -> Cluster:
+def start_cluster(
+    state: Path, *, tie: bool = True, extra_controllers: tuple[str, ...] = ()
+) -> Cluster:
+    """``extra_controllers``: e.g. the node-lifecycle controller a real kubelet needs."""
     state.mkdir(parents=True, exist_ok=True)
     logs = state / "logs"
     keys = pki.generate(state / "pki")
@@ -125,7 +130,7 @@ def start_cluster(state: Path, *, tie: bool = True) -> Cluster:
         pki=keys,
     )
     try:
-        _start(cluster, logs, etcd_port, etcd_peer, api_port, kcm_port, tie)
+        _start(cluster, logs, etcd_port, etcd_peer, api_port, kcm_port, tie, extra_controllers)
     except BaseException:
         cluster.stop()
         raise
@@ -140,6 +145,7 @@ def _start(
     api_port: int,
     kcm_port: int,
     tie: bool,
+    extra_controllers: tuple[str, ...] = (),
 ) -> None:
     state, keys = cluster.state, cluster.pki
     etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -187,12 +193,17 @@ def _start(
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={keys.sa_pub}",
             f"--service-account-signing-key-file={keys.sa_key}",
-            "--authorization-mode=RBAC",
+            # Node + NodeRestriction: a real kubelet gets exactly a node's rights.
+            "--authorization-mode=Node,RBAC",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={keys.admin_cert}",
+            f"--kubelet-client-key={keys.admin_key}",
             f"--token-auth-file={token_file}",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,LimitRanger,"
-            "DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            "DefaultStorageClass,ResourceQuota,NodeRestriction,MutatingAdmissionWebhook,"
+            "ValidatingAdmissionWebhook",
             "--v=1",
         ],
         logs / "kube-apiserver.log",
@@ -221,7 +232,7 @@ def _start(
             f"--root-ca-file={keys.ca_cert}",
             "--leader-elect=false",
             "--use-service-account-credentials=false",
-            f"--controllers={CONTROLLERS}",
+            f"--controllers={','.join([CONTROLLERS, *extra_controllers])}",
             "--concurrent-deployment-syncs=10",
             "--concurrent-replicaset-syncs=10",
             "--kube-api-qps=200",

@@ -1,8 +1,10 @@
 """The demo: broken workloads go in, healed ones come out — on the real sandbox.
 
-`python -m sandbox.demo [--keep]` starts the sandbox (kubelet back-off at real timing),
-installs the CRDs and a ClusterPullPolicy, breaks five workloads in five ways, starts the
-operator as its own process and reports live until every fixable workload runs.
+`python -m sandbox.demo [--keep]` starts the sandbox with a real kubelet (or, where a
+machine cannot run one, the emulator, and says so), installs the CRDs and a
+ClusterPullPolicy, breaks five workloads in five ways, starts the operator as its own
+process and reports live until every fixable workload runs. The table shows the kubelet's
+own latest Event next to pullmedic's.
 """
 
 from __future__ import annotations
@@ -164,13 +166,14 @@ def start_operator(state: Path, info: dict[str, Any], api: client.ApiClient) -> 
     return proc
 
 
-def _last_event(core: client.CoreV1Api, name: str) -> str:
+def _last_event(core: client.CoreV1Api, name: str, component: str = "pullmedic") -> str:
+    """Latest Event from ``component`` about the workload or one of its pods."""
     evs = [
         e
         for e in core.list_namespaced_event(NS).items
-        if e.source.component == "pullmedic" and e.involved_object.name.startswith(name)
+        if e.source.component == component and e.involved_object.name.startswith(name)
     ]
-    evs.sort(key=lambda e: e.metadata.creation_timestamp)
+    evs.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
     return f"{evs[-1].reason}: {evs[-1].message}" if evs else ""
 
 
@@ -185,14 +188,30 @@ def watch(api: client.ApiClient, cases: list[Case], timeout: float) -> list[list
     last = ""
     rows: list[list[str]] = []
     while True:
-        rows = [["WORKLOAD", "READY", "TIME TO RUNNING", "EXPECTED", "LAST PULLMEDIC EVENT"]]
+        rows = [
+            [
+                "WORKLOAD",
+                "READY",
+                "TIME TO RUNNING",
+                "EXPECTED",
+                "LAST KUBELET EVENT",
+                "LAST PULLMEDIC EVENT",
+            ]
+        ]
         for c in cases:
             up = len(running_pods(core, NS, f"app={c.name}"))
             if up == c.replicas and c.running_at is None:
                 c.running_at = time.monotonic()
             ttr = f"{c.running_at - c.started:.1f}s" if c.running_at else "-"
             rows.append(
-                [c.name, f"{up}/{c.replicas}", ttr, c.expect, _last_event(core, c.name)[:90]]
+                [
+                    c.name,
+                    f"{up}/{c.replicas}",
+                    ttr,
+                    c.expect,
+                    _last_event(core, c.name, "kubelet")[:70],
+                    _last_event(core, c.name)[:70],
+                ]
             )
         text = table(rows)
         if text != last:
@@ -225,9 +244,15 @@ def main(argv: list[str] | None = None) -> int:
         cases, extra = prepare(info)
         start_operator(state, info, api)
         apply(api, cases, extra)
+        node = info["node"]
+        if node["kind"] == "real":
+            where = f"a real kubelet {node['kubelet']} on containerd {node['containerd']}"
+        else:
+            why = node.get("fallback_reason")
+            where = "the node emulator" + (f" (no real node here: {why})" if why else "")
         print(
-            f"Broke {len(cases)} workloads in namespace {NS}; pullmedic is healing them "
-            "(kubelet back-off at real timing: 10s doubling to 300s)."
+            f"Broke {len(cases)} workloads in namespace {NS} on {where}; pullmedic is "
+            "healing them (kubelet back-off at real timing: 10s doubling to 300s)."
         )
         rows = watch(api, cases, args.timeout)
         ok = all(c.running_at for c in cases if c.fixable)

@@ -40,6 +40,9 @@ from typing import Any
 
 import httpx
 
+from sandbox.creds import Keyring, PullSecret, SecretUnreadable
+from sandbox.imageref import InvalidReference, Reference
+from sandbox.imageref import parse as parse_reference
 from sandbox.pull import Puller, PullError, PullResult, Target
 
 log = logging.getLogger("sandbox.emulator")
@@ -47,6 +50,9 @@ log = logging.getLogger("sandbox.emulator")
 IMAGE_BACKOFF_INITIAL = 10.0  # imageBackOffPeriod
 IMAGE_BACKOFF_MAX = 300.0  # MaxImageBackOff
 WORKER_BACKOFF = 10.0  # pod worker requeue after a failed sync, jittered by up to 50 %
+# The real kubelet's PLEG relists every second and sees the pod's new sandbox, so a pod
+# whose first sync failed is synced again 1-2 s later (and shows ImagePullBackOff then).
+PLEG_RELIST = 1.0
 LEASE_DURATION = 40
 LEASE_RENEW = 10.0
 NODE_STATUS_REPORT = 60.0
@@ -233,6 +239,8 @@ class PodRecord:
     fingerprint: str = ""
     ctrs: dict[tuple[str, str], Ctr] = field(default_factory=dict)
     waiting: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # what the status shows: the waiting reasons as the previous sync left them
+    shown: dict[tuple[str, str], tuple[str, str]] | None = None
     restarts: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
     start_time: str | None = None
     pod_ip: str | None = None
@@ -241,6 +249,7 @@ class PodRecord:
     deleting: bool = False
     gone: bool = False
     adopted: bool = False
+    relisted: bool = False
 
     @property
     def namespace(self) -> str:
@@ -524,9 +533,9 @@ class ImageService:
 
 @dataclass
 class _PullCtx:
-    secrets: list[Any] | None = None  # pullmedic.keyring.PullSecret
-    keyring: Any = None
-    problems: list[Any] = field(default_factory=list)
+    secrets: list[PullSecret] | None = None
+    keyring: Keyring | None = None
+    error: str | None = None
     loaded: bool = False
 
 
@@ -1137,8 +1146,6 @@ class NodeEmulator:
 
     async def _pull_secrets(self, rec: PodRecord) -> _PullCtx:
         """``getPullSecretsForPod``: read each listed secret, warn about missing ones."""
-        from pullmedic.keyring import PullSecret
-
         pod = rec.pod
         ns = rec.namespace
         found: list[PullSecret] = []
@@ -1168,19 +1175,12 @@ class NodeEmulator:
     def _keyring(ctx: _PullCtx) -> str | None:
         """Build the pod's keyring once; returns the kubelet's error text if it fails."""
         if not ctx.loaded:
-            from pullmedic.keyring import Keyring
-
-            ctx.keyring, ctx.problems = Keyring.from_secrets(ctx.secrets or [])
+            try:
+                ctx.keyring = Keyring.from_secrets(ctx.secrets or [])
+            except SecretUnreadable as e:
+                ctx.error = str(e)
             ctx.loaded = True
-        for p in ctx.problems:
-            if getattr(p, "blocks_pull", False):
-                reason = str(getattr(p, "reason", "invalid pull secret"))
-                text = reason.split("; the kubelet fails", 1)[0]
-                for prefix in (".dockerconfigjson ", ".dockercfg "):
-                    if text.startswith(prefix):
-                        text = text[len(prefix) :]
-                return text
-        return None
+        return ctx.error
 
     # -- the sync ----------------------------------------------------------------------
 
@@ -1203,10 +1203,11 @@ class NodeEmulator:
         if rec.pod_ip is None:
             rec.pod_ip = self._alloc_ip(rec.uid)
 
-        if not rec.last_status:
-            # The kubelet writes the pod's status as it starts syncing it: ContainerCreating /
-            # PodInitializing while the first pulls run.
-            await self._write_status(rec)
+        # The kubelet writes the status it computed from its previous sync as a sync starts:
+        # ContainerCreating / PodInitializing while the first pulls run, and later a waiting
+        # reason one sync (1-15 s) after the Events that announced it.
+        rec.shown = dict(rec.waiting)
+        await self._write_status(rec)
         ctx = await self._pull_secrets(rec)
         retry = False
 
@@ -1255,7 +1256,10 @@ class NodeEmulator:
         if rec.gone:
             return
         await self._write_status(rec)
-        if retry:
+        if retry and not rec.relisted:
+            rec.relisted = True
+            self._requeue_after(rec, PLEG_RELIST * (1.0 + random.random()) * self.time_scale)
+        elif retry:
             self._requeue_after(rec, self._worker_backoff())
         await self._report_node_status()
 
@@ -1315,8 +1319,8 @@ class NodeEmulator:
         rec.waiting.pop(key, None)
         restart_count, last = rec.restarts.pop(key, (0, {}))
         cid = _cid()
-        await self.events.emit(ref, "Normal", "Created", f"Created container: {name}")
-        await self.events.emit(ref, "Normal", "Started", f"Started container {name}")
+        await self.events.emit(ref, "Normal", "Created", "Container created")
+        await self.events.emit(ref, "Normal", "Started", "Container started")
         started = now_rfc3339()
         ctr = Ctr(
             image=str(c.get("image")),
@@ -1336,8 +1340,6 @@ class NodeEmulator:
         self, rec: PodRecord, c: Mapping[str, Any], kind: str, ctx: _PullCtx
     ) -> tuple[bool, str, str, CachedImage | None]:
         """``imageManager.EnsureImageExists`` -> (ok, waiting reason, message, image)."""
-        from pullmedic.reference import InvalidReference
-
         pod = rec.pod
         image = str(c.get("image") or "")
         ref = container_ref(pod, kind, str(c.get("name")))
@@ -1468,11 +1470,9 @@ class NodeEmulator:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_image(image: str) -> Any:
-    """``pullmedic.reference.parse``, memoised: thousands of pods share few images."""
-    from pullmedic.reference import parse
-
-    return parse(image)
+def _parse_image(image: str) -> Reference:
+    """The kubelet's parse, memoised: thousands of pods share few images."""
+    return parse_reference(image)
 
 
 def _cid() -> str:
@@ -1518,7 +1518,7 @@ def _container_status(
             "started": started,
         }
     else:
-        waiting = rec.waiting.get(key)
+        waiting = (rec.waiting if rec.shown is None else rec.shown).get(key)
         if init_pending and kind != "ephemeral":
             waiting = waiting if (kind == "init" and waiting) else ("PodInitializing", "")
         if waiting is None:
@@ -1559,7 +1559,9 @@ def build_status(rec: PodRecord, node: str) -> dict[str, Any]:
     init_statuses: list[dict[str, Any]] = []
     pending = False
     for c in inits:
-        init_statuses.append(_container_status(rec, "init", c, pending))
+        # A pod with init containers starts every status at PodInitializing (the kubelet's
+        # default waiting state), init containers included.
+        init_statuses.append(_container_status(rec, "init", c, True))
         if ("init", str(c.get("name"))) not in rec.ctrs:
             pending = True
     app = sorted(

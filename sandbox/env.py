@@ -1,4 +1,10 @@
-"""One sandbox = control plane + registries + node emulator, shared by tests, demo and bench."""
+"""One sandbox = control plane + registries + a node, shared by tests, demo and bench.
+
+The node is real (kubelet + containerd, :mod:`sandbox.node`) by default, so tests and the
+demo see the kubelet's own pulls, back-off and Events; the emulator
+(:mod:`sandbox.emulator`) stands in where one machine cannot hold the real thing
+(benchmarks with thousands of pods) or cannot run a kubelet at all, and says so.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,17 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox import paths, procs
 from sandbox.cluster import Cluster, start_cluster
+from sandbox.images import host_platform, push_pause
 from sandbox.registries import RegistrySet, start_registries
 
 DEFAULT_PLATFORM = "linux/amd64"
+NODE_NAME = "sandbox-node"
 
 
 @dataclass
@@ -24,18 +32,36 @@ class Sandbox:
     registries: RegistrySet
     emulator: subprocess.Popen[bytes] | None
     time_scale: float
+    node: Any = None  # sandbox.node.RealNode when the node is real
+    node_note: str = ""  # why the emulator stands in, when it does
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
         return self.cluster.kubeconfig
 
+    @property
+    def node_kind(self) -> str:
+        return "real" if self.node is not None else "emulator"
+
+    def trust_http(self, host: str) -> None:
+        """A registry (or proxy) the node may pull from over plain http."""
+        if self.node is not None:
+            self.node.trust_http(host)
+
     def describe(self) -> dict[str, Any]:
+        node: dict[str, Any] = {"kind": self.node_kind, "name": NODE_NAME}
+        if self.node is not None:
+            node.update(self.facts)
+        elif self.node_note:
+            node["fallback_reason"] = self.node_note
         return {
             "kubeconfig": str(self.cluster.kubeconfig),
             "api_url": self.cluster.api_url,
             "ca_file": str(self.cluster.pki.ca_cert),
-            "time_scale": self.time_scale,
-            "node_platform": DEFAULT_PLATFORM,
+            "node": node,
+            "time_scale": self.time_scale if self.node is None else 1.0,
+            "node_platform": host_platform() if self.node is not None else DEFAULT_PLATFORM,
             "token_url": self.registries.token_url,
             "registries": {
                 r.name: {"host": r.host, "url": r.url, "users": r.users}
@@ -48,6 +74,9 @@ class Sandbox:
         if self.emulator is not None:
             procs.stop(self.emulator)
             self.emulator = None
+        if self.node is not None:
+            node, self.node = self.node, None
+            node.stop()
         self.registries.stop()
         self.cluster.stop()
 
@@ -59,12 +88,11 @@ def start_emulator(
     time_scale: float,
     platform: str = DEFAULT_PLATFORM,
     tie: bool = True,
-    node: str = "sandbox-node",
+    node: str = NODE_NAME,
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(paths.REPO), str(paths.REPO / "operator"), env.get("PYTHONPATH", "")]
-    )
+    # Only the repository root: the emulator must not see (or import) the operator's code.
+    env["PYTHONPATH"] = os.pathsep.join([str(paths.REPO), env.get("PYTHONPATH", "")])
     return procs.spawn(
         [
             sys.executable,
@@ -85,10 +113,36 @@ def start_emulator(
     )
 
 
-def start(state: Path, *, time_scale: float = 1.0, emulator: bool = True) -> Sandbox:
-    """Start every part, tied to this process so nothing outlives it."""
+def choose_node(node: str | None) -> tuple[str, str]:
+    """("real"|"emulator", why not real): the argument, else PULLMEDIC_NODE, else real."""
+    from sandbox.node import prerequisites
+
+    kind = node or os.environ.get("PULLMEDIC_NODE") or "real"
+    if kind not in ("real", "emulator"):
+        raise ValueError(f"node must be 'real' or 'emulator', not {kind!r}")
+    if kind == "emulator":
+        return kind, ""
+    problems = prerequisites()
+    return ("emulator", "; ".join(problems)) if problems else ("real", "")
+
+
+def start(
+    state: Path, *, time_scale: float = 1.0, emulator: bool = True, node: str | None = None
+) -> Sandbox:
+    """Start every part, tied to this process so nothing outlives it.
+
+    ``node``: "real" (default) or "emulator"; ``PULLMEDIC_NODE`` overrides the default.
+    A real node that cannot run here falls back to the emulator with a printed line.
+    ``emulator=False`` starts no emulator (the caller runs its own).
+    """
+    from sandbox.node import NodeUnavailable, start_node
+
     state.mkdir(parents=True, exist_ok=True)
-    cluster = start_cluster(state / "cluster")
+    kind, note = choose_node(node)
+    cluster = start_cluster(
+        state / "cluster",
+        extra_controllers=("node-lifecycle-controller",) if kind == "real" else (),
+    )
     try:
         registries = start_registries(state / "registries")
     except BaseException:
@@ -96,7 +150,22 @@ def start(state: Path, *, time_scale: float = 1.0, emulator: bool = True) -> San
         raise
     sb = Sandbox(state, cluster, registries, None, time_scale)
     try:
-        if emulator:
+        if kind == "real":
+            try:
+                sb.node = start_node(
+                    cluster,
+                    [r.host for r in registries.all()],
+                    push_pause(registries.open),
+                    state / "logs",
+                    name=NODE_NAME,
+                )
+                sb.facts = {**sb.node.facts(), "start_seconds": round(sb.node.started_in, 1)}
+            except NodeUnavailable as e:
+                note = str(e)
+        if sb.node is None and note:
+            print(f"[sandbox] no real node ({note}); using the node emulator", file=sys.stderr)
+        sb.node_note = note
+        if sb.node is None and emulator:
             sb.emulator = start_emulator(
                 cluster.kubeconfig, state / "logs" / "emulator.log", time_scale=time_scale
             )

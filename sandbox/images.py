@@ -1,24 +1,30 @@
 """Push real (tiny) images to the sandbox registries over the registry HTTP API.
 
-No docker/skopeo needed: blobs (a gzip tar layer and a real image config), then per-platform
+No docker/skopeo needed: blobs (gzip tar layers and a real image config), then per-platform
 manifests, then optionally an OCI index or Docker manifest list, exactly as a build tool
-would. Pushing goes through the same auth the registry enforces (Basic, or a push-scoped
+would. Variants for the machine's own platform are runnable on the real node: a
+busybox-static userland layer under the image's own small layer, ``sleep`` as command.
+Pushing goes through the same auth the registry enforces (Basic, or a push-scoped
 Bearer token from the realm), so the auth setup itself gets exercised.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
 import json
 import os
+import platform as _host
 import random
 import re
+import subprocess
 import tarfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin
 
@@ -67,6 +73,69 @@ class Platform:
         if self.variant:
             out["variant"] = self.variant
         return out
+
+
+def host_platform() -> str:
+    """``os/arch`` of this machine as OCI spells it: the real node's own platform."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+    machine = _host.machine()
+    return f"linux/{arch.get(machine, machine)}"
+
+
+BUSYBOX = Path("/bin/busybox")
+ROOTFS_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root")
+# PID 1 of a test container: runs until killed (workloads use terminationGracePeriodSeconds 0).
+RUN_CMD = ["/bin/sleep", "86400"]
+
+
+def _tar_gz(add: Any) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar)
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0), sha256_digest(raw)
+
+
+def _dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 0
+    tar.addfile(info)
+
+
+def _file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+@functools.lru_cache(maxsize=1)
+def userland_layer() -> tuple[bytes, str]:
+    """Debian's busybox-static as a root filesystem: /bin/busybox plus one link per applet.
+
+    Built once per process and identical every time, so registries store it once per repo.
+    """
+    if not BUSYBOX.exists():
+        raise FileNotFoundError(f"{BUSYBOX} is missing: install Debian's busybox-static")
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.split()
+    binary = BUSYBOX.read_bytes()
+
+    def add(tar: tarfile.TarFile) -> None:
+        for d in ROOTFS_DIRS:
+            _dir(tar, d)
+        _dir(tar, "tmp", 0o1777)
+        _file(tar, "bin/busybox", binary, 0o755)
+        _file(tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:\n")
+        _file(tar, "etc/group", b"root:x:0:\nnogroup:x:65534:\n")
+        for path in sorted(set(applets)):
+            if path == "bin/busybox" or "/" not in path:
+                continue
+            info = tarfile.TarInfo(path)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, "/bin/busybox", 0
+            tar.addfile(info)
+
+    return _tar_gz(add)
 
 
 # --- auth ----------------------------------------------------------------------------
@@ -145,14 +214,7 @@ def _client(registry: Registry, repo: str, actions: str) -> httpx.Client:
 def _layer(size: int, rng: random.Random, label: str) -> tuple[bytes, str]:
     """A gzip tar with one file of ``size`` bytes; returns (blob, diff_id)."""
     payload = rng.randbytes(size)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(f"sandbox/{label}.bin")
-        info.size = len(payload)
-        info.mtime = 0
-        tar.addfile(info, io.BytesIO(payload))
-    raw = buf.getvalue()
-    return gzip.compress(raw, mtime=0), sha256_digest(raw)
+    return _tar_gz(lambda tar: _file(tar, f"sandbox/{label}.bin", payload))
 
 
 def _upload_blob(client: httpx.Client, repo: str, data: bytes, chunk_size: int | None) -> str:
@@ -217,22 +279,25 @@ def _push_platform_image(
     size: int,
     rng: random.Random,
     chunk_size: int | None,
+    runnable: bool = False,
 ) -> tuple[bytes, str]:
-    """Layer + config + manifest for one platform; returns (manifest bytes, media type)."""
-    layer, diff_id = _layer(size, rng, f"{plat.os}-{plat.architecture}{plat.variant or ''}")
+    """Layers + config + manifest for one platform; returns (manifest bytes, media type)."""
+    layers = [userland_layer()] if runnable else []
+    layers.append(_layer(size, rng, f"{plat.os}-{plat.architecture}{plat.variant or ''}"))
     config: dict[str, Any] = {
         "created": "2024-01-01T00:00:00Z",
         **plat.as_json(),
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh"],
+            "Cmd": RUN_CMD if runnable else ["/bin/sh"],
             "Labels": {"org.opencontainers.image.source": "pullmedic-sandbox"},
         },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
         "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "sandbox/images.py"}],
     }
     config_bytes = _canonical(config)
-    _upload_blob(client, repo, layer, chunk_size)
+    for layer, _ in layers:
+        _upload_blob(client, repo, layer, chunk_size)
     _upload_blob(client, repo, config_bytes, chunk_size)
     media, cfg_media, layer_media = (
         (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
@@ -243,7 +308,7 @@ def _push_platform_image(
         "schemaVersion": 2,
         "mediaType": media,
         "config": _descriptor(cfg_media, config_bytes),
-        "layers": [_descriptor(layer_media, layer)],
+        "layers": [_descriptor(layer_media, layer) for layer, _ in layers],
     }
     return _canonical(manifest), media
 
@@ -298,6 +363,7 @@ def push_image(
     manifest_format: Format | None = None,
     chunk_size: int | None = None,
     seed: str | None = None,
+    runnable: bool = True,
 ) -> str:
     """Push an image and tag it; returns the digest of what the tag points at.
 
@@ -306,6 +372,8 @@ def push_image(
     and an OCI index / Docker manifest list over them; ``attestation`` adds a BuildKit-style
     unknown/unknown attestation entry per platform. ``chunk_size`` switches blob upload
     from monolithic to PATCH chunks. Content is random unless ``seed`` makes it repeatable.
+    ``runnable`` puts the busybox userland under the variant for this machine's platform
+    (when busybox-static is installed), so the real node can run it.
     """
     plats = [Platform.parse(p) for p in platforms]
     if not plats:
@@ -314,14 +382,24 @@ def push_image(
         raise ValueError("index='none' pushes exactly one platform and no attestation")
     fmt: Format = manifest_format or ("docker" if index == "docker" else "oci")
     rng = random.Random(seed) if seed is not None else random.Random(os.urandom(16))
+    own = Platform.parse(host_platform())
+    runnable = runnable and BUSYBOX.exists()
+
+    def runs(plat: Platform) -> bool:
+        return runnable and (plat.os, plat.architecture) == (own.os, own.architecture)
+
     with _client(registry, repo, "pull,push") as client:
         if index == "none":
-            body, media = _push_platform_image(client, repo, plats[0], fmt, size, rng, chunk_size)
+            body, media = _push_platform_image(
+                client, repo, plats[0], fmt, size, rng, chunk_size, runs(plats[0])
+            )
             return _put_manifest(client, repo, tag, body, media)
         entries: list[dict[str, Any]] = []
         attestations: list[dict[str, Any]] = []
         for plat in plats:
-            body, media = _push_platform_image(client, repo, plat, fmt, size, rng, chunk_size)
+            body, media = _push_platform_image(
+                client, repo, plat, fmt, size, rng, chunk_size, runs(plat)
+            )
             digest = _put_manifest(client, repo, sha256_digest(body), body, media)
             entries.append(_descriptor(media, body, platform=plat.as_json()))
             if attestation:
@@ -341,6 +419,36 @@ def push_image(
         list_media = OCI_INDEX if index == "oci" else DOCKER_LIST
         top = {"schemaVersion": 2, "mediaType": list_media, "manifests": entries + attestations}
         return _put_manifest(client, repo, tag, _canonical(top), list_media)
+
+
+def push_pause(registry: Registry, repo: str = "pause", tag: str = "sandbox") -> str:
+    """The sandbox's pause program as a one-layer image; returns its reference."""
+    from sandbox.paths import binary
+
+    program = binary("pause").read_bytes()
+    layer, diff_id = _tar_gz(lambda tar: _file(tar, "pause", program, 0o755))
+    plat = Platform.parse(host_platform())
+    config = _canonical(
+        {
+            "created": "2024-01-01T00:00:00Z",
+            **plat.as_json(),
+            "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    )
+    with _client(registry, repo, "pull,push") as client:
+        _upload_blob(client, repo, layer, None)
+        _upload_blob(client, repo, config, None)
+        manifest = _canonical(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": _descriptor(OCI_CONFIG, config),
+                "layers": [_descriptor(OCI_LAYER, layer)],
+            }
+        )
+        _put_manifest(client, repo, tag, manifest, OCI_MANIFEST)
+    return f"{registry.host}/{repo}:{tag}"
 
 
 def resolve(registry: Registry, repo: str, ref: str) -> str:

@@ -31,13 +31,14 @@ def binary(name: str) -> Path:
         "etcd": f"etcd-{v['ETCD_VERSION']}",
         "kube-apiserver": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-controller-manager": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kube-scheduler": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kubelet": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "pause": f"pause-{v['PAUSE_VERSION']}",
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():
-        component = {"kube-apiserver": "kubernetes", "kube-controller-manager": "kubernetes"}.get(
-            name, name
-        )
+        component = "kubernetes" if name.startswith("kube") else name
         subprocess.run(["bash", str(HERE / "build.sh"), component], check=True)
     return path
 

@@ -99,8 +99,12 @@ def _kill_leftovers() -> None:
         stop(proc, timeout=5)
 
 
-def kill_pid(pid: int) -> None:
-    """Stop a process we did not start in this interpreter (``sandbox down``)."""
+def kill_pid(pid: int, patience: float = 5.0) -> None:
+    """Stop a process we did not start in this interpreter (``sandbox down``).
+
+    SIGTERM, then SIGKILL after ``patience`` seconds. A child of ours that exited is reaped
+    (an unreaped zombie would otherwise look alive for the whole wait).
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -109,12 +113,21 @@ def kill_pid(pid: int) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 return
-        for _ in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        for _ in range(int(patience * 10)):
+            if _gone(pid):
                 return
             time.sleep(0.1)
+
+
+def _gone(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def wait_until(

@@ -90,14 +90,11 @@ class RuntimeErr(Exception):
 
 
 class UnexpectedStatus(RuntimeErr):
-    """``remoteerrors.ErrUnexpectedStatus``."""
+    """``remoteerrors.ErrUnexpectedStatus`` as containerd 1.6 (the real node's) prints it:
+    ``unexpected status: 401 Unauthorized``, without method, URL or body (1.7 added them)."""
 
     def __init__(self, method: str, url: str, status: int, reason: str, body: bytes) -> None:
-        text = f"unexpected status from {method} request to {url}: {status} {reason}"
-        server = registry_error_text(body)
-        if server:
-            text += "\n" + server
-        super().__init__(text, "unexpected")
+        super().__init__(f"unexpected status: {status} {go_status(status, reason)}", "unexpected")
         self.status = status
 
 
@@ -213,6 +210,9 @@ def go_transport_error(method: str, url: str, exc: BaseException) -> str:
         inner = "net/http: timeout awaiting response headers"
     elif isinstance(exc, httpx.RemoteProtocolError):
         inner = "EOF"
+    elif isinstance(exc, httpx.ReadError) and "reset by peer" in text:
+        # Go names the local address too; the emulator does not know its port (0 here).
+        inner = f"read tcp 127.0.0.1:0->{hostport}: read: connection reset by peer"
     else:
         inner = str(exc) or exc.__class__.__name__
     return f'{op} "{url}": {inner}'
@@ -557,8 +557,9 @@ class _Authorizer:
                 return
             if c.scheme == "basic":
                 if not self.username or not self.secret:
+                    # containerd 1.6: no handler, so the 401 itself is what resolve sees.
                     raise RuntimeErr(
-                        "authorization failed: no basic auth credentials", "invalidauth"
+                        "failed to find supported auth scheme: not implemented", "notimplemented"
                     )
                 self.handlers[host] = _Handler("basic", username=self.username, secret=self.secret)
                 return
@@ -804,15 +805,22 @@ class Puller:
                         if prio < 2:
                             first, prio = RuntimeErr(f"{target.full}: not found", "notfound"), 2
                         continue
+                    # containerd 1.6 names the host and the path parts, Go %v of a slice.
+                    where = f"[{p.split('/')[-2]} {target.obj}]"
+                    status = f"{resp.status} {go_status(resp.status, resp.reason)}"
                     if resp.status > 399:
                         if prio < 3:
-                            first = UnexpectedStatus(
-                                resp.method, resp.url, resp.status, resp.reason, resp.body
+                            first = RuntimeErr(
+                                f"pulling from host {h.host} failed with status code "
+                                f"{where}: {status}",
+                                "unexpected",
                             )
                             prio = 3
                         continue
-                    raise UnexpectedStatus(
-                        resp.method, resp.url, resp.status, resp.reason, resp.body
+                    raise RuntimeErr(
+                        f"pulling from host {h.host} failed with unexpected status code "
+                        f"{where}: {status}",
+                        "unexpected",
                     )
                 ctype = resp.headers.get("content-type", "").split(";")[0].strip()
                 if ctype == "text/plain":

@@ -4,6 +4,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v go >/dev/null || { echo "Go >= 1.26 is required (https://go.dev/doc/install)" >&2; exit 1; }
+# The sandbox's real node runs on Debian's containerd, runc, CNI plugins and busybox (the
+# test images' userland). Installed only when missing; the node falls back to the emulator
+# where they cannot be installed (not root, no apt-get).
+node_pkgs=""
+for pkg in containerd runc containernetworking-plugins busybox-static; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || node_pkgs="$node_pkgs $pkg"
+done
+if [ -n "$node_pkgs" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing$node_pkgs"
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $node_pkgs >/dev/null \
+      || { apt-get update -q >/dev/null \
+           && apt-get install -y -q --no-install-recommends $node_pkgs >/dev/null; } \
+      || echo "[setup] apt-get failed: the sandbox will use the node emulator" >&2
+  else
+    echo "[setup] not installing$node_pkgs (needs root and apt-get): the sandbox will use the node emulator" >&2
+  fi
+fi
 py="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip

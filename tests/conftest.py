@@ -16,7 +16,8 @@ for p in (REPO, REPO / "operator"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-# Back-off under test runs 50x faster than the kubelet's (10 s -> 0.2 s).
+# The emulator's back-off under test runs 50x faster than the kubelet's (10 s -> 0.2 s);
+# the real node (the default) always runs at the kubelet's own timing.
 TIME_SCALE = float(os.environ.get("PULLMEDIC_TEST_TIME_SCALE", "0.02"))
 
 
@@ -44,6 +45,17 @@ def registries(sandbox: Any) -> Any:
 @pytest.fixture(scope="session")
 def emulator(sandbox: Any) -> Any:
     return sandbox.emulator
+
+
+@pytest.fixture(scope="session")
+def node(sandbox: Any) -> str:
+    """Which node runs the pods: "real" (kubelet) or "emulator" (fallback, or chosen)."""
+    return str(sandbox.node_kind)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    choice = os.environ.get("PULLMEDIC_NODE") or "real (PULLMEDIC_NODE=emulator to change)"
+    return f"sandbox node: {choice}"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The operator end to end: real apiserver, controller-manager, registries and node emulator.
+"""The operator end to end: real apiserver, controller-manager, registries and kubelet.
 
 State in (a broken workload and a policy), state out (a healed workload, its annotation,
 Events and the policy's status).
@@ -348,8 +348,8 @@ def test_init_container_statefulset_bare_pod_and_cronjob(
 
     # init container of a Deployment
     dep = deployment("init", good, replicas=1)
-    dep.spec.template.spec.init_containers = [
-        client.V1Container(name="setup", image=bad, image_pull_policy="Always")
+    dep.spec.template.spec.init_containers = [  # an init container must finish: `true`
+        client.V1Container(name="setup", image=bad, image_pull_policy="Always", command=["true"])
     ]
     apps.create_namespaced_deployment(namespace, dep)
     # StatefulSet

@@ -92,16 +92,11 @@ def test_pull_error_keeps_prefix_only_for_known_codes() -> None:
 
 
 def test_unexpected_status_text() -> None:
+    """containerd 1.6 (the real node's runtime) prints only the status."""
     e = UnexpectedStatus("HEAD", "http://h/v2/a/manifests/1", 403, "Forbidden", b"")
-    assert (
-        str(e) == "unexpected status from HEAD request to http://h/v2/a/manifests/1: 403 Forbidden"
-    )
-    body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}'
-    e2 = UnexpectedStatus("GET", "http://h/x", 429, "Too Many Requests", body)
-    assert str(e2).endswith(": 429 Too Many Requests\ntoomanyrequests: slow down")
-    # a token server's non-registry body is not echoed
-    e3 = UnexpectedStatus("GET", "http://t/token?x", 401, "Unauthorized", b'{"details":"no"}')
-    assert str(e3).endswith(": 401 Unauthorized")
+    assert str(e) == "unexpected status: 403 Forbidden"
+    e2 = UnexpectedStatus("GET", "http://t/token?x", 401, "", b'{"details":"no"}')
+    assert str(e2) == "unexpected status: 401 Unauthorized"
 
 
 def test_registry_error_text() -> None:
@@ -227,7 +222,9 @@ def test_authorizer_basic_without_credentials() -> None:
     az = _Authorizer(Puller(), None, "repository:a:pull")
     with pytest.raises(RuntimeErr) as exc:
         az.add_responses("r", [_resp('Basic realm="x"')])
-    assert exc.value.msg == "authorization failed: no basic auth credentials"
+    # containerd 1.6 has no handler then: resolve reports the 401 itself.
+    assert exc.value.msg == "failed to find supported auth scheme: not implemented"
+    assert exc.value.kind == "notimplemented"
     az2 = _Authorizer(Puller(), ("u", "p"), "repository:a:pull")
     az2.add_responses("r", [_resp('Basic realm="x"')])
     headers = asyncio.run(az2.authorize("r"))

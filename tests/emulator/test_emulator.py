@@ -119,7 +119,8 @@ def repo() -> str:
 
 
 def test_node_is_registered_ready_with_lease(core: Any, emulator: Any) -> None:
-    node = wait_for(lambda: _node(core), 30, "node")
+    # This runs first on a fresh emulated sandbox: the Node exists before its status does.
+    node = wait_for(lambda: (n := _node(core)) and n.status.conditions and n, 30, "node status")
     labels = node.metadata.labels
     assert labels["kubernetes.io/os"] == "linux"
     assert labels["kubernetes.io/arch"] == "amd64"
@@ -129,9 +130,17 @@ def test_node_is_registered_ready_with_lease(core: Any, emulator: Any) -> None:
     assert node.status.capacity["pods"] in ("11000", "11k")  # the apiserver canonicalises
     from kubernetes import client
 
-    lease: Any = client.CoordinationV1Api(core.api_client).read_namespaced_lease(
-        NODE, "kube-node-lease"
-    )
+    leases = client.CoordinationV1Api(core.api_client)
+
+    def lease_now() -> Any:  # the Lease follows the Node's registration
+        try:
+            return leases.read_namespaced_lease(NODE, "kube-node-lease")
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    lease: Any = wait_for(lease_now, 30, "node Lease")
     assert lease.spec.holder_identity == NODE
 
 
@@ -215,12 +224,9 @@ def test_bearer_registry_auth_flows(
     bad = pull_secret(core, namespace, reg.host, "bob", "wrong")
     wrong = make_pod(core, namespace, image, secrets=(bad,))
     msg = waiting(core, namespace, wrong, "ErrImagePull").message
-    assert (
-        "failed to authorize: failed to fetch oauth token: unexpected status from GET request to "
-        in msg
+    assert msg.endswith(
+        "failed to authorize: failed to fetch oauth token: unexpected status: 401 Unauthorized"
     )
-    scope = f"repository%3A{r.replace('/', '%2F')}%3Apull"
-    assert msg.endswith(f"?scope={scope}&service=sandbox-registry: 401 Unauthorized")
 
     good = pull_secret(core, namespace, reg.host, "bob", reg.users["bob"])
     ok = make_pod(core, namespace, image, secrets=(good,))
@@ -235,15 +241,11 @@ def test_basic_registry_auth_flows(
     push_image(reg, r, "1")
     image = f"{reg.host}/{r}:1"
     anon = make_pod(core, namespace, image)
-    assert waiting(core, namespace, anon, "ErrImagePull").message.endswith(
-        "pull access denied, repository does not exist or may require authorization: "
-        "authorization failed: no basic auth credentials"
-    )
+    denied = f"pulling from host {reg.host} failed with status code [manifests 1]: 401 Unauthorized"
+    assert waiting(core, namespace, anon, "ErrImagePull").message.endswith(denied)
     bad = pull_secret(core, namespace, reg.host, "alice", "wrong")
     wrong = make_pod(core, namespace, image, secrets=(bad,))
-    assert waiting(core, namespace, wrong, "ErrImagePull").message.endswith(
-        f"unexpected status from HEAD request to {reg.url}/v2/{r}/manifests/1: 401 Unauthorized"
-    )
+    assert waiting(core, namespace, wrong, "ErrImagePull").message.endswith(denied)
     good = pull_secret(core, namespace, reg.host, "alice", reg.users["alice"])
     running(core, namespace, make_pod(core, namespace, image, secrets=(good,)))
 

@@ -1,0 +1,3 @@
+module pullmedic.local/pause
+
+go 1.22
