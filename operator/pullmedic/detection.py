@@ -21,6 +21,17 @@ PULL_REASONS = frozenset(
         "SignatureValidationFailed",
     }
 )
+# The kubelet puts some credential errors in the waiting reason itself (no pull is even
+# attempted): a pull secret whose ``auth`` does not decode to user:pass.
+PULL_REASON_PREFIXES = ("unable to parse auth field",)
+
+
+def is_pull_reason(reason: object) -> bool:
+    return isinstance(reason, str) and (
+        reason in PULL_REASONS or reason.startswith(PULL_REASON_PREFIXES)
+    )
+
+
 STATUS_FIELDS = (
     ("initContainers", "initContainerStatuses"),
     ("containers", "containerStatuses"),
@@ -52,7 +63,7 @@ def stuck_containers(pod: Mapping[str, Any]) -> list[StuckContainer]:
         for cs in statuses:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
-            if reason not in PULL_REASONS:
+            if not is_pull_reason(reason):
                 continue
             name = cs.get("name", "")
             i, image = index.get(name, (-1, cs.get("image", "")))
@@ -88,7 +99,7 @@ def might_be_stuck(pod: Mapping[str, Any], known: Container[str]) -> bool:
         return True
     status = pod.get("status") or {}
     return any(
-        ((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS
+        is_pull_reason(((cs.get("state") or {}).get("waiting") or {}).get("reason"))
         for _, f in STATUS_FIELDS
         for cs in status.get(f) or ()
     )

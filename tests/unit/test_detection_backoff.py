@@ -32,6 +32,19 @@ def waiting(name: str, reason: str, image: str = "ignored") -> dict[str, Any]:
         ({"containerStatuses": [waiting("a", "ContainerCreating")]}, []),
         ({"containerStatuses": [waiting("b", "ErrImagePull")]}, [("containers", 1, "redis:7")]),
         ({"containerStatuses": [waiting("a", "ImagePullBackOff")]}, [("containers", 0, "nginx:1")]),
+        # the real kubelet's reason for a pull secret whose auth is not base64(user:pass)
+        (
+            {
+                "containerStatuses": [
+                    waiting(
+                        "a",
+                        "unable to parse auth field, must be formatted as "
+                        "base64(username:password)",
+                    )
+                ]
+            },
+            [("containers", 0, "nginx:1")],
+        ),
         (
             {
                 "initContainerStatuses": [waiting("init", "InvalidImageName")],
