@@ -121,9 +121,17 @@ class PolicyStats:
         self.note(workload, cause, "CircuitBreaker", "failed", "same cause after remediation")
 
     def applied(
-        self, p: Plan, results: Sequence[Result], workload: ObjectRef, text: str, saved: float
+        self,
+        p: Plan,
+        results: Sequence[Result],
+        workload: ObjectRef,
+        text: str,
+        saved: float,
+        *,
+        written: bool = False,  # written by an earlier process (a continuation)
     ) -> None:
         ok, wrote = outcome(results)
+        wrote = wrote or written
         for r in results:
             if (
                 r.action.type is ActionType.COPY_SECRET

@@ -181,8 +181,15 @@ class Engine:
             return
         if event_type == "DELETED":
             self.inventory.namespaces.pop(name, None)
+            self.inventory.terminating.discard(name)
+            return
+        meta = body.get("metadata") or {}
+        self.inventory.namespaces[name] = dict(meta.get("labels") or {})
+        phase = (body.get("status") or {}).get("phase")
+        if phase == "Terminating" or meta.get("deletionTimestamp"):
+            self.inventory.terminating.add(name)  # its pods are going; nothing to heal
         else:
-            self.inventory.namespaces[name] = dict((body.get("metadata") or {}).get("labels") or {})
+            self.inventory.terminating.discard(name)
 
     async def on_policy(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         await self.status.on_policy(event_type, body)

@@ -14,6 +14,7 @@ class Inventory:
     policies: dict[str, pol.Policy] = field(default_factory=dict)
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     stats: dict[str, PolicyStats] = field(default_factory=dict)
+    terminating: set[str] = field(default_factory=set)  # namespaces being deleted
 
     def stats_of(self, policy: pol.Policy | None) -> PolicyStats | None:
         return self.stats.get(policy.key) if policy is not None else None

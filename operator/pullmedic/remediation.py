@@ -126,6 +126,8 @@ class Remediator:
         if ns not in self.inv.namespaces:
             # Unknown labels would match NotIn/DoesNotExist selectors: never guess.
             raise Postpone(f"labels of namespace {ns} not known yet")
+        if ns in self.inv.terminating:
+            return  # the namespace is being deleted: nothing there is worth a diagnosis
         workload, job, wobj = await self.lookups.owner_chain(pod)
         failure = failure_of(rep, sc, members, workload, job, wobj)
         policy = self._choose(pod, ns, sc.image)
@@ -326,6 +328,11 @@ class Remediator:
             group.applied = fp
         if continuation and stats is not None and stats.take_inherited(str(target)) is None:
             follow_up = True  # the status loop counted and announced it meanwhile
+        # A continuation with nothing left to write: the process that began it did it all
+        # (its record is on the workload) but died before counting it. Count it now.
+        finished_before = (
+            continuation and not follow_up and ok and not wrote and _recorded(f, started)
+        )
         main = _main_action(p)
         if wrote and not follow_up:
             self.circuit.remember(
@@ -357,9 +364,9 @@ class Remediator:
             stats.saved += saved
             stats.dirty = True
         elif stats is not None:
-            if not wrote:
+            if not wrote and not finished_before:
                 stats.release(started)  # nothing written: give the slot back
-            stats.applied(p, results, target, text, saved)
+            stats.applied(p, results, target, text, saved, written=finished_before)
             stats.settle(target)
         if follow_up:
             return
@@ -373,7 +380,7 @@ class Remediator:
             # Image patches carry their record; secret fixes and recreations get one too.
             with contextlib.suppress(KubeError):
                 await self.actuator.record(p, main, f.workload, started=started)
-        if wrote:
+        if wrote or finished_before:
             policy = self.inv.policies.get(p.policy) if p.policy else None
             await self.reporter.remediated(
                 target, policy, remediated_message(p, f, text, saved), key=stamp(started)

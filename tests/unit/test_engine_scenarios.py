@@ -404,6 +404,31 @@ async def test_killed_mid_status_write_the_next_process_counts_it_once(world: Wo
     assert len(image_patches(world.kube, "web")) == 1
 
 
+async def test_killed_mid_status_write_with_pods_still_stuck_counts_it_once(world: World) -> None:
+    """As above, but the restarted process sees a stuck pod of the group first: its
+    decision continues the fix, finds nothing left to write, and still counts it once."""
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    pod = stuck_pod(world.kube, "web", 0, BAD)
+    world.feed(pod)
+    await until(lambda: bool(world.kube.events("Remediated", on="web")))
+    await world.settle()
+    world.engine.scheduler.cancel_all()
+
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    second.on_pod(None, pod)  # an old pod, still reported stuck (status lags a sync)
+    await until(lambda: second.inventory.stats["ClusterPullPolicy/heal"].counts["remediated"] == 1)
+    await until(lambda: all(g.task is None or g.task.done() for g in second.groups.groups.values()))
+    await second.status.resolve(grace=0)
+    await second.status.flush()
+    status = world.kube.obj("ClusterPullPolicy", "", "heal")["status"]
+    assert status["counts"]["remediated"] == 1 and status["pendingActions"] == []
+    assert len(world.kube.events("Remediated", on="web")) == 1
+    assert len(image_patches(world.kube, "web")) == 1
+
+
 async def test_a_journal_entry_for_a_fix_that_never_landed_is_dropped(world: World) -> None:
     await world.boot(cluster_policy())
     deployment(world.kube, "web", BAD)
@@ -674,3 +699,16 @@ async def test_an_alternative_that_is_not_there_whole_is_not_used(world: World) 
     await until(lambda: len(world.prober.asked) == 2)
     await world.settle()
     assert image_patches(world.kube, "cache") == []
+
+
+async def test_pods_of_a_namespace_being_deleted_are_left_alone(world: World) -> None:
+    await world.boot(cluster_policy())
+    world.engine.on_namespace(
+        "MODIFIED", {"metadata": {"name": NS}, "status": {"phase": "Terminating"}}
+    )
+    deployment(world.kube, "web", BAD)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await world.settle()
+    assert world.prober.asked == [] and world.kube.events() == []
+    world.engine.on_namespace("MODIFIED", namespace(NS))  # (a namespace is never revived,
+    assert NS not in world.engine.inventory.terminating  # but the state follows the object)
