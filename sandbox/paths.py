@@ -32,6 +32,7 @@ def binary(name: str) -> Path:
         "kube-apiserver": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-controller-manager": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
+        "helm": f"helm-{v['HELM_VERSION']}",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():

@@ -86,9 +86,12 @@ keyed="localhost/pullmedic:build-$inputs"
 if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   log "building $keyed (isolation $isolation)"
   t1=$(date +%s)
-  # The build reaches Debian and PyPI through this machine's CA bundle and pip config.
-  vols=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-  [ -f /etc/pip.conf ] && vols+=(-v /etc/pip.conf:/etc/pip.conf:ro)
+  # pip reaches PyPI trusting this machine's CA bundle (which may hold a proxy's CA),
+  # mounted beside the image's own bundle: apt's ca-certificates rewrites that one.
+  conf="$(mktemp)"; trap 'rm -f "$conf"' EXIT
+  printf '[global]\ncert = /run/pullmedic-build/ca.crt\n' > "$conf"
+  vols=(-v /etc/ssl/certs/ca-certificates.crt:/run/pullmedic-build/ca.crt:ro
+        -v "$conf:/etc/pip.conf:ro")
   bh bud --quiet --pull=never --isolation "$isolation" --layers "${vols[@]}" \
     -f Dockerfile -t "$keyed" . >&2
   log "image built in $(( $(date +%s) - t1 )) s"
