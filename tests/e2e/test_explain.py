@@ -146,6 +146,7 @@ def test_explain_a_suggested_tag_fix_and_apply_its_command(
 
 
 def test_explain_says_when_it_cannot_read_the_pull_secret(
+    operator: Any,
     registries: Any,
     cluster: Any,
     core: Any,
@@ -153,7 +154,8 @@ def test_explain_says_when_it_cannot_read_the_pull_secret(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """No operator needed: the kubelet's state and a labelled anonymous probe."""
+    """The viewer's probe is anonymous and labelled so; the operator, which read the
+    secret, saw the credentials rejected: explain shows both."""
     reg = registries.bearer
     repo = f"private/app-{uuid.uuid4().hex[:6]}"
     push_image(reg, repo, "1.0")
@@ -174,18 +176,21 @@ def test_explain_says_when_it_cannot_read_the_pull_secret(
         core, client.RbacAuthorizationV1Api(api_client), cluster, namespace, tmp_path / "kc"
     )
 
-    def stuck() -> Any:
+    def diagnosed() -> Any:
         out = kubectl_pullmedic(kubeconfig, registries, "pod/lone", "--json")
-        return json.loads(out.stdout) if out.returncode == 1 else None
+        rep = json.loads(out.stdout) if out.returncode == 1 else None
+        return rep if rep and rep["operatorEvents"] else None
 
-    rep = wait_for(stuck, "the pod to be reported stuck", 90)
+    rep = wait_for(diagnosed, "the pod stuck and diagnosed by the operator", 90)
     assert rep["workload"] is None
     assert rep["credentials"]["forbidden"] == ["regcred"]
     assert rep["credentials"]["anonymous"] is True
     (diag,) = rep["diagnoses"]
     assert diag["cause"] in ("AuthenticationRequired", "NotFoundOrPrivate"), diag
-    assert not rep["operatorEvents"]
+    said = " ".join(e["message"] for e in rep["operatorEvents"] if e["reason"] == "PullDiagnosed")
+    assert "rejected the credentials" in said, said
     text = kubectl_pullmedic(kubeconfig, registries, "lone")
     assert "not allowed to read pull secret(s) regcred" in text.stdout
     assert "ANONYMOUSLY" in text.stdout
-    assert "pullmedic said nothing" in text.stdout
+    assert "pullmedic said:" in text.stdout
+    assert "No container is stuck" not in text.stdout
