@@ -41,10 +41,12 @@ COPY operator/ ./operator/
 # Every dependency ships wheels for linux/amd64 and linux/arm64, so no compiler is needed.
 # pip byte-compiles while installing, so the read-only root filesystem at run time costs
 # nothing at start-up. pip (and the setuptools ensurepip seeded) is dropped from the venv
-# afterwards: nothing in the final
-# image installs anything. The last command checks the entry point resolves.
+# afterwards: nothing in the final image installs anything. The kubernetes client's
+# asyncio copy (kubernetes/aio, 68 MB with its bytecode) is removed: pullmedic and kopf
+# use the synchronous client only. The last command checks the entry point resolves.
 RUN pip install --no-cache-dir . \
     && pip uninstall --yes setuptools pip \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/kubernetes/aio \
     && pullmedic --help >/dev/null
 
 # ---------------------------------------------------------------------------

@@ -28,7 +28,8 @@ command -v buildah >/dev/null || need+=(buildah)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} (Debian packages)"
-  apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+  apt-get install -y -q --no-install-recommends "${need[@]}" >&2 \
+    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${need[@]}" >&2; }
 fi
 
 # A store of our own: nothing here touches another user's containers/storage.
@@ -42,7 +43,8 @@ mirrors=(
   "deb http://deb.debian.org/debian $suite-updates main"
   "deb http://deb.debian.org/debian-security $suite-security main"
 )
-slim_opts=(--variant=minbase
+# merged /usr by mmdebstrap's hook, not the usrmerge package (which pulls in perl, 47 MB).
+slim_opts=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
@@ -64,7 +66,8 @@ base() {
   fi
   if [ ! -s "$tarball" ]; then
     local t0; t0=$(date +%s); log "$name: mmdebstrap $suite (once per recipe)"
-    mmdebstrap --quiet --format=tar "$@" "$suite" "$tarball.tmp" "${mirrors[@]}"
+    rm -f "$cache/images/${name//[\/:]/_}-"*.tar*  # older recipes of this base
+    mmdebstrap --quiet --format=tar "$@" "$suite" "$tarball.tmp" "${mirrors[@]}" >&2
     mv "$tarball.tmp" "$tarball"; log "$name: rootfs in $(( $(date +%s) - t0 )) s"
   fi
   local ctr mnt; ctr="$(bh from --pull=never scratch)"
