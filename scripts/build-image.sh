@@ -100,6 +100,9 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   log "image built in $(( $(date +%s) - t1 )) s"
 fi
 bh tag "$keyed" "$tag"
-size="$(bh inspect --type image --format '{{.Size}}' "$keyed" 2>/dev/null || echo '?')"
-log "$tag ready in $(( $(date +%s) - t0 )) s (size $size bytes)"
-bh inspect --type image --format '{{.FromImageID}}' "$keyed"
+# Older builds of other inputs go (their layers stay as the build cache).
+bh images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/pullmedic:build-' \
+  | grep -vx "$keyed" | xargs -r buildah "${store[@]}" rmi >/dev/null 2>&1 || true
+size="$(bh images --format '{{.Size}}' "$keyed" | head -1)"
+log "$tag ready in $(( $(date +%s) - t0 )) s (size $size uncompressed)"
+bh inspect --type image --format "{{.FromImageID}}" "$keyed"; echo
