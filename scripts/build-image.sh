@@ -101,8 +101,8 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
 fi
 bh tag "$keyed" "$tag"
 # Older builds of other inputs go (their layers stay as the build cache).
-bh images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/pullmedic:build-' \
-  | grep -vx "$keyed" | xargs -r buildah "${store[@]}" rmi >/dev/null 2>&1 || true
-size="$(bh images --format '{{.Size}}' "$keyed" | head -1)"
+bh images --format '{{.Name}}:{{.Tag}}' | awk -v k="$keyed" '$1 ~ /^localhost\/pullmedic:build-/ && $1 != k {print $1}' \
+  | xargs -r buildah "${store[@]}" rmi >/dev/null 2>&1 || true
+size="$(bh images --format '{{.Name}}:{{.Tag}} {{.Size}}' | awk -v k="$keyed" '$1 == k {print $2, $3; exit}')"
 log "$tag ready in $(( $(date +%s) - t0 )) s (size $size uncompressed)"
 bh inspect --type image --format "{{.FromImageID}}" "$keyed"; echo
