@@ -52,7 +52,9 @@ slim_opts=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
 runtime_opts=("${slim_opts[@]}" --include=python3,ca-certificates,tzdata
   --customize-hook='echo "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" >> "$1"/etc/passwd'
   --customize-hook='echo "nonroot:x:65532:" >> "$1"/etc/group'
-  --customize-hook='install -d -o 65532 -g 65532 "$1"/home/nonroot')
+  --customize-hook='install -d -o 65532 -g 65532 "$1"/home/nonroot'
+  # No package manager at run time, as in distroless.
+  --customize-hook='chroot "$1" dpkg --purge apt libapt-pkg6.0 debian-archive-keyring gpgv')
 
 # base NAME USER OPTS...: make (or reuse) the rootfs and tag it as NAME in the store.
 base() {

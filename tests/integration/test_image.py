@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,12 @@ def test_no_pip_and_no_compiler_in_the_runtime(rootfs: Path) -> None:
 
 def chroot(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["chroot", f"--userspec={UID}:{UID}", str(rootfs), *argv],
+        [
+            shutil.which("chroot") or "/usr/sbin/chroot",
+            f"--userspec={UID}:{UID}",
+            str(rootfs),
+            *argv,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
