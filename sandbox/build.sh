@@ -75,8 +75,18 @@ build_registry() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
+# helm, for the chart's tests (charts/pullmedic): lint and template need no cluster.
+build_helm() {
+  local out="$cache/bin/helm-$HELM_VERSION"
+  [ -x "$out/helm" ] && return 0
+  GOBIN="$out.tmp" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 start=$(date +%s)
-for c in "${@:-etcd registry kubernetes pause}"; do
+for c in "${@:-etcd registry kubernetes pause helm}"; do
   for one in $c; do
     t0=$(date +%s); log "$one: start"
     "build_$one"

@@ -35,6 +35,7 @@ def binary(name: str) -> Path:
         "kubelet": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "pause": f"pause-{v['PAUSE_VERSION']}",
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
+        "helm": f"helm-{v['HELM_VERSION']}",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():

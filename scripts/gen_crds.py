@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 OUT = Path(__file__).resolve().parent.parent / "crds"
+# Helm installs CRDs only from the chart's own crds/ directory: the same files, copied.
+CHART_CRDS = OUT.parent / "charts" / "pullmedic" / "crds"
 GROUP = "pullmedic.dev"
 
 LABEL_SELECTOR: dict[str, Any] = {
@@ -432,11 +434,11 @@ if __name__ == "__main__":
     check = "--check" in sys.argv
     bad = 0
     for name, text in render().items():
-        path = OUT / name
-        if check:
-            if not path.exists() or path.read_text() != text:
-                print(f"{path} is stale: run python scripts/gen_crds.py", file=sys.stderr)
-                bad = 1
-        else:
-            path.write_text(text)
+        for path in (OUT / name, CHART_CRDS / name):
+            if check:
+                if not path.exists() or path.read_text() != text:
+                    print(f"{path} is stale: run python scripts/gen_crds.py", file=sys.stderr)
+                    bad = 1
+            else:
+                path.write_text(text)
     sys.exit(bad)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullmedic import runner
+from pullmedic import explain, runner
 from pullmedic.diagnosis import Cause, Diagnosis
 from pullmedic.keyring import (
     DOCKERCFG_KEY,
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--json", action="store_true", help="one JSON object per image")
     aud.add_argument("--timeout", type=float, default=10.0, metavar="S")
     aud.set_defaults(func=cmd_audit)
+
+    explain.add_parser(sub)
 
     run = sub.add_parser("run", help="run the operator (watch pods, heal under policies)")
     runner.add_arguments(run)

@@ -1,0 +1,223 @@
+"""The Helm chart (charts/pullmedic): lint, render, and agree with the kustomize base.
+
+helm is built from its Go module into the sandbox cache (sandbox/build.sh helm); kustomize
+is kubectl's. No cluster is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox import paths
+from tests.integration.test_manifests import kubectl
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "pullmedic"
+NS = "pullmedic-system"
+Doc = dict[str, Any]
+
+
+def helm(*args: str) -> str:
+    out = subprocess.run(
+        [str(paths.binary("helm")), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, f"helm {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def template(*sets: str, release: str = "pullmedic", ns: str = NS) -> list[Doc]:
+    flags = [a for s in sets for a in ("--set", s)]
+    text = helm("template", release, str(CHART), "--namespace", ns, *flags)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[Doc]) -> dict[str, list[Doc]]:
+    out: dict[str, list[Doc]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def deployment_of(docs: list[Doc]) -> Doc:
+    (dep,) = by_kind(docs)["Deployment"]
+    return dep
+
+
+def args_of(docs: list[Doc]) -> list[str]:
+    args: list[str] = deployment_of(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_helm_lint_is_clean() -> None:
+    out = helm("lint", str(CHART), "--strict")
+    assert "0 chart(s) failed" in out
+
+
+def test_default_render_is_the_operator_alone() -> None:
+    kinds = sorted(d["kind"] for d in template())
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+        ]
+    )
+
+
+def test_non_default_values_reach_the_flags_and_objects() -> None:
+    docs = template(
+        "replicas=3",
+        "leaderElection.leaseName=pm",
+        "leaderElection.leaseNamespace=leases",
+        "leaderElection.leaseDuration=15",
+        "operator.logFormat=plain",
+        "operator.dryRun=true",
+        "operator.insecureRegistries={reg.local:5000,other:80}",
+        "operator.extraArgs={--recheck-after=7}",
+        "image.repository=registry.example/pullmedic",
+        "image.tag=1.2.3",
+        "resources.limits.memory=1Gi",
+        "webhook.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+        "clusterPullPolicies.heal.mode=Remediate",
+        "pullPolicies.team/fix.mode=Suggest",
+        release="edge",
+        ns="ops",
+    )
+    kinds = by_kind(docs)
+    dep = deployment_of(docs)
+    assert dep["metadata"]["name"] == "edge-pullmedic"
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example/pullmedic:1.2.3"
+    assert container["resources"]["limits"]["memory"] == "1Gi"
+    args = container["args"]
+    for flag in (
+        "--leader-elect",
+        "--lease-name=pm",
+        "--lease-namespace=leases",
+        "--lease-duration=15",
+        "--log-format=plain",
+        "--dry-run",
+        "--insecure-registry=reg.local:5000",
+        "--insecure-registry=other:80",
+        "--recheck-after=7",
+        "--webhook-port=9443",
+    ):
+        assert flag in args, (flag, args)
+    # The lease Role lives where the Lease is.
+    (role,) = kinds["Role"]
+    assert role["metadata"]["namespace"] == "leases"
+    # Webhook: serving cert mounted from the cert-manager secret the Certificate names.
+    certs = {c["metadata"]["name"]: c for c in kinds["Certificate"]}
+    serving = certs["edge-pullmedic-webhook"]["spec"]
+    assert serving["dnsNames"][0] == "edge-pullmedic-webhook.ops.svc"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["webhook-tls"]["secret"]["secretName"] == serving["secretName"]
+    (mwc,) = kinds["MutatingWebhookConfiguration"]
+    assert mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        "ops/edge-pullmedic-webhook"
+    )
+    hook = mwc["webhooks"][0]
+    assert hook["clientConfig"]["service"]["namespace"] == "ops"
+    assert "ops" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
+    # ServiceMonitor selects the metrics Service's labels.
+    (sm,) = kinds["ServiceMonitor"]
+    svc = next(s for s in kinds["Service"] if s["metadata"]["name"].endswith("-metrics"))
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (cpp,) = kinds["ClusterPullPolicy"]
+    assert (cpp["metadata"]["name"], cpp["spec"]) == ("heal", {"mode": "Remediate"})
+    (pp,) = kinds["PullPolicy"]
+    assert (pp["metadata"]["namespace"], pp["metadata"]["name"]) == ("team", "fix")
+
+
+def test_leader_election_off_drops_the_flag_and_the_lease_grant() -> None:
+    docs = template("leaderElection.enabled=false", "replicas=1")
+    assert "--leader-elect" not in args_of(docs)
+    assert "Role" not in by_kind(docs)
+
+
+def test_a_malformed_pull_policy_key_fails_the_render() -> None:
+    out = subprocess.run(
+        [
+            str(paths.binary("helm")),
+            "template",
+            "x",
+            str(CHART),
+            "--set",
+            "pullPolicies.nonamespace.mode=Suggest",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "want NAMESPACE/NAME" in out.stderr
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    for name in ("clusterpullpolicies.yaml", "pullpolicies.yaml"):
+        assert (CHART / "crds" / name).read_text() == (REPO / "crds" / name).read_text(), name
+
+
+# ---------------------------------------------------------------------------------------
+# The chart's default render and the kustomize base are the same install
+# ---------------------------------------------------------------------------------------
+
+
+def normalise(doc: Doc) -> Doc:
+    """Drop what legitimately differs: labels on objects (helm's own), comments are gone."""
+    d = copy.deepcopy(doc)
+    d["metadata"].pop("labels", None)
+    d["metadata"].pop("annotations", None)
+    return d
+
+
+def comparable(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
+    keep = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "ServiceAccount",
+        "PodDisruptionBudget",
+        "Service",
+    }
+    return {(d["kind"], d["metadata"]["name"]): normalise(d) for d in docs if d["kind"] in keep}
+
+
+@pytest.fixture(scope="module")
+def kustomize_base() -> list[Doc]:
+    text = kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_chart_default_matches_the_kustomize_base(kustomize_base: list[Doc]) -> None:
+    base = comparable(kustomize_base)
+    chart = comparable(template())
+    assert sorted(base) == sorted(chart)
+    for key in base:
+        assert chart[key] == base[key], key
+
+
+def test_the_comparison_notices_a_difference(kustomize_base: list[Doc]) -> None:
+    """Guards the check above: a changed flag or grant is a difference."""
+    base = comparable(kustomize_base)
+    chart = comparable(template("operator.logFormat=plain", "replicas=1"))
+    key = ("Deployment", "pullmedic")
+    assert chart[key] != base[key]
+    spec_b, spec_c = base[key]["spec"], chart[key]["spec"]
+    assert spec_b["replicas"] == 2 and spec_c["replicas"] == 1

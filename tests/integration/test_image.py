@@ -1,0 +1,142 @@
+"""The operator image, built for real from the Dockerfile by scripts/build-image.sh.
+
+buildah builds it (chroot isolation) on bases made from Debian 12 packages; the result is
+keyed by the hash of its inputs, so a second run reuses it. The checks read the built
+image's config and its mounted filesystem, and run the entry point in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import paths
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = "localhost/pullmedic:test"
+UID = 65532
+
+pytestmark = [
+    pytest.mark.image,
+    pytest.mark.skipif(os.geteuid() != 0, reason="buildah (vfs) and mmdebstrap run as root"),
+]
+
+
+def buildah(*args: str) -> str:
+    store = paths.cache_dir() / "buildah"
+    argv = [
+        "buildah",
+        "--root",
+        str(store / "storage"),
+        "--runroot",
+        f"{os.environ.get('XDG_RUNTIME_DIR', '/tmp')}/pullmedic-buildah",
+        "--storage-driver",
+        "vfs",
+        *args,
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"buildah {' '.join(args)}: {out.stderr}"
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    out = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh"), "--tag", TAG],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return TAG
+
+
+@pytest.fixture(scope="module")
+def rootfs(image: str) -> Iterator[Path]:
+    ctr = buildah("from", "--pull=never", image)
+    try:
+        yield Path(buildah("mount", ctr))
+    finally:
+        buildah("umount", ctr)
+        buildah("rm", ctr)
+
+
+@pytest.fixture(scope="module")
+def config(image: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(buildah("inspect", "--type", "image", image))
+    oci: dict[str, Any] = doc["OCIv1"]["config"]
+    return oci
+
+
+def test_runs_as_the_numeric_non_root_user(config: dict[str, Any], rootfs: Path) -> None:
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"] == ["pullmedic", "run"]
+    assert config["Env"][0].startswith("PATH=") or any(
+        e.startswith("PATH=/opt/venv/bin:") for e in config["Env"]
+    )
+    assert set(config["ExposedPorts"]) == {"8080/tcp", "9090/tcp"}
+    # The venv is readable by that user, and owned by root (it cannot change its code).
+    venv = rootfs / "opt" / "venv"
+    assert venv.stat().st_uid == 0
+    assert (venv / "bin" / "pullmedic").stat().st_mode & 0o005 == 0o005
+
+
+def test_no_pip_and_no_compiler_in_the_runtime(rootfs: Path) -> None:
+    found = [
+        p.relative_to(rootfs).as_posix()
+        for pattern in (
+            "opt/venv/bin/pip*",
+            "usr/bin/pip*",
+            "usr/local/bin/pip*",
+            "**/site-packages/pip",
+            "**/dist-packages/pip",
+            "usr/bin/gcc*",
+            "usr/bin/cc",
+            "usr/bin/*-gcc*",
+            "usr/bin/c++",
+            "usr/lib/gcc",
+            "usr/bin/apt-get",
+        )
+        for p in rootfs.glob(pattern)
+    ]
+    assert not found, found
+    # The venv's interpreter is the base image's, and resolves inside the image.
+    python = rootfs / "opt" / "venv" / "bin" / "python3"
+    target = os.readlink(python)
+    assert target.startswith("/usr/bin/python3"), target
+    assert (rootfs / target.lstrip("/")).exists()
+
+
+def chroot(rootfs: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            shutil.which("chroot") or "/usr/sbin/chroot",
+            f"--userspec={UID}:{UID}",
+            str(rootfs),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/opt/venv/bin:/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def test_the_entry_point_runs_as_that_user(rootfs: Path) -> None:
+    out = chroot(rootfs, "/opt/venv/bin/pullmedic", "--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("diagnose", "audit", "explain", "run"):
+        assert command in out.stdout
+    run = chroot(rootfs, "/opt/venv/bin/pullmedic", "run", "--help")
+    assert run.returncode == 0, run.stderr
+    assert "--leader-elect" in run.stdout
+    # pip is gone for good: the interpreter cannot import it either.
+    pip = chroot(rootfs, "/opt/venv/bin/python3", "-c", "import pip")
+    assert pip.returncode != 0 and "No module named 'pip'" in pip.stderr
