@@ -632,6 +632,8 @@ class Prober:
         if digest and not _digest_matches(got.body, digest):
             return f"the manifest's content does not match its digest {digest}", True
         doc = got.json()
+        if not isinstance(doc, dict):
+            return "the manifest is not a JSON document", True
         if is_index(got.media_type, doc):
             entries = manifest_platforms(doc)
             idx = best_match(platform, [Platform.from_mapping(p) for p, _ in entries])
@@ -698,6 +700,8 @@ class Prober:
         available: list[Platform] = []
         if is_index(media_type or got.media_type, doc) or (got.media_type in INDEX_TYPES):
             available = [Platform.from_mapping(p) for p, _d in manifest_platforms(doc)]
+            if not available and isinstance(doc, dict):
+                return (), False  # an index with no runnable entry: nothing for any node
         else:
             cfg_digest = config_digest(doc)
             if cfg_digest is None:
