@@ -137,3 +137,68 @@ def test_undecodable_pull_secret(
     )
     pod = run_pod(core, namespace, f"{reg.host}/team/any:1.0", ("broken",))
     both(core, namespace, pod, "MalformedSecret", "unable to parse auth field")
+
+
+def test_private_image_on_the_node_without_credentials_gets_the_secret(
+    real_node: Any,
+    operator: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
+) -> None:
+    """Ensure-secret-pulled-images (Kubernetes 1.35+): the image is on the node, pulled by
+    a pod with credentials, yet a Deployment without them fails on the real kubelet.
+    pullmedic says why and fixes it on the credential path, not with a recreation."""
+    from sandbox.kube import deployment, running_pods
+
+    reg = registries.bearer
+    repo = f"private/kep-{uuid.uuid4().hex[:6]}"
+    push_image(reg, repo, "1.0")
+    image = f"{reg.host}/{repo}:1.0"
+    src = f"{namespace}-src"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=src)))
+    try:
+        for ns in (namespace, src):
+            core.create_namespaced_secret(
+                ns, dockerconfig_secret("regcred", ns, reg.host, "bob", reg.users["bob"])
+            )
+        owner = run_pod(core, namespace, image, ("regcred",))
+        wait_for(
+            lambda: core.read_namespaced_pod(owner, namespace).status.phase == "Running",
+            "the pod with credentials running (the image is now on the node)",
+            90,
+        )
+        node = core.read_namespaced_pod(owner, namespace).spec.node_name
+
+        def on_node() -> bool:
+            imgs = core.read_node(node).status.images or []
+            return any(image in (i.names or []) for i in imgs)
+
+        wait_for(on_node, "the node to report the image in its status", 60)
+        cluster_policy(
+            [namespace],
+            mode="Remediate",
+            credentials={"secrets": [{"namespace": src, "name": "regcred"}]},
+        )
+        apps.create_namespaced_deployment(
+            namespace, deployment("borrower", image, replicas=1, pull_policy="IfNotPresent")
+        )
+        wait_for(
+            lambda: len(running_pods(core, namespace, "app=borrower")) == 1,
+            "the Deployment without credentials running after pullmedic's fix",
+            120,
+        )
+        diags = [
+            e
+            for e in events_for(core, namespace)
+            if e.source.component == "pullmedic" and e.reason == "PullDiagnosed"
+        ]
+        assert any("ensure-secret-pulled-images" in e.message for e in diags), [
+            e.message for e in diags
+        ]
+        sa = core.read_namespaced_service_account("default", namespace)
+        assert [s.name for s in sa.image_pull_secrets or []] == [f"pullmedic.{src}.regcred"]
+    finally:
+        core.delete_namespace(src)
