@@ -100,14 +100,15 @@ class Lookups:
                     candidates[str(ref)], _ = Keyring.from_secrets([s])
         return keyring, candidates, problems
 
-    async def node(self, name: str | None) -> NodeFacts:
-        """The node's platform (cached for good) and the images it holds (for a minute)."""
+    async def node(self, name: str | None, *, fresh: bool = False) -> NodeFacts:
+        """The node's platform and the images it holds (cached a minute; ``fresh`` reads
+        the node again, for a question the cache may answer wrong)."""
         default = NodeFacts(self.default_platform, frozenset(), "")
         if not name:
             return default
         now = self.clock()
         hit = self._nodes.get(name)
-        if hit is not None and now - hit[0] < NODE_IMAGES_TTL:
+        if hit is not None and now - hit[0] < NODE_IMAGES_TTL and not fresh:
             return hit[1]
         try:
             obj = await self.kube.get("Node", "", name)

@@ -151,6 +151,8 @@ class Remediator:
         )
         metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
         diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
+        if diagnosis.cause in CREDENTIAL_CAUSES and node.name and not node.holds(sc.image):
+            node = await self.lookups.node(node.name, fresh=True)  # pulled since we looked?
         if node.holds(sc.image):
             diagnosis = held_by_node(diagnosis, node.name)
 
