@@ -1,0 +1,104 @@
+"""Integrity storm: many workloads failing on one image whose layer is gone.
+
+Not a test. Starts the sandbox registries, pushes an image and deletes one of its layer
+blobs (the registry still lists it), then runs the diagnoses a storm causes: one per
+failing workload (the engine decides per workload, not per pod), all at once, each
+distrusting a cached "pullable" as the engine does after a failed pull. Requests are
+counted per kind at the HTTP transport. The baseline is the same storm with the prober's
+cache and single-flight off.
+
+    .venv/bin/python bench/integrity_storm.py [--workloads 100] [--pods-per-workload 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "operator")]
+
+from pullmedic.diagnosis import Cause  # noqa: E402
+from pullmedic.keyring import Keyring  # noqa: E402
+from pullmedic.netguard import AddressPolicy, guarded_transport  # noqa: E402
+from pullmedic.platforms import Platform  # noqa: E402
+from pullmedic.prober import Prober, ProberConfig  # noqa: E402
+from pullmedic.registry import ClientConfig, CountingTransport  # noqa: E402
+from sandbox.damage import delete_blob, manifest  # noqa: E402
+from sandbox.images import push_image  # noqa: E402
+from sandbox.registries import start_registries  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", type=int, default=100)
+    ap.add_argument("--pods-per-workload", type=int, default=10)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pullmedic-integrity-") as tmp:
+        regs = start_registries(Path(tmp))
+        try:
+            push_image(regs.open, "storm/broken", "1.0")
+            layer = manifest(regs.open, "storm/broken", "1.0")["layers"][-1]["digest"]
+            delete_blob(regs.open, "storm/broken", layer)
+            image = f"{regs.open.host}/storm/broken:1.0"
+            rows = [
+                run(regs, image, args.workloads, economy=True),
+                run(regs, image, args.workloads, economy=False),
+            ]
+        finally:
+            regs.stop()
+    pods = args.workloads * args.pods_per_workload
+    print(f"\n{pods} failing pods in {args.workloads} workloads, one image with a layer gone")
+    kinds = ("ping", "token", "manifest_head", "manifest_get", "blob", "tags")
+    print(f"{'run':<28} {'causes':<18} " + " ".join(f"{k:>13}" for k in kinds) + f" {'total':>7}")
+    for name, causes, counts in rows:
+        print(
+            f"{name:<28} {causes:<18} "
+            + " ".join(f"{counts.get(k, 0):>13}" for k in kinds)
+            + f" {sum(counts.values()):>7}"
+        )
+    return 0
+
+
+def run(
+    regs: object, image: str, workloads: int, *, economy: bool
+) -> tuple[str, str, dict[str, int]]:
+    hosts = {r.host for r in regs.all()}  # type: ignore[attr-defined]
+    cfg = ClientConfig(
+        insecure_hosts=frozenset(hosts),
+        address_policy=AddressPolicy(("127.0.0.0/8",)),
+        cache_auth=economy,
+        per_host_rate=10_000.0,
+        per_host_burst=10_000,
+        per_host_concurrency=64,
+    )
+    counting = CountingTransport(guarded_transport(cfg.address_policy))
+
+    async def storm() -> set[str]:
+        prober = Prober(
+            cfg,
+            transport=counting,
+            prober_config=ProberConfig(cache=economy, single_flight=economy),
+        )
+        results = await asyncio.gather(
+            *(
+                prober.diagnose(
+                    image, Keyring(), Platform.parse("linux/amd64"), distrust_available=True
+                )
+                for _ in range(workloads)
+            )
+        )
+        await prober.aclose()
+        return {str(d.cause) for d in results}
+
+    causes = asyncio.run(storm())
+    assert causes == {str(Cause.ImageIncomplete)}, causes
+    name = "cache + single-flight" if economy else "naive (no cache, no flight)"
+    return name, ",".join(sorted(causes)), dict(counting.counts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
