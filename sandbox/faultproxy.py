@@ -25,6 +25,8 @@ from typing import Any, Literal, get_args
 
 import httpx
 
+from sandbox.loopthread import LoopServer
+
 Mode = Literal[
     "passthrough",
     "status_429",
@@ -70,7 +72,7 @@ class _ModeState:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-class FaultProxy:
+class FaultProxy(LoopServer):
     """``FaultProxy(upstream_url).start()`` returns ``http://127.0.0.1:PORT``.
 
     ``set_mode(mode, match=None, **params)``; ``match`` is a regex searched in the request
@@ -87,20 +89,19 @@ class FaultProxy:
     * ``slow``: ``delay`` seconds before passing through
     """
 
+    thread_name = "sandbox-fault-proxy"
+
     def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.upstream = upstream.rstrip("/")
         self.host = host
         self.port = port
-        self.url = ""
+        super().__init__()  # url, loop, thread and the stop event
         self.requests: list[RecordedRequest] = []
         self._state = _ModeState()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._client: httpx.AsyncClient | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._stopping: asyncio.Event | None = None
 
     # --- control (any thread) ---------------------------------------------------------
     def set_mode(self, mode: str, match: str | None = None, **params: Any) -> None:
@@ -123,40 +124,6 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
-
-    def start(self) -> str:
-        ready = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve(ready))
-            except BaseException as exc:  # surfaced to start()
-                error.append(exc)
-                ready.set()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="sandbox-fault-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if error:
-            raise error[0]
-        if not self.url:
-            raise RuntimeError("fault proxy did not start")
-        return self.url
-
-    def stop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     @property
     def host_port(self) -> str:

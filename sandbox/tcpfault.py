@@ -48,6 +48,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from sandbox import pki
+from sandbox.loopthread import LoopServer
 
 Mode = Literal["pass", "refuse", "blackhole", "drop"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -145,8 +146,10 @@ def _reset_conn(conn: _Conn) -> None:
     _reset(conn.upstream)
 
 
-class ApiFaultProxy:
+class ApiFaultProxy(LoopServer):
     """``ApiFaultProxy(cluster.api_url).start()`` returns ``https://127.0.0.1:PORT``."""
+
+    thread_name = "sandbox-api-fault-proxy"
 
     def __init__(
         self,
@@ -163,7 +166,7 @@ class ApiFaultProxy:
         self.upstream_host, self.upstream_port = u.hostname, u.port
         self.host = host
         self.port = port
-        self.url = ""
+        super().__init__()  # url, loop, thread and the stop event
         self.connect_timeout = connect_timeout
         self.accepted = 0
         self._pki = terminate_tls
@@ -181,12 +184,9 @@ class ApiFaultProxy:
         self._seen: list[SeenRequest] = []
         self._holds: list[Hold] = []
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._listener: socket.socket | None = None
         self._conns: set[_Conn] = set()
         self._changed: asyncio.Event | None = None
-        self._stopping: asyncio.Event | None = None
 
     # --- control (any thread) ---------------------------------------------------------
     @property
@@ -226,39 +226,6 @@ class ApiFaultProxy:
 
     def open_connections(self) -> int:
         return len(self._conns)
-
-    def start(self) -> str:
-        ready = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._serve(ready))
-            except BaseException as exc:  # surfaced to start()
-                error.append(exc)
-                ready.set()
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="sandbox-api-fault-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if error:
-            raise error[0]
-        if not self.url:
-            raise RuntimeError("api fault proxy did not start")
-        return self.url
-
-    def stop(self) -> None:
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     def _run(self, coro: Any, timeout: float = 10.0) -> Any:
         if self._loop is None or self._loop.is_closed():

@@ -29,7 +29,7 @@ from pullmedic.lookups import Lookups
 from pullmedic.planning import ObjectRef
 from pullmedic.platforms import Platform
 from pullmedic.remediation import Diagnoser
-from pullmedic.reporting import involved
+from pullmedic.reporting import Reporter
 
 AUDITED_KINDS = tuple(COLLECTIONS)  # Deployment, StatefulSet, DaemonSet, CronJob
 
@@ -250,7 +250,7 @@ class PolicyAudit:
     ) -> None:
         self.auditor = auditor
         self.inv = inventory
-        self.kube = reporter_kube
+        self.reporter = Reporter(reporter_kube)
         self.operator_namespace = operator_namespace
         self.acting = acting
         auditor.on_change = self._changed
@@ -290,23 +290,10 @@ class PolicyAudit:
                 st.dirty = True
 
     async def _changed(self, new: Finding, old: Finding | None) -> None:
-        from pullmedic import events
-
-        w = new.item.workload
+        i = new.item
         if new.pullable:
-            await events.post(
-                self.kube,
-                involved(w),
-                "ImageAvailableAgain",
-                f"Image {new.item.image} of container {new.item.container} pulls again.",
+            await self.reporter.image_available_again(i.workload, i.container, i.image)
+        else:
+            await self.reporter.image_unavailable(
+                i.workload, i.container, i.image, new.cause, new.summary
             )
-            return
-        await events.post(
-            self.kube,
-            involved(w),
-            "ImageUnavailable",
-            f"Image {new.item.image} of container {new.item.container} would not pull for a "
-            f"new pod ({new.cause}): {new.summary}",
-            "Warning",
-            key=f"{new.item.container}|{new.item.image}|{new.cause}",  # once, across restarts
-        )

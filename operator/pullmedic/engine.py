@@ -171,10 +171,6 @@ class Engine:
     def pods(self) -> dict[str, PodState]:
         return self.groups.pods
 
-    @property
-    def policies(self) -> Mapping[str, Any]:
-        return self.inventory.policies
-
     def on_namespace(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name")
         if not name:
@@ -251,6 +247,8 @@ class Engine:
         await self.supervisor.stop()
         if self.elector is not None:
             await self.elector.release()
+        if self.pod_watch is not None:
+            await self.pod_watch.source.aclose()
 
     def liveness(self) -> list[str]:
         return self.health.liveness()

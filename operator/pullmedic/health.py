@@ -1,8 +1,9 @@
 """Liveness and readiness, with their reasons, for the kubelet's probes.
 
-Liveness fails only when a restart would help: a background loop stopped ticking, a
-decision outlived its deadline, or the pod watch went deaf (stuck pods exist, and the
-kubelet rewrites their status at least every five minutes, yet no pod event arrived).
+Liveness fails only when a restart would help: a background loop stopped ticking (the
+pod watch's heartbeats, its events, bookmarks and request ends, count as its ticks), a
+decision outlived its deadline, or stuck pods exist and no pod event arrived for longer
+than the kubelet ever waits to rewrite their status (five minutes).
 An unreachable API server makes the operator unready, never dead: a restart would not
 bring it back.
 """

@@ -45,7 +45,6 @@ PATHS = {
     "PullPolicy": "/apis/pullmedic.dev/v1alpha1/namespaces/{ns}/pullpolicies/{name}",
     "ClusterPullPolicy": "/apis/pullmedic.dev/v1alpha1/clusterpullpolicies/{name}",
 }
-CLUSTER_SCOPED = frozenset({"Node", "ClusterPullPolicy"})
 # Collections pullmedic lists (the audit of workload templates): API base and plural.
 COLLECTIONS = {
     "Deployment": ("/apis/apps/v1", "deployments"),

@@ -42,11 +42,11 @@ class Gone(Exception):
 class Source(Protocol):
     """Where pod lists and watch streams come from (the API server, or a test's fake)."""
 
-    def list_page(
-        self, params: Mapping[str, str]
-    ) -> Any: ...  # awaitable of the list object (dict)
+    async def list_page(self, params: Mapping[str, str]) -> dict[str, Any]: ...
 
     def stream(self, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ApiSource:

@@ -106,6 +106,27 @@ class Reporter:
             "Warning",
         )
 
+    async def image_unavailable(
+        self, target: ObjectRef, container: str, image: str, cause: str, summary: str
+    ) -> None:
+        await events.post(
+            self.kube,
+            involved(target),
+            "ImageUnavailable",
+            f"Image {image} of container {container} would not pull for a new pod "
+            f"({cause}): {summary}",
+            "Warning",
+            key=f"{container}|{image}|{cause}",  # once, across restarts
+        )
+
+    async def image_available_again(self, target: ObjectRef, container: str, image: str) -> None:
+        await events.post(
+            self.kube,
+            involved(target),
+            "ImageAvailableAgain",
+            f"Image {image} of container {container} pulls again.",
+        )
+
     async def invalid_spec(self, policy: pol.Policy, problems: str) -> None:
         await events.post(self.kube, policy_involved(policy), "InvalidSpec", problems, "Warning")
 

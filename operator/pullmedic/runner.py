@@ -288,10 +288,8 @@ def run(settings: OperatorSettings) -> int:
             RestKube(api, settings.kube, workers=workers), Prober(settings.probe), settings.engine
         )
         w = settings.watch
-        engine.attach_pod_watch(
-            ApiSource(api.configuration, PodWatchSettings(w.server, w.client, w.connect)),
-            PodWatchSettings(w.server, w.client, w.connect),
-        )
+        pod_watch = PodWatchSettings(w.server, w.client, w.connect)
+        engine.attach_pod_watch(ApiSource(api.configuration, pod_watch), pod_watch)
         return engine
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)
