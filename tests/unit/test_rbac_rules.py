@@ -17,9 +17,7 @@ does; rows justified by kopf are checked against the installed kopf's source.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from sandbox import paths
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -265,11 +265,8 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
 
 
 def kubectl_binary() -> str:
-    local = Path(sys.executable).parent / "kubectl"
-    found = str(local) if local.exists() else shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: install the dev extras (pip install -e '.[dev]')")
-    return found
+    """kubectl v1.36 built from the pinned module, like the rest of the sandbox."""
+    return str(paths.binary("kubectl"))
 
 
 @cache
