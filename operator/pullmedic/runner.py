@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import kopf
@@ -55,6 +56,28 @@ class OperatorSettings:
     kubeconfig: str | None = None
 
 
+def _number(kind: type[int] | type[float], variable: str) -> Callable[[str], int | float]:
+    """A numeric flag whose default comes from ``variable``: a bad value is a usage error.
+
+    Kubernetes' service links put ``<SERVICE>_PORT=tcp://IP:PORT`` into every pod of a
+    namespace, so a Service named ``pullmedic-metrics`` sets ``PULLMEDIC_METRICS_PORT``.
+    """
+
+    def parse(text: str) -> int | float:
+        try:
+            return kind(text)
+        except ValueError:
+            hint = ""
+            if text.startswith(("tcp://", "udp://")):
+                hint = (
+                    f" ({variable} looks like a Service link: set enableServiceLinks: false"
+                    " on the pod, as the shipped manifests do)"
+                )
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}{hint}") from None
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument(
@@ -74,8 +97,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use kopf peering under this name (needs the kopf.dev peering CRDs)",
     )
     p.add_argument("--priority", type=int, default=0, help="peering priority")
-    p.add_argument("--metrics-port", type=int, default=int(env("PULLMEDIC_METRICS_PORT", "9090")))
-    p.add_argument("--liveness-port", type=int, default=int(env("PULLMEDIC_LIVENESS_PORT", "8080")))
+    p.add_argument(
+        "--metrics-port",
+        type=_number(int, "PULLMEDIC_METRICS_PORT"),
+        default=env("PULLMEDIC_METRICS_PORT", "9090"),
+    )
+    p.add_argument(
+        "--liveness-port",
+        type=_number(int, "PULLMEDIC_LIVENESS_PORT"),
+        default=env("PULLMEDIC_LIVENESS_PORT", "8080"),
+    )
     p.add_argument("--bind", default=env("PULLMEDIC_BIND", "0.0.0.0"))
     p.add_argument(
         "--log-format", choices=["plain", "json"], default=env("PULLMEDIC_LOG_FORMAT", "plain")
@@ -139,20 +170,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--api-timeout",
-        type=float,
-        default=float(env("PULLMEDIC_API_TIMEOUT", "20")),
+        type=_number(float, "PULLMEDIC_API_TIMEOUT"),
+        default=env("PULLMEDIC_API_TIMEOUT", "20"),
         help="read timeout of one Kubernetes API request, seconds (connect: 5)",
     )
     p.add_argument(
         "--watch-timeout",
-        type=float,
-        default=float(env("PULLMEDIC_WATCH_TIMEOUT", "50")),
+        type=_number(float, "PULLMEDIC_WATCH_TIMEOUT"),
+        default=env("PULLMEDIC_WATCH_TIMEOUT", "50"),
         help="a watch connection is replaced after this many seconds at the latest",
     )
     p.add_argument(
         "--webhook-port",
-        type=int,
-        default=int(env("PULLMEDIC_WEBHOOK_PORT", "0")),
+        type=_number(int, "PULLMEDIC_WEBHOOK_PORT"),
+        default=env("PULLMEDIC_WEBHOOK_PORT", "0"),
         help="serve the admission webhook (HTTPS POST /admit) on this port; 0: off",
     )
     p.add_argument(
@@ -171,14 +202,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--audit-checks-per-host",
-        type=int,
-        default=int(env("PULLMEDIC_AUDIT_CHECKS_PER_HOST", "25")),
+        type=_number(int, "PULLMEDIC_AUDIT_CHECKS_PER_HOST"),
+        default=env("PULLMEDIC_AUDIT_CHECKS_PER_HOST", "25"),
         help="audit budget: registry checks per host per --audit-period",
     )
     p.add_argument(
         "--audit-period",
-        type=float,
-        default=float(env("PULLMEDIC_AUDIT_PERIOD", "10800")),
+        type=_number(float, "PULLMEDIC_AUDIT_PERIOD"),
+        default=env("PULLMEDIC_AUDIT_PERIOD", "10800"),
         help="audit: seconds between checks of one image, and the budget's window",
     )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")

@@ -1,0 +1,55 @@
+"""The operator's flags and their environment defaults (runner.add_arguments)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pullmedic import runner
+
+
+def parse(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv: str) -> argparse.Namespace:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    p = argparse.ArgumentParser()
+    runner.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "attr", "want"),
+    [
+        ({}, (), "metrics_port", 9090),
+        ({"PULLMEDIC_METRICS_PORT": "9191"}, (), "metrics_port", 9191),
+        ({"PULLMEDIC_METRICS_PORT": "9191"}, ("--metrics-port", "9292"), "metrics_port", 9292),
+        ({"PULLMEDIC_API_TIMEOUT": "7.5"}, (), "api_timeout", 7.5),
+        ({}, (), "audit_checks_per_host", 25),
+        # A bad variable does not matter when the flag is given.
+        (
+            {"PULLMEDIC_LIVENESS_PORT": "tcp://10.0.0.9:8080"},
+            ("--liveness-port=1",),
+            "liveness_port",
+            1,
+        ),
+    ],
+)
+def test_numeric_flags_take_their_variables(
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    argv: tuple[str, ...],
+    attr: str,
+    want: float,
+) -> None:
+    args = parse(monkeypatch, env, *argv)
+    assert getattr(args, attr) == want
+
+
+def test_a_service_link_variable_is_a_usage_error_that_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(monkeypatch, {"PULLMEDIC_METRICS_PORT": "tcp://10.0.0.23:9090"})
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metrics-port" in err and "enableServiceLinks: false" in err
