@@ -8,6 +8,7 @@ Nothing is ever written on pods.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -80,8 +81,14 @@ def build_registry(
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # Our own registry does not inherit kopf's default login handlers.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # Our own registry does not inherit kopf's default login handlers. The same order
+        # as the operator's own client (runner.api_client): a kubeconfig when one is named,
+        # else the pod's ServiceAccount at KUBERNETES_SERVICE_HOST/PORT as client-go's
+        # InClusterConfig reads it (kopf's login_with_service_account assumes cluster DNS
+        # for kubernetes.default.svc), else ~/.kube/config.
+        if os.environ.get("KUBECONFIG"):
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -309,6 +309,7 @@ def run(settings: OperatorSettings) -> int:
     # kopf logs every handler success per object: at thousands of pods that is the hot path.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per probe
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     workers = 16
