@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,39 @@ def start_operator(state: Path, info: dict[str, Any], api: client.ApiClient) -> 
     return proc
 
 
+def start_in_cluster(state: Path, info: dict[str, Any], api: client.ApiClient) -> str:
+    """Run pullmedic's image as a pod on the real node, installed with ``kubectl apply -k``."""
+    from sandbox import incluster
+
+    install_crds(api)
+    print("Building the operator image (cached after the first build) ...", flush=True)
+    tag = incluster.build_image()
+    ref = incluster.push_image(tag, _registry(info, "open"))
+    hosts = [r["host"] for r in info["registries"].values()]
+    where = incluster.Placement.for_sandbox(info["api_url"], hosts)
+    overlay = incluster.kustomize_overlay(state / "overlay", ref, where)
+    incluster.install_kustomize(paths.binary("kubectl"), Path(info["kubeconfig"]), overlay)
+    core = client.CoreV1Api(api)
+
+    def ready() -> bool:
+        pods = core.list_namespaced_pod(
+            OPERATOR_NAMESPACE, label_selector="app.kubernetes.io/name=pullmedic"
+        ).items
+        return any(
+            c.type == "Ready" and c.status == "True"
+            for p in pods
+            for c in p.status.conditions or []
+        )
+
+    wait_for(ready, "the operator pod Ready", 180)
+    return ref
+
+
+def shorten(text: str, width: int) -> str:
+    """One line of at most ``width`` characters, cut at a word boundary."""
+    return textwrap.shorten(text, width=width, placeholder=" ...")
+
+
 def _last_event(core: client.CoreV1Api, name: str, component: str = "pullmedic") -> str:
     """Latest Event from ``component`` about the workload or one of its pods."""
     evs = [
@@ -209,8 +243,8 @@ def watch(api: client.ApiClient, cases: list[Case], timeout: float) -> list[list
                     f"{up}/{c.replicas}",
                     ttr,
                     c.expect,
-                    _last_event(core, c.name, "kubelet")[:70],
-                    _last_event(core, c.name)[:70],
+                    shorten(_last_event(core, c.name, "kubelet"), 70),
+                    shorten(_last_event(core, c.name), 70),
                 ]
             )
         text = table(rows)
@@ -227,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__)
     p.add_argument("--keep", action="store_true", help="leave the sandbox and operator running")
     p.add_argument("--timeout", type=float, default=240.0)
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="run the operator's image as a pod on the real node (kubectl apply -k)",
+    )
     p.add_argument("--state", default=str(paths.state_dir()))
     args = p.parse_args(argv)
     state = Path(args.state)
@@ -242,9 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         cases, extra = prepare(info)
-        start_operator(state, info, api)
-        apply(api, cases, extra)
         node = info["node"]
+        if args.in_cluster:
+            if node["kind"] != "real":
+                print("--in-cluster needs the real node; this machine runs the emulator")
+                return 1
+            ref = start_in_cluster(state, info, api)
+            print(f"pullmedic runs in-cluster from {ref} (kubectl apply -k)")
+        else:
+            start_operator(state, info, api)
+        apply(api, cases, extra)
         if node["kind"] == "real":
             where = f"a real kubelet {node['kubelet']} on containerd {node['containerd']}"
         else:
@@ -265,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             kc = info["kubeconfig"]
             print(f"\nkubeconfig: {kc}")
-            print(f"try: .venv/bin/kubectl --kubeconfig {kc} get clusterpullpolicies")
-            print(f"     .venv/bin/kubectl --kubeconfig {kc} -n {NS} describe deployment web")
+            kubectl = paths.binary("kubectl")
+            print(f"try: {kubectl} --kubeconfig {kc} get clusterpullpolicies")
+            print(f"     {kubectl} --kubeconfig {kc} -n {NS} describe deployment web")
     finally:
         if args.keep:
             print(f"\nLeft running. Stop with: .venv/bin/python -m sandbox --state {state} down")

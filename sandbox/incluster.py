@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 
 from sandbox import paths, procs
-from sandbox.registries import Registry, RegistrySet
+from sandbox.registries import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_TAG = "localhost/pullmedic:0.1.0"
@@ -94,7 +95,7 @@ class Placement:
     registries: tuple[str, ...]
 
     @classmethod
-    def for_sandbox(cls, api_url: str, registries: RegistrySet) -> Placement:
+    def for_sandbox(cls, api_url: str, registry_hosts: Iterable[str]) -> Placement:
         hostport = api_url.removeprefix("https://")
         host, _, port = hostport.rpartition(":")
         return cls(
@@ -102,7 +103,7 @@ class Placement:
             api_port=int(port),
             health_port=procs.free_port(),
             metrics_port=procs.free_port(),
-            registries=tuple(r.host for r in registries.all()),
+            registries=tuple(registry_hosts),
         )
 
     def args(self) -> list[str]:
@@ -183,3 +184,16 @@ def helm_values(image: str, where: Placement) -> dict[str, Any]:
             "insecureRegistries": list(where.registries),
         },
     }
+
+
+def install_kustomize(kubectl: Path, kubeconfig: Path, overlay: Path) -> str:
+    """``kubectl apply -k``, as the README installs it; returns kubectl's output."""
+    out = subprocess.run(
+        [str(kubectl), "--kubeconfig", str(kubeconfig), "apply", "-k", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl apply -k {overlay}: {out.stderr}")
+    return out.stdout

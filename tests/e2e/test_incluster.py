@@ -186,6 +186,10 @@ def check_heals(registries: Any, core: Any, apps: Any, custom: Any) -> None:
         core.delete_namespace(ns, propagation_policy="Background")
 
 
+def hosts(sandbox: Any) -> list[str]:
+    return [r.host for r in sandbox.registries.all()]
+
+
 def _gone(core: Any, ns: str, selector: str) -> bool:
     return not core.list_namespaced_pod(ns, label_selector=selector).items
 
@@ -199,7 +203,7 @@ def coordination(api_client: Any) -> Any:
 def kustomize_install(
     sandbox: Any, image_ref: str, core: Any, apps: Any, tmp_path: Path
 ) -> Iterator[incluster.Placement]:
-    where = incluster.Placement.for_sandbox(sandbox.cluster.api_url, sandbox.registries)
+    where = incluster.Placement.for_sandbox(sandbox.cluster.api_url, hosts(sandbox))
     overlay = incluster.kustomize_overlay(tmp_path / "overlay", image_ref, where)
     kc = sandbox.kubeconfig
     kubectl("apply", "-k", str(overlay), kubeconfig=kc)
@@ -247,7 +251,7 @@ def test_helm_install_runs_the_image_and_heals(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    where = incluster.Placement.for_sandbox(sandbox.cluster.api_url, sandbox.registries)
+    where = incluster.Placement.for_sandbox(sandbox.cluster.api_url, hosts(sandbox))
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(incluster.helm_values(image_ref, where)))
     release = f"pm{uuid.uuid4().hex[:6]}"
