@@ -250,9 +250,17 @@ def labelled(dep: Any, bench: str) -> Any:
 class Operator:
     """``python -m bench.opshim run ...``: the real operator plus a JSONL trace."""
 
-    def __init__(self, b: Bench, name: str, *, extra_hosts: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        b: Bench,
+        name: str,
+        *,
+        extra_hosts: Sequence[str] = (),
+        args: Sequence[str] = (),
+    ) -> None:
         self.b = b
         self.name = name
+        self.args = list(args)  # more operator flags (e.g. --shards 2 --shard-index 1)
         self.log = b.state / "logs" / f"{name}.log"
         self.trace_path = b.state / f"{name}.trace.jsonl"
         self.extra_hosts = list(extra_hosts)
@@ -289,6 +297,7 @@ class Operator:
         ]
         for h in hosts:
             argv += ["--insecure-registry", h]
+        argv += self.args
         self.proc = procs.spawn(argv, self.log, env=env)
         self.b.extra.append(self.stop)
         wait_for(self._metrics_up, f"{self.name} metrics endpoint", 60)

@@ -204,6 +204,8 @@ def _start(
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,LimitRanger,"
             "DefaultStorageClass,ResourceQuota,NodeRestriction,MutatingAdmissionWebhook,"
             "ValidatingAdmissionWebhook",
+            # Sharded list/watch (alpha in 1.36): `shardSelector=shardRange(...)` on pods.
+            "--feature-gates=ShardedListAndWatch=true",
             "--v=1",
         ],
         logs / "kube-apiserver.log",

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pullmedic.actuator import Actuator
 from pullmedic.audit import Auditor, AuditSettings, PolicyAudit
 from pullmedic.circuit import CircuitBreaker
-from pullmedic.detection import might_be_stuck
+from pullmedic.detection import is_terminating, might_be_stuck, stuck_containers
 from pullmedic.grouping import Groups, PodState
+from pullmedic.handoff import HandOff
 from pullmedic.health import HealthChecks, HealthSettings
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import NodeRegistries
@@ -27,6 +28,7 @@ from pullmedic.remediation import Clocks, Diagnoser, Remediator
 from pullmedic.reporting import Reporter
 from pullmedic.scheduler import Scheduler, SchedulerSettings
 from pullmedic.secretsync import SecretSync
+from pullmedic.sharding import Shard, group_shard, handoff_target
 from pullmedic.status import PolicyStatus
 from pullmedic.supervision import Supervisor
 from pullmedic.sweeper import Sweeper
@@ -54,6 +56,7 @@ class EngineSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     audit_interval: float = 60.0
     dry_run: bool = False
+    shard: Shard = field(default_factory=Shard)  # which pods this replica watches and owns
 
 
 class Engine:
@@ -106,8 +109,9 @@ class Engine:
         )
         self.scheduler.paused = self.elector is not None  # standby until elected
         reporter = Reporter(kube)
+        self.shard = settings.shard
         self.status = PolicyStatus(
-            kube, self.inventory, self.groups, reporter, self.clocks.monotonic, self.acting
+            kube, self.inventory, self.groups, reporter, self.clocks.monotonic, self.acting_for_all
         )
         self.secret_sync = SecretSync(
             Actuator(kube, dry_run=settings.dry_run),
@@ -146,15 +150,24 @@ class Engine:
             self.inventory,
             kube,
             settings.operator_namespace,
-            self.acting,
+            self.acting_for_all,
         )
         self.supervisor.every("audit", settings.audit_interval, self.audit.tick, deadline=900)
         self._resuming: set[asyncio.Task[None]] = set()
         self.pod_watch: PodWatch | None = None
+        self.handoff_watch: PodWatch | None = None  # pods other shards hand to this one
+        self.handoff = HandOff(kube, self.acting)
+        if self.shard.sharded:
+            self.supervisor.every("handoff", 0.2, self.handoff.flush, deadline=60)
 
     def acting(self) -> bool:
-        """True on the one replica that decides and writes."""
+        """True on the one replica (of this shard) that decides and writes."""
         return self.elector is None or self.elector.leader
+
+    def acting_for_all(self) -> bool:
+        """Duties of the whole cluster, not of a shard's pods (policy conditions and status,
+        the audit): the acting replica of shard 0 only."""
+        return self.shard.index == 0 and self.acting()
 
     def _leadership(self, leader: bool) -> None:
         if not leader:
@@ -202,24 +215,65 @@ class Engine:
 
     def attach_pod_watch(self, source: Source, settings: PodWatchSettings | None = None) -> None:
         """Watch pods with our own lean watch (before start())."""
-        s = settings or PodWatchSettings()
+        s = replace(settings or PodWatchSettings(), shard_selector=self.shard.selector())
+        shard = self.shard
         self.pod_watch = PodWatch(
             source,
             self._pod_event,
-            lambda: list(self.groups.pods),
+            # Each watch re-lists only its own pods: it may declare only those gone.
+            lambda: [u for u in self.groups.pods if shard.holds(u)],
             settings=s,
-            on_heartbeat=self._pod_heartbeat,
+            on_heartbeat=lambda: self._pod_heartbeat("pod-watch"),
             clock=self.clocks.monotonic,
         )
         self.supervisor.forever("pod-watch", self.pod_watch.run, silence=2 * s.read_timeout + 30)
+        if not shard.sharded:
+            return
+        h = replace(s, shard_selector="", label_selector=shard.handoff_selector())
+        self.handoff_watch = PodWatch(
+            source,
+            self._handed_event,
+            lambda: [u for u in self.groups.pods if not shard.holds(u)],
+            settings=h,
+            on_heartbeat=lambda: self._pod_heartbeat("pod-handoff-watch"),
+            clock=self.clocks.monotonic,
+        )
+        self.supervisor.forever(
+            "pod-handoff-watch", self.handoff_watch.run, silence=2 * h.read_timeout + 30
+        )
 
     def _pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         self.health.saw_pod_event()
-        if might_be_stuck(body, self.groups.pods):
+        if not self.shard.sharded:
+            if might_be_stuck(body, self.groups.pods):
+                self.on_pod(event_type, body)
+            return
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if not self.shard.holds(uid):
+            return  # another shard's pod (the API server did not filter)
+        if event_type == "DELETED":
+            self.handoff.forget(uid)
+        target = handoff_target(self.shard, body)
+        if target is None:
+            if might_be_stuck(body, self.groups.pods):
+                self.on_pod(event_type, body)
+            return
+        if event_type != "DELETED" and might_be_stuck(body, ()):
+            stuck = not is_terminating(body) and bool(stuck_containers(body))
+            self.handoff.note(body, target if stuck else None)
+        else:
+            self.handoff.forget(uid)
+
+    def _handed_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A pod another shard watches and handed over: its group is ours."""
+        self.health.saw_pod_event()
+        if group_shard(self.shard, body) == self.shard.index and (
+            event_type == "DELETED" or might_be_stuck(body, self.groups.pods)
+        ):
             self.on_pod(event_type, body)
 
-    def _pod_heartbeat(self) -> None:
-        self.supervisor.beat("pod-watch")
+    def _pod_heartbeat(self, name: str) -> None:
+        self.supervisor.beat(name)
         self.health.saw_pod_event()
 
     def saw_pod_event(self) -> None:
@@ -249,6 +303,8 @@ class Engine:
             await self.elector.release()
         if self.pod_watch is not None:
             await self.pod_watch.source.aclose()
+        if self.handoff_watch is not None:
+            await self.handoff_watch.source.aclose()
 
     def liveness(self) -> list[str]:
         return self.health.liveness()
@@ -257,6 +313,8 @@ class Engine:
         problems = self.health.readiness()
         if self.pod_watch is not None and not self.pod_watch.listed:
             problems.append("pod watch has not listed yet")
+        if self.handoff_watch is not None and not self.handoff_watch.listed:
+            problems.append("hand-off pod watch has not listed yet")
         return problems
 
 

@@ -2,7 +2,7 @@
 
 Pods are not watched through kopf: kopf keeps per-object state for every pod it has seen,
 healthy or not. The engine's own lean watch (podwatch.py) keeps nothing per healthy pod.
-Nothing is ever written on pods.
+Nothing is written on pods (sharded replicas label a stuck pod to hand it over: handoff.py).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class PodWatchSettings:
     connect_timeout: float = 5.0
     page: int = 500  # list in pages: a big cluster's list is not one huge answer
     shard_selector: str = ""  # ShardedListAndWatch, e.g. shardRange(object.metadata.uid, ...)
+    label_selector: str = ""  # e.g. the pods other shards hand over to this one
 
 
 class Gone(Exception):
@@ -121,11 +122,14 @@ class PodWatch:
         self.listed = False  # the first list is complete (readiness)
         self.lists = 0
         self.rv = ""
+        self.unfiltered = False  # a shard selector was sent and the server ignored it
 
     def _params(self, **extra: str) -> dict[str, str]:
         p = dict(extra)
         if self.s.shard_selector:
             p["shardSelector"] = self.s.shard_selector
+        if self.s.label_selector:
+            p["labelSelector"] = self.s.label_selector
         return p
 
     async def relist(self) -> None:
@@ -142,6 +146,11 @@ class PodWatch:
                     seen.add(uid)
                 self.on_event(None, pod)
             meta = page.get("metadata") or {}
+            if self.s.shard_selector and not meta.get("shardInfo") and not self.unfiltered:
+                # The ShardedListAndWatch gate is off: the server ignored the selector and
+                # sends every pod (the engine drops the other shards' pods itself).
+                self.unfiltered = True
+                log.warning("pod watch: the API server ignores shardSelector; filtering here")
             cont = str(meta.get("continue") or "")
             if not cont:
                 self.rv = str(meta.get("resourceVersion") or "")

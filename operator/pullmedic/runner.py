@@ -24,6 +24,7 @@ from pullmedic.netguard import AddressPolicy
 from pullmedic.podwatch import ApiSource, PodWatchSettings
 from pullmedic.prober import Prober
 from pullmedic.registry import ClientConfig
+from pullmedic.sharding import Shard
 from pullmedic.webhook import WebhookSettings
 
 log = logging.getLogger("pullmedic")
@@ -150,6 +151,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lease-name", default=env("PULLMEDIC_LEASE_NAME", "pullmedic"))
     p.add_argument(
+        "--shards",
+        type=int,
+        default=int(env("PULLMEDIC_SHARDS", "1")),
+        help="split the pods between this many replica sets by uid (needs the API "
+        "server's ShardedListAndWatch gate to save work; correct without it)",
+    )
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        default=_ordinal(env("PULLMEDIC_SHARD_INDEX") or env("POD_NAME")),
+        help="this replica's shard, 0 .. --shards - 1 (default: $PULLMEDIC_SHARD_INDEX, "
+        "else the StatefulSet ordinal at the end of $POD_NAME)",
+    )
+    p.add_argument(
         "--lease-namespace",
         default=env("PULLMEDIC_LEASE_NAMESPACE"),
         help="namespace of the Lease (default: --operator-namespace)",
@@ -215,6 +230,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
+def _ordinal(value: str | None) -> int:
+    tail = (value or "").rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _shard(args: argparse.Namespace) -> Shard:
+    if args.shards < 1:
+        raise ValueError("--shards must be at least 1")
+    if args.shards == 1:
+        return Shard()
+    if not 0 <= args.shard_index < args.shards:
+        raise ValueError(f"--shard-index must be 0 .. {args.shards - 1}")
+    return Shard(args.shard_index, args.shards)
+
+
 def _lease(args: argparse.Namespace) -> LeaseSettings | None:
     if not args.leader_elect:
         return None
@@ -225,9 +255,11 @@ def _lease(args: argparse.Namespace) -> LeaseSettings | None:
     d = float(args.lease_duration)
     if d < 3:
         raise ValueError("--lease-duration must be at least 3 seconds")
+    shard = _shard(args)
     return LeaseSettings(
         namespace=namespace,
-        name=args.lease_name,
+        # One Lease per shard: each shard has exactly one acting replica.
+        name=f"{args.lease_name}-shard-{shard.name}" if shard.sharded else args.lease_name,
         identity=identity,
         duration=d,
         renew_deadline=round(d * 0.7, 1),
@@ -253,6 +285,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             dry_run=args.dry_run,
             node_registries=tuple(args.node_credentials_for),
             lease=_lease(args),
+            shard=_shard(args),
             audit=AuditSettings(
                 checks_per_host=args.audit_checks_per_host,
                 period=args.audit_period,

@@ -1,0 +1,131 @@
+"""Two shards against the real sandbox (API server with ShardedListAndWatch): together
+they list every pod exactly once, and a Deployment whose pods span both shards is
+remediated exactly once, by the shard its ReplicaSet's uid hashes into."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client
+
+from pullmedic.sharding import HANDOFF_LABEL, Shard
+from sandbox.images import push_image
+from sandbox.kube import OPERATOR_NAMESPACE, deployment, wait_for
+from tests.e2e.conftest import OperatorProcess
+from tests.e2e.test_ha import leading, remediated_events
+
+pytestmark = pytest.mark.cluster
+SHARDS = [Shard(0, 2), Shard(1, 2)]
+REPLICAS = 8  # all eight in one shard: 1 in 128
+
+
+@pytest.fixture
+def shards(
+    sandbox: Any, operator_kubeconfig: Path, tmp_path: Path
+) -> Iterator[list[OperatorProcess]]:
+    ops = [
+        OperatorProcess(operator_kubeconfig, sandbox.registries, tmp_path / f"shard{i}.log")
+        for i in range(2)
+    ]
+    for i, op in enumerate(ops):
+        op.start(
+            "--shards",
+            "2",
+            "--shard-index",
+            str(i),
+            "--leader-elect",
+            "--lease-name",
+            "pullmedic-shard-test",
+            "--lease-namespace",
+            OPERATOR_NAMESPACE,
+            "--lease-duration",
+            "4",
+        )
+    try:
+        yield ops
+    finally:
+        for op in ops:
+            op.stop()
+
+
+def test_two_shards_remediate_a_spanning_deployment_once(
+    shards: list[OperatorProcess],
+    sandbox: Any,
+    registries: Any,
+    core: Any,
+    apps: Any,
+    namespace: str,
+    cluster_policy: Any,
+) -> None:
+    repo = f"team/shard-{namespace[-6:]}"
+    for tag in ("2.0.0", "2.0.3"):
+        push_image(registries.open, repo, tag)
+    cluster_policy([namespace], mode="Remediate")
+    # One Lease per shard, each held by its only replica.
+    wait_for(lambda: all(leading(op) for op in shards), "both shards leading", 30)
+    leases = {
+        lease.metadata.name
+        for lease in client.CoordinationV1Api(core.api_client)
+        .list_namespaced_lease(OPERATOR_NAMESPACE)
+        .items
+    }
+    assert {"pullmedic-shard-test-shard-0-of-2", "pullmedic-shard-test-shard-1-of-2"} <= leases
+
+    bad = f"{registries.open.host}/{repo}:2.0.9"
+    good = f"{registries.open.host}/{repo}:2.0.3"
+    apps.create_namespaced_deployment(namespace, deployment("span", bad, replicas=REPLICAS))
+
+    def image() -> str:
+        d = apps.read_namespaced_deployment("span", namespace)
+        return str(d.spec.template.spec.containers[0].image)
+
+    first_pods: list[Any] = []
+
+    def failing_pods() -> bool:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=span").items
+        first_pods[:] = [p for p in pods if p.spec.containers[0].image == bad]
+        return len(first_pods) == REPLICAS
+
+    wait_for(failing_pods, "the first ReplicaSet's pods", 30)
+    wait_for(lambda: image() == good, "the owner shard to heal the Deployment", 90)
+
+    # The API server splits the pods: each shard's list is its slice, the two are disjoint
+    # and together they are every pod.
+    with httpx.Client(
+        base_url=sandbox.cluster.api_url, verify=sandbox.cluster.ssl_context(), timeout=30
+    ) as h:
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        whole = h.get(path).json()
+        every = {p["metadata"]["uid"] for p in whole["items"]}
+        at = {"resourceVersion": whole["metadata"]["resourceVersion"]}
+        slices = []
+        for s in SHARDS:  # at the same resourceVersion: the rollout goes on meanwhile
+            params = {"shardSelector": s.selector(), "resourceVersionMatch": "Exact", **at}
+            body = h.get(path, params=params).json()
+            assert body["metadata"]["shardInfo"]["selector"] == s.selector()
+            slices.append({p["metadata"]["uid"] for p in body["items"]})
+    assert not slices[0] & slices[1] and slices[0] | slices[1] == every
+
+    uids = {p.metadata.uid for p in first_pods}
+    assert {SHARDS[0].of(u) for u in uids} == {0, 1}, "the pods did not span both shards"
+    rs = next(r for r in first_pods[0].metadata.owner_references if r.controller)
+    owner = SHARDS[0].of(rs.uid)
+    # The other shard handed its pods over with the owner's label; the owner labelled none.
+    for p in first_pods:
+        try:
+            live = core.read_namespaced_pod(p.metadata.name, namespace)
+        except Exception:
+            continue  # replaced by the rollout already
+        label = (live.metadata.labels or {}).get(HANDOFF_LABEL)
+        if SHARDS[0].of(p.metadata.uid) == owner:
+            assert label is None, p.metadata.name
+        else:
+            assert label in (None, SHARDS[owner].name), p.metadata.name
+
+    d = apps.read_namespaced_deployment("span", namespace)
+    assert d.metadata.generation == 2, "patched more than once"
+    assert remediated_events(core, namespace, "span") == 1
