@@ -52,8 +52,10 @@ build_kubernetes() {
      -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION"
    for c in $missing; do
      [ -x "$out.tmp/$c" ] && continue
+     local b0; b0=$(date +%s)
      log "compiling $c $KUBERNETES_VERSION (slow on a cold cache)"
      go build -trimpath -ldflags "$ld" -o "$out.tmp/$c" "k8s.io/kubernetes/cmd/$c"
+     log "$c compiled in $(( $(date +%s) - b0 )) s"
    done)
   mkdir -p "$out"
   for c in $missing; do mv "$out.tmp/$c" "$out/$c"; done

@@ -11,23 +11,35 @@ node_pkgs=""
 for pkg in containerd runc containernetworking-plugins busybox-static; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || node_pkgs="$node_pkgs $pkg"
 done
+setup_start=$(date +%s)
+step() { echo "[setup] $1 ($(( $(date +%s) - $2 )) s)" >&2; }
 if [ -n "$node_pkgs" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[setup] installing$node_pkgs"
+    t0=$(date +%s)
+    echo "[setup] installing$node_pkgs (Debian packages)" >&2
     export DEBIAN_FRONTEND=noninteractive
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $node_pkgs >/dev/null \
       || { apt-get update -q >/dev/null \
            && apt-get install -y -q --no-install-recommends $node_pkgs >/dev/null; } \
       || echo "[setup] apt-get failed: the sandbox will use the node emulator" >&2
+    step "node packages installed" "$t0"
   else
     echo "[setup] not installing$node_pkgs (needs root and apt-get): the sandbox will use the node emulator" >&2
   fi
 fi
 py="${PYTHON:-python3}"
+t0=$(date +%s)
+echo "[setup] Python venv .venv: the operator and its test tools (pip)" >&2
 if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[dev]'
+step "Python venv ready" "$t0"
 t0=$(date +%s)
+if [ ! -d "${PULLMEDIC_CACHE:-$HOME/.cache/pullmedic}/bin" ]; then
+  echo "[setup] first run: compiling the sandbox from Go modules (about 12-14 min on 2 cores;" \
+       "each component prints its time; later runs reuse the cache)" >&2
+fi
 bash sandbox/build.sh
-echo "[setup] sandbox binaries ready ($(( $(date +%s) - t0 )) s)"
+step "sandbox binaries ready" "$t0"
+step "setup done" "$setup_start"
