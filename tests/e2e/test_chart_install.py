@@ -1,6 +1,6 @@
 """`helm install` of charts/pullmedic into the sandbox's real API server.
 
-The operator pod itself needs the real node (its image must be pulled and run); what this
+The operator pod itself runs in tests/e2e/test_incluster.py; what this
 checks without one: a real apiserver accepts every object of the default render, the
 ServiceAccount gets exactly the grants it needs (and no secret listing), and
 `helm uninstall` removes the cluster-scoped objects again.
