@@ -114,16 +114,36 @@ def _watch_sa(b: Bench, result: dict[str, Any]) -> None:
 
 
 def _service_account(b: Bench) -> Path:
-    """A cluster-admin ServiceAccount token and the CA, as a pod would have them."""
+    """A ServiceAccount token and the CA, as a pod would have them.
+
+    Its RBAC is the ClusterRole of its example deployment
+    (``deploy-example/kubernetes-manifest/1_rbac.yaml``).
+    """
     ns, name = "kube-system", "imagepullsecret-patcher"
+    rbac = client.RbacAuthorizationV1Api(b.api)
     b.core.create_namespaced_service_account(
         ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
     )
-    client.RbacAuthorizationV1Api(b.api).create_cluster_role_binding(
+    rbac.create_cluster_role(
+        client.V1ClusterRole(
+            metadata=client.V1ObjectMeta(name=name),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=[""],
+                    resources=["secrets", "serviceaccounts"],
+                    verbs=["list", "patch", "create", "get", "delete"],
+                ),
+                client.V1PolicyRule(
+                    api_groups=[""], resources=["namespaces"], verbs=["list", "get"]
+                ),
+            ],
+        )
+    )
+    rbac.create_cluster_role_binding(
         client.V1ClusterRoleBinding(
             metadata=client.V1ObjectMeta(name=name),
             role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="cluster-admin"
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name
             ),
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=ns)],
         )
