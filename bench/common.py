@@ -191,6 +191,36 @@ def start_bench(name: str, *, workers: int | None = None) -> Bench:
     )
 
 
+def build_peer(which: str) -> dict[str, Any]:
+    """Run ``sandbox/peers.sh WHICH`` (a warm cache is a no-op); the binary's path is its
+    last line on stdout. On failure ``error`` holds the tail of its output."""
+    cmd = [str(REPO / "sandbox" / "peers.sh"), which]
+    shown = f"sandbox/peers.sh {which}"
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        return {"built": False, "command": shown, "error": "timed out after 1200 s"}
+    except OSError as e:
+        return {"built": False, "command": shown, "error": str(e)}
+    lines = p.stdout.strip().splitlines()
+    binary = Path(lines[-1]) if lines else None
+    if p.returncode != 0 or binary is None or not binary.is_file():
+        return {
+            "built": False,
+            "command": shown,
+            "exit_code": p.returncode,
+            "error": (p.stderr or p.stdout).strip()[-1500:] or "no binary",
+        }
+    return {"built": True, "binary": str(binary), "command": shown}
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line (where a failed build says why)."""
+    lines = [s for s in text.strip().splitlines() if s.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def start_emulator_proc(sb: Sandbox, workers: int) -> subprocess.Popen[bytes]:
     """The sandbox's node emulator with more pod workers (for the scale run)."""
     env = dict(os.environ)

@@ -1,4 +1,9 @@
-"""The peer: titansoft's imagepullsecret-patcher, built from its Go module if the proxy has it.
+"""The peer: titansoft's imagepullsecret-patcher, built from a checkout of its source.
+
+The module is not on the Go module proxy, so ``sandbox/peers.sh patcher`` builds it from a
+checkout of https://github.com/titansoft-pte-ltd/imagepullsecret-patcher (``PATCHER_SRC``,
+default: cloned from GitHub into the cache) with its dependencies from the proxy. Without a
+checkout the row is skipped with the reason.
 
 The patcher (``main.go``) only knows ``rest.InClusterConfig()``: it reads
 ``KUBERNETES_SERVICE_HOST``/``_PORT`` and ``/var/run/secrets/kubernetes.io/serviceaccount``.
@@ -6,7 +11,7 @@ To run it against the sandbox without touching the host, it is started in a priv
 namespace (``unshare -m``) whose ``/var/run`` is a tmpfs holding a ServiceAccount token
 (TokenRequest API) and the sandbox CA. Every 10 s (its ``CONFIG_LOOP_DURATION`` default) it
 creates its secret in every non-excluded namespace and adds it to the ``default``
-ServiceAccount; it never recreates pods.
+ServiceAccount; it never recreates pods and never touches image references.
 """
 
 from __future__ import annotations
@@ -15,60 +20,44 @@ import base64
 import json
 import os
 import shutil
-import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from bench.common import Bench, namespace, say
+from bench.common import Bench, build_peer, last_line, say
 from sandbox import procs
 
-MODULE = "github.com/titansoft-pte-ltd/imagepullsecret-patcher"
-BIN_DIR = Path(os.environ.get("PULLMEDIC_CACHE", Path.home() / ".cache" / "pullmedic")) / "bin"
-BIN = BIN_DIR / "imagepullsecret-patcher" / "imagepullsecret-patcher"
+SECRET_NAME = "bench-peer-regcred"
+SOURCE = "a checkout of https://github.com/titansoft-pte-ltd/imagepullsecret-patcher"
 
 
 def build() -> dict[str, Any]:
-    """``go install MODULE@latest`` into the cache (never into the repo)."""
-    cmd = ["go", "install", f"{MODULE}@latest"]
-    shown = f"GOBIN={BIN.parent} " + " ".join(cmd)
-    if BIN.exists():
-        return {"built": True, "binary": str(BIN), "command": shown, "cached": True}
-    if shutil.which("go") is None:
-        return {"built": False, "command": shown, "error": "go is not installed"}
-    BIN.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GOBIN=str(BIN.parent), GOFLAGS="-mod=mod")
-    try:
-        p = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=600, check=False, cwd="/tmp"
-        )
-    except subprocess.TimeoutExpired:
-        return {"built": False, "command": shown, "error": "timed out after 600 s"}
-    if p.returncode != 0 or not BIN.exists():
-        return {
-            "built": False,
-            "command": shown,
-            "exit_code": p.returncode,
-            "error": (p.stderr or p.stdout).strip()[-1500:],
-        }
-    return {"built": True, "binary": str(BIN), "command": shown, "cached": False}
+    """``sandbox/peers.sh patcher`` (cache, never the repo): its path, or why there is none."""
+    return build_peer("patcher")
 
 
-def prepare(b: Bench, ns: str, image: str, replicas: int) -> dict[str, Any]:
-    """Build and start the patcher for namespace ``ns``; result has ``running`` and why."""
+def prepare(b: Bench, ns: str) -> dict[str, Any]:
+    """Build the patcher and get its credentials ready for namespace ``ns`` (which exists).
+
+    Every other namespace that exists now is excluded (its list is read once, at start).
+    ``launch`` starts it; the result has ``ready`` and, if not, ``reason``.
+    """
     result = build()
     if not result["built"]:
-        result["running"] = False
-        result["reason"] = (
-            f"`{result['command']}` failed (exit {result.get('exit_code')}): {result['error']}"
+        first = last_line(str(result["error"]))
+        src = "" if os.environ.get("PATCHER_SRC") else f"PATCHER_SRC is not set ({SOURCE}); "
+        result.update(
+            ready=False,
+            reason=f"{src}`{result['command']}` failed (exit {result.get('exit_code')}): {first}",
         )
-        say(f"peer: not built: {result['error'].splitlines()[0]}")
+        say(f"peer: not built: {first}")
         return result
     if shutil.which("unshare") is None:
-        result.update(running=False, reason="unshare(1) is missing: cannot fake in-cluster config")
+        result.update(ready=False, reason="unshare(1) is missing: cannot fake in-cluster config")
         return result
-    namespace(b, ns)
     creds = _service_account(b)
     reg = b.sb.registries.bearer
     auth = base64.b64encode(f"bob:{reg.users['bob']}".encode()).decode()
@@ -81,7 +70,7 @@ def prepare(b: Bench, ns: str, image: str, replicas: int) -> dict[str, Any]:
         KUBERNETES_SERVICE_HOST=host,
         KUBERNETES_SERVICE_PORT=port,
         CONFIG_DOCKERCONFIGJSON=dockerconfig,
-        CONFIG_SECRETNAME="bench-peer-regcred",
+        CONFIG_SECRETNAME=SECRET_NAME,
         CONFIG_EXCLUDED_NAMESPACES=",".join(others),
         CONFIG_LOOP_DURATION="10s",
     )
@@ -90,28 +79,71 @@ def prepare(b: Bench, ns: str, image: str, replicas: int) -> dict[str, Any]:
         f"mount -t tmpfs tmpfs {run_dir} && "
         f"mkdir -p {run_dir}/secrets/kubernetes.io/serviceaccount && "
         f"cp {creds}/* {run_dir}/secrets/kubernetes.io/serviceaccount/ && "
-        f"exec {BIN}"
+        f"exec {result['binary']}"
     )
-    proc = procs.spawn(
-        ["unshare", "-m", "sh", "-c", script], b.state / "logs" / "peer.log", env=env
+    result.update(
+        ready=True, running=False, namespace=ns, argv=["unshare", "-m", "sh", "-c", script]
     )
-    b.extra.append(lambda: procs.stop(proc))
-    result.update(running=True, proc=proc, log=str(b.state / "logs" / "peer.log"))
-    say("peer: imagepullsecret-patcher running")
+    result["_env"] = env
     return result
 
 
+def launch(b: Bench, result: dict[str, Any]) -> None:
+    """Start the prepared patcher, and note when it has patched the ServiceAccount."""
+    log = b.state / "logs" / "peer.log"
+    result["started_at"] = time.time()
+    proc = procs.spawn(result["argv"], log, env=result.pop("_env"))
+    b.extra.append(lambda: procs.stop(proc))
+    result.update(running=True, proc=proc, log=str(log))
+    threading.Thread(target=_watch_sa, args=(b, result), name="peer-sa-watch", daemon=True).start()
+    say("peer: imagepullsecret-patcher running")
+
+
+def _watch_sa(b: Bench, result: dict[str, Any]) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and result.get("running"):
+        try:
+            sa = b.core.read_namespaced_service_account("default", result["namespace"])
+        except Exception:
+            sa = None
+        names = [s.name for s in (sa.image_pull_secrets or [])] if sa else []
+        if SECRET_NAME in names:
+            result["service_account_patched_at"] = time.time()
+            return
+        time.sleep(0.1)
+
+
 def _service_account(b: Bench) -> Path:
-    """A cluster-admin ServiceAccount token and the CA, as a pod would have them."""
+    """A ServiceAccount token and the CA, as a pod would have them.
+
+    Its RBAC is the ClusterRole of its example deployment
+    (``deploy-example/kubernetes-manifest/1_rbac.yaml``).
+    """
     ns, name = "kube-system", "imagepullsecret-patcher"
+    rbac = client.RbacAuthorizationV1Api(b.api)
     b.core.create_namespaced_service_account(
         ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
     )
-    client.RbacAuthorizationV1Api(b.api).create_cluster_role_binding(
+    rbac.create_cluster_role(
+        client.V1ClusterRole(
+            metadata=client.V1ObjectMeta(name=name),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=[""],
+                    resources=["secrets", "serviceaccounts"],
+                    verbs=["list", "patch", "create", "get", "delete"],
+                ),
+                client.V1PolicyRule(
+                    api_groups=[""], resources=["namespaces"], verbs=["list", "get"]
+                ),
+            ],
+        )
+    )
+    rbac.create_cluster_role_binding(
         client.V1ClusterRoleBinding(
             metadata=client.V1ObjectMeta(name=name),
             role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="cluster-admin"
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name
             ),
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=ns)],
         )
@@ -132,6 +164,7 @@ def _service_account(b: Bench) -> Path:
 
 
 def stop(result: dict[str, Any]) -> None:
+    result["running"] = False
     proc = result.get("proc")
     if proc is not None:
         procs.stop(proc)
