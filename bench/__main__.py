@@ -21,7 +21,7 @@ from bench.common import RESULTS, machine, say, write_result
 
 NAMES = ("recovery", "storm", "scale")
 # Run on their own only (not part of `all`, their tables are written into the docs by hand).
-SEPARATE = ("admission", "shards")
+SEPARATE = ("admission", "shards", "watchmem")
 
 
 def main(argv: list[str] | None = None) -> int:

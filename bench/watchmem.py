@@ -1,0 +1,310 @@
+"""Watch memory: operator RSS per replica at 1k, 10k and 50k watched pods, 1, 2 and 4 shards.
+
+What grows with the cluster is what the pod watch keeps per pod, and that does not depend
+on whether a pod runs. So this run has no node at all: the pods are created in bulk and stay
+Pending, unscheduled, never failing, which is what most pods of a big cluster look like to
+pullmedic (never stuck). The scale and shards runs, with a node, stop near 10k pods on two
+cores because the node emulator and the API server cannot bring more pods up; here the API
+server and etcd only have to store them.
+
+Seven operator processes run side by side from an empty cluster: one unsharded replica,
+two replicas of a 2-shard split and four of a 4-shard split. After each step every replica
+must have seen a marker pod created after the step's last pod (its status written by this
+run as ErrImagePull, so pullmedic takes it up; one marker lands in every shard): a watch
+delivers in order, so each replica has then received every pod of the step. Then RSS is
+read as the median of a 5 s window after a settle time.
+
+``BENCH_WATCHMEM_STEPS`` (default ``1000,10000,50000``) sets the cluster sizes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from bench.common import (
+    Bench,
+    Operator,
+    ProcSampler,
+    namespace,
+    sandbox_pids,
+    say,
+    table,
+    wait_until,
+)
+from pullmedic.sharding import Shard
+from sandbox.env import start as start_sandbox
+from sandbox.kube import install_crds, wait_for
+
+NS = "watchmem"
+SPLITS = (1, 2, 4)
+CREATORS = 12  # parallel create requests
+
+
+def _start() -> Bench:
+    state = Path(tempfile.mkdtemp(prefix="pullmedic-bench-watchmem-"))
+    say(f"watchmem: starting sandbox (no node) in {state}")
+    sb = start_sandbox(state, time_scale=1.0, emulator=False, node="emulator")
+    try:
+        api = config.new_client_from_config(config_file=str(sb.kubeconfig))  # type: ignore[no-untyped-call]
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATORS + 4
+        install_crds(api)
+        core = client.CoreV1Api(api)
+        wait_for(lambda: core.read_namespaced_service_account("default", "default"), "default SA")
+    except BaseException:
+        sb.stop()
+        raise
+    return Bench(
+        sb, api, core, client.AppsV1Api(api), client.CustomObjectsApi(api), state, extra=[]
+    )
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    default = "250,1000" if quick else "1000,10000,50000"
+    steps = [int(s) for s in os.environ.get("BENCH_WATCHMEM_STEPS", default).split(",")]
+    b = _start()
+    try:
+        return _run(b, steps, 10.0 if quick else 20.0)
+    finally:
+        b.stop()
+
+
+def _pod(name: str, image: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "containers": [{"name": "app", "image": image}],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+def _create_pods(b: Bench, image: str, start: int, stop: int, uids: list[str]) -> float:
+    """Create pods ``start..stop-1`` (their uids appended to ``uids``); returns pods/s."""
+    t0 = time.monotonic()
+
+    def make(chunk: range) -> None:
+        with b.http(timeout=60) as h:
+            for i in chunk:
+                body = _pod(f"p-{i:06d}", image, {"bench": "watchmem", "app": "healthy"})
+                r = h.post(f"/api/v1/namespaces/{NS}/pods", json=body)
+                if r.status_code != 201:
+                    raise RuntimeError(f"create pod {i}: {r.status_code} {r.text[:200]}")
+                uids.append(r.json()["metadata"]["uid"])
+
+    n = stop - start
+    size = max(1, -(-n // CREATORS))
+    chunks = [range(s, min(s + size, stop)) for s in range(start, stop, size)]
+    with ThreadPoolExecutor(CREATORS) as pool:
+        list(pool.map(make, chunks))
+    return n / max(time.monotonic() - t0, 1e-6)
+
+
+def _stuck_status(image: str) -> dict[str, Any]:
+    msg = f'failed to pull and unpack image "{image}": not found'
+    return {
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": image,
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": msg}},
+                }
+            ],
+        }
+    }
+
+
+def _markers(b: Bench, image: str, step: int) -> dict[str, str]:
+    """Marker pods until every shard of every split holds one; returns name -> uid."""
+    want = {(i, n) for n in SPLITS for i in range(n)}
+    made: dict[str, str] = {}
+    k = 0
+    with b.http(timeout=30) as h:
+        while want and k < 200:
+            name = f"marker-{step}-{k:03d}"
+            k += 1
+            body = _pod(name, image, {"bench": "watchmem", "app": name})
+            r = h.post(f"/api/v1/namespaces/{NS}/pods", json=body)
+            r.raise_for_status()
+            uid = r.json()["metadata"]["uid"]
+            covers = {(i, n) for (i, n) in want if (Shard(i, n) if n > 1 else Shard()).holds(uid)}
+            if not covers:
+                h.delete(f"/api/v1/namespaces/{NS}/pods/{name}")
+                continue
+            want -= covers
+            made[name] = uid
+            p = h.patch(
+                f"/api/v1/namespaces/{NS}/pods/{name}/status",
+                json=_stuck_status(image),
+                headers={"Content-Type": "application/strategic-merge-patch+json"},
+            )
+            p.raise_for_status()
+    if want:
+        raise RuntimeError(f"no marker landed in shards {sorted(want)}")
+    return made
+
+
+def _settled(sampler: ProcSampler, seconds: float) -> float:
+    window = sampler.window(time.monotonic() - seconds)
+    return round(statistics.median(s[1] for s in window), 1) if window else 0.0
+
+
+def _run(b: Bench, steps: list[int], settle: float) -> dict[str, Any]:
+    regs = b.sb.registries
+    image = f"{regs.open.host}/watchmem/app:1.0"  # never pulled: no node
+    missing = f"{regs.open.host}/watchmem/app:9.9"
+    namespace(b, NS)
+    ops: dict[int, list[tuple[Shard, Operator]]] = {}
+    for n in SPLITS:
+        ops[n] = []
+        for i in range(n):
+            op = Operator(b, f"op-{i}-of-{n}", args=["--shards", str(n), "--shard-index", str(i)])
+            op.start()
+            ops[n].append((Shard(i, n) if n > 1 else Shard(), op))
+    samplers = {op.name: ProcSampler(op.pid).start() for g in ops.values() for _, op in g}
+    for s in samplers.values():
+        b.extra.append(s.stop)
+    time.sleep(settle)
+    base = {name: _settled(s, 5) for name, s in samplers.items()}
+    say(f"watchmem: idle with no pods: {base}")
+    pids = sandbox_pids(b)
+    rows: list[dict[str, Any]] = []
+    have = 0
+    marker_count = 0
+    uids: list[str] = []
+    stopped: str | None = None
+    for total in steps:
+        say(f"watchmem: creating pods {have}..{total}")
+        try:
+            rate = _create_pods(b, image, have, total, uids)
+        except Exception as e:  # the control plane gave out: measure what is there
+            stopped = f"step {total}: pod creation failed: {e}"
+            say(f"watchmem: {stopped}")
+            break
+        have = total
+        markers = _markers(b, missing, total)
+        marker_count += len(markers)
+
+        def seen_all(m: dict[str, str] = markers) -> bool:
+            for n in SPLITS:
+                for shard, op in ops[n]:
+                    mine = {u for u in m.values() if shard.holds(u)}
+                    got = {r.get("uid") for r in op.trace() if r.get("k") == "seen"}
+                    if not mine <= got:
+                        return False
+            return True
+
+        delivered = wait_until(seen_all, 600, every=1.0)
+        time.sleep(settle)
+        components = {}
+        for name, pid in pids.items():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        components[name] = round(int(line.split()[1]) / 1024, 1)
+            except OSError:
+                pass
+        row: dict[str, Any] = {
+            "pods": total + marker_count,
+            "healthy_pods": total,
+            "markers": sorted(markers),
+            "create_rate_per_s": round(rate, 1),
+            "all_replicas_caught_up": delivered,
+            "component_rss_mib": components,
+            "splits": {},
+        }
+        for n in SPLITS:
+            reps = []
+            for shard, op in ops[n]:
+                rss = _settled(samplers[op.name], 5)
+                mine = sum(1 for u in uids if shard.holds(u))
+                reps.append(
+                    {
+                        "replica": op.name,
+                        "pods_in_slice": mine,
+                        "settled_rss_mib": rss,
+                        "growth_kib_per_pod_from_idle": round(
+                            (rss - base[op.name]) * 1024 / mine, 3
+                        ),
+                    }
+                )
+            row["splits"][str(n)] = {
+                "replicas": reps,
+                "settled_rss_mib_mean": round(
+                    statistics.mean(r["settled_rss_mib"] for r in reps), 1
+                ),
+                "settled_rss_mib_max": max(r["settled_rss_mib"] for r in reps),
+            }
+        rows.append(row)
+        say(f"watchmem: step {total}: {row}")
+    return {
+        "steps": rows,
+        "baseline_rss_mib": base,
+        "settle_seconds": settle,
+        "stopped": stopped,
+        "operator_source_sha256": ops[1][0][1].source,
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    head = [
+        "pods in cluster",
+        "split",
+        "pods per replica",
+        "RSS per replica (MiB)",
+        "growth from idle (KiB/pod)",
+    ]
+    rows: list[list[Any]] = []
+    for s in r["steps"]:
+        for n in SPLITS:
+            sp = s["splits"][str(n)]
+            reps = sp["replicas"]
+            rss = [x["settled_rss_mib"] for x in reps]
+            grow = [x["growth_kib_per_pod_from_idle"] for x in reps]
+            rows.append(
+                [
+                    s["healthy_pods"],
+                    f"{n} shard{'s' if n > 1 else ''}",
+                    round(statistics.mean(x["pods_in_slice"] for x in reps)),
+                    f"{min(rss)}-{max(rss)}" if n > 1 else rss[0],
+                    f"{min(grow)}-{max(grow)}" if n > 1 else grow[0],
+                ]
+            )
+    out = table(
+        "Watch memory: RSS per replica, pods Pending and never failing (no node)", head, rows
+    )
+    marginal = []
+    steps = r["steps"]
+    for a, b in itertools.pairwise(steps):
+        for n in SPLITS:
+            ra = a["splits"][str(n)]["settled_rss_mib_mean"]
+            rb = b["splits"][str(n)]["settled_rss_mib_mean"]
+            per = (rb - ra) * 1024 / ((b["healthy_pods"] - a["healthy_pods"]) / n)
+            marginal.append(
+                f"{n} shard(s) {a['healthy_pods']}->{b['healthy_pods']}: {per:.3f} KiB/pod"
+            )
+    if marginal:
+        out += "\n\nMarginal growth between steps (mean replica): " + "; ".join(marginal)
+    out += f"\n\nIdle with no pods: {r['baseline_rss_mib']}"
+    if r.get("stopped"):
+        out += f"\n\nStopped: {r['stopped']}"
+    last = steps[-1] if steps else None
+    if last:
+        rss = last["component_rss_mib"]
+        out += f"\n\nControl plane RSS at {last['healthy_pods']} pods (MiB): {rss}"
+    return out
