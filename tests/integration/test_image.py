@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import paths
+from sandbox import incluster
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "localhost/pullmedic:test"
@@ -30,32 +30,12 @@ pytestmark = [
 
 
 def buildah(*args: str) -> str:
-    store = paths.cache_dir() / "buildah"
-    argv = [
-        "buildah",
-        "--root",
-        str(store / "storage"),
-        "--runroot",
-        f"{os.environ.get('XDG_RUNTIME_DIR', '/tmp')}/pullmedic-buildah",
-        "--storage-driver",
-        "vfs",
-        *args,
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"buildah {' '.join(args)}: {out.stderr}"
-    return out.stdout.strip()
+    return incluster.buildah(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    out = subprocess.run(
-        [str(REPO / "scripts" / "build-image.sh"), "--tag", TAG],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    return TAG
+    return incluster.build_image(TAG)
 
 
 @pytest.fixture(scope="module")
