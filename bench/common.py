@@ -13,6 +13,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ for _p in (str(REPO), str(REPO / "operator")):
 
 from kubernetes import client, config  # noqa: E402
 
+from pullmedic.sharding import Shard  # noqa: E402
 from sandbox import procs  # noqa: E402
 from sandbox.env import Sandbox  # noqa: E402
 from sandbox.env import start as start_sandbox  # noqa: E402
@@ -169,14 +171,16 @@ class Bench:
             shutil.rmtree(self.state, ignore_errors=True)
 
 
-def start_bench(name: str, *, workers: int | None = None) -> Bench:
-    """A fresh sandbox at REAL kubelet timing (time_scale=1.0), CRDs installed."""
+def start_bench(name: str, *, workers: int | None = None, node: bool = True) -> Bench:
+    """A fresh sandbox at REAL kubelet timing (time_scale=1.0), CRDs installed.
+
+    ``node=False``: no node at all (pods are stored, never scheduled or run)."""
     state = Path(tempfile.mkdtemp(prefix=f"pullmedic-bench-{name}-"))
-    say(f"{name}: starting sandbox in {state}")
+    say(f"{name}: starting sandbox in {state}" + ("" if node else " (no node)"))
     # Thousands of pods: the emulator, not the one real node a machine can hold.
-    sb = start_sandbox(state, time_scale=1.0, emulator=workers is None, node="emulator")
+    sb = start_sandbox(state, time_scale=1.0, emulator=node and workers is None, node="emulator")
     try:
-        if workers is not None:
+        if node and workers is not None:
             sb.emulator = start_emulator_proc(sb, workers)
         api = config.new_client_from_config(config_file=str(sb.kubeconfig))  # type: ignore[no-untyped-call]
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
@@ -189,6 +193,30 @@ def start_bench(name: str, *, workers: int | None = None) -> Bench:
     return Bench(
         sb, api, core, client.AppsV1Api(api), client.CustomObjectsApi(api), state, extra=[]
     )
+
+
+def split_operators(
+    b: Bench, splits: Sequence[int]
+) -> tuple[dict[int, list[tuple[Shard, Operator]]], dict[str, ProcSampler]]:
+    """One operator per shard of every split (``--shards N --shard-index I``), side by
+    side, each with an RSS sampler; named ``op-I-of-N``."""
+    ops: dict[int, list[tuple[Shard, Operator]]] = {}
+    for n in splits:
+        ops[n] = []
+        for i in range(n):
+            op = Operator(b, f"op-{i}-of-{n}", args=["--shards", str(n), "--shard-index", str(i)])
+            op.start()
+            ops[n].append((Shard(i, n) if n > 1 else Shard(), op))
+    samplers = {op.name: ProcSampler(op.pid).start() for g in ops.values() for _, op in g}
+    for sampler in samplers.values():
+        b.extra.append(sampler.stop)
+    return ops, samplers
+
+
+def settled_rss(sampler: ProcSampler, seconds: float) -> float:
+    """Median RSS (MiB) over the last ``seconds``."""
+    window = sampler.window(time.monotonic() - seconds)
+    return round(statistics.median(s[1] for s in window), 1) if window else 0.0
 
 
 def build_peer(which: str) -> dict[str, Any]:

@@ -26,9 +26,7 @@ from typing import Any
 
 from bench.common import (
     Bench,
-    Operator,
     PodTracker,
-    ProcSampler,
     cpu_breakdown,
     cpu_seconds,
     labelled,
@@ -36,11 +34,12 @@ from bench.common import (
     percentile,
     sandbox_pids,
     say,
+    settled_rss,
+    split_operators,
     start_bench,
     table,
     wait_until,
 )
-from pullmedic.sharding import Shard
 from sandbox.images import push_image
 from sandbox.kube import deployment
 
@@ -71,11 +70,6 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _settled(sampler: ProcSampler, seconds: float) -> float:
-    window = sampler.window(time.monotonic() - seconds)
-    return round(statistics.median(s[1] for s in window), 1) if window else 0.0
-
-
 def _scale_healthy(b: Bench, image: str, total: int, have: dict[str, int]) -> None:
     for i in range(math.ceil(total / PER_DEPLOYMENT)):
         name = f"ok-{i:04d}"
@@ -102,20 +96,11 @@ def _run(b: Bench, steps: list[int], settle: float, timeout: float) -> dict[str,
     push_image(regs.open, "shards/app", "1.0")
     image = f"{regs.open.host}/shards/app:1.0"
     namespace(b, NS)
-    ops: dict[int, list[tuple[Shard, Operator]]] = {}
-    for n in SPLITS:
-        ops[n] = []
-        for i in range(n):
-            op = Operator(b, f"op-{i}-of-{n}", args=["--shards", str(n), "--shard-index", str(i)])
-            op.start()
-            ops[n].append((Shard(i, n) if n > 1 else Shard(), op))
-    samplers = {op.name: ProcSampler(op.pid).start() for group in ops.values() for _, op in group}
-    for s in samplers.values():
-        b.extra.append(s.stop)
+    ops, samplers = split_operators(b, SPLITS)
     tracker = PodTracker(b, "bench=shards").start()
     b.extra.append(tracker.stop)
     time.sleep(settle)
-    base = {name: _settled(s, 5) for name, s in samplers.items()}
+    base = {name: settled_rss(s, 5) for name, s in samplers.items()}
     say(f"shards: idle with no pods: {base}")
     pids = sandbox_pids(b)
 
@@ -182,7 +167,7 @@ def _run(b: Bench, steps: list[int], settle: float, timeout: float) -> dict[str,
             seen: dict[str, float] = {}
             decided: dict[str, float] = {}
             for shard, op in ops[n]:
-                rss = _settled(samplers[op.name], 5)
+                rss = settled_rss(samplers[op.name], 5)
                 mine = sum(1 for u in uids if shard.holds(u))
                 grow = (rss - base[op.name]) * 1024 / mine if mine else None
                 replicas.append(

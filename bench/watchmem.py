@@ -22,55 +22,33 @@ from __future__ import annotations
 import itertools
 import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
-
 from bench.common import (
     Bench,
-    Operator,
-    ProcSampler,
     namespace,
     sandbox_pids,
     say,
+    settled_rss,
+    split_operators,
+    start_bench,
     table,
     wait_until,
 )
 from pullmedic.sharding import Shard
-from sandbox.env import start as start_sandbox
-from sandbox.kube import install_crds, wait_for
 
 NS = "watchmem"
 SPLITS = (1, 2, 4)
 CREATORS = 12  # parallel create requests
 
 
-def _start() -> Bench:
-    state = Path(tempfile.mkdtemp(prefix="pullmedic-bench-watchmem-"))
-    say(f"watchmem: starting sandbox (no node) in {state}")
-    sb = start_sandbox(state, time_scale=1.0, emulator=False, node="emulator")
-    try:
-        api = config.new_client_from_config(config_file=str(sb.kubeconfig))  # type: ignore[no-untyped-call]
-        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATORS + 4
-        install_crds(api)
-        core = client.CoreV1Api(api)
-        wait_for(lambda: core.read_namespaced_service_account("default", "default"), "default SA")
-    except BaseException:
-        sb.stop()
-        raise
-    return Bench(
-        sb, api, core, client.AppsV1Api(api), client.CustomObjectsApi(api), state, extra=[]
-    )
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     default = "250,1000" if quick else "1000,10000,50000"
     steps = [int(s) for s in os.environ.get("BENCH_WATCHMEM_STEPS", default).split(",")]
-    b = _start()
+    b = start_bench("watchmem", node=False)
     try:
         return _run(b, steps, 10.0 if quick else 20.0)
     finally:
@@ -159,28 +137,14 @@ def _markers(b: Bench, image: str, step: int) -> dict[str, str]:
     return made
 
 
-def _settled(sampler: ProcSampler, seconds: float) -> float:
-    window = sampler.window(time.monotonic() - seconds)
-    return round(statistics.median(s[1] for s in window), 1) if window else 0.0
-
-
 def _run(b: Bench, steps: list[int], settle: float) -> dict[str, Any]:
     regs = b.sb.registries
     image = f"{regs.open.host}/watchmem/app:1.0"  # never pulled: no node
     missing = f"{regs.open.host}/watchmem/app:9.9"
     namespace(b, NS)
-    ops: dict[int, list[tuple[Shard, Operator]]] = {}
-    for n in SPLITS:
-        ops[n] = []
-        for i in range(n):
-            op = Operator(b, f"op-{i}-of-{n}", args=["--shards", str(n), "--shard-index", str(i)])
-            op.start()
-            ops[n].append((Shard(i, n) if n > 1 else Shard(), op))
-    samplers = {op.name: ProcSampler(op.pid).start() for g in ops.values() for _, op in g}
-    for s in samplers.values():
-        b.extra.append(s.stop)
+    ops, samplers = split_operators(b, SPLITS)
     time.sleep(settle)
-    base = {name: _settled(s, 5) for name, s in samplers.items()}
+    base = {name: settled_rss(s, 5) for name, s in samplers.items()}
     say(f"watchmem: idle with no pods: {base}")
     pids = sandbox_pids(b)
     rows: list[dict[str, Any]] = []
@@ -231,7 +195,7 @@ def _run(b: Bench, steps: list[int], settle: float) -> dict[str, Any]:
         for n in SPLITS:
             reps = []
             for shard, op in ops[n]:
-                rss = _settled(samplers[op.name], 5)
+                rss = settled_rss(samplers[op.name], 5)
                 mine = sum(1 for u in uids if shard.holds(u))
                 reps.append(
                     {
