@@ -12,7 +12,9 @@ two replicas of a 2-shard split and four of a 4-shard split. After each step eve
 must have seen a marker pod created after the step's last pod (its status written by this
 run as ErrImagePull, so pullmedic takes it up; one marker lands in every shard): a watch
 delivers in order, so each replica has then received every pod of the step. Then RSS is
-read as the median of a 5 s window after a settle time.
+read as the median of a 5 s window after a settle time. Last, an eighth, unsharded
+replica starts with every pod already there, as after a restart or a failover: its peak
+while it lists them, its settled RSS, and when it noticed a new stuck pod.
 
 ``BENCH_WATCHMEM_STEPS`` (default ``1000,10000,50000``) sets the cluster sizes.
 """
@@ -29,6 +31,8 @@ from typing import Any
 
 from bench.common import (
     Bench,
+    Operator,
+    ProcSampler,
     namespace,
     sandbox_pids,
     say,
@@ -216,13 +220,49 @@ def _run(b: Bench, steps: list[int], settle: float) -> dict[str, Any]:
             }
         rows.append(row)
         say(f"watchmem: step {total}: {row}")
+    restarted = None if stopped or not rows else _restart(b, missing, have, settle)
     return {
         "steps": rows,
+        "restarted": restarted,
         "baseline_rss_mib": base,
         "settle_seconds": settle,
         "stopped": stopped,
         "operator_source_sha256": ops[1][0][1].source,
     }
+
+
+def _restart(b: Bench, image: str, pods: int, settle: float) -> dict[str, Any]:
+    """A replica started last, as after a restart or failover: it lists every pod first."""
+    op = Operator(b, "op-restarted")
+    t0 = time.monotonic()
+    op.start()
+    sampler = ProcSampler(op.pid).start()
+    b.extra.append(sampler.stop)
+    marker = _pod("marker-restart", image, {"bench": "watchmem", "app": "marker-restart"})
+    with b.http(timeout=30) as h:
+        r = h.post(f"/api/v1/namespaces/{NS}/pods", json=marker)
+        r.raise_for_status()
+        uid = r.json()["metadata"]["uid"]
+        h.patch(
+            f"/api/v1/namespaces/{NS}/pods/marker-restart/status",
+            json=_stuck_status(image),
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        ).raise_for_status()
+    caught_up = wait_until(
+        lambda: any(x.get("uid") == uid for x in op.trace() if x.get("k") == "seen"), 600, 1.0
+    )
+    t_caught = time.monotonic() - t0
+    time.sleep(settle)
+    peak = max((s[1] for s in sampler.window(t0)), default=0.0)
+    out = {
+        "pods": pods,
+        "caught_up": caught_up,
+        "seconds_to_marker": round(t_caught, 1),
+        "peak_rss_mib": round(peak, 1),
+        "settled_rss_mib": settled_rss(sampler, 5),
+    }
+    say(f"watchmem: restarted replica: {out}")
+    return out
 
 
 def render(r: dict[str, Any]) -> str:
@@ -265,6 +305,13 @@ def render(r: dict[str, Any]) -> str:
     if marginal:
         out += "\n\nMarginal growth between steps (mean replica): " + "; ".join(marginal)
     out += f"\n\nIdle with no pods: {r['baseline_rss_mib']}"
+    if r.get("restarted"):
+        x = r["restarted"]
+        out += (
+            f"\n\nA replica started with {x['pods']} pods present (restart, failover): "
+            f"peak {x['peak_rss_mib']} MiB while listing, settled {x['settled_rss_mib']} MiB, "
+            f"its first stuck pod noticed {x['seconds_to_marker']} s after start"
+        )
     if r.get("stopped"):
         out += f"\n\nStopped: {r['stopped']}"
     last = steps[-1] if steps else None
