@@ -89,6 +89,19 @@ class OperatorProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def leader_elect(lease: str, duration: int = 4) -> list[str]:
+    """Flags for replicas that elect a leader on ``lease`` (a short lease: fast tests)."""
+    return [
+        "--leader-elect",
+        "--lease-name",
+        lease,
+        "--lease-namespace",
+        OPERATOR_NAMESPACE,
+        "--lease-duration",
+        str(duration),
+    ]
+
+
 @pytest.fixture(scope="session")
 def operator_kubeconfig(
     sandbox: Any, api_client: Any, crds: None, tmp_path_factory: pytest.TempPathFactory

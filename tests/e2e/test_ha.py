@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from sandbox.images import push_image
-from sandbox.kube import OPERATOR_NAMESPACE, deployment, events_for, wait_for
-from tests.e2e.conftest import OperatorProcess
+from sandbox.kube import deployment, events_for, wait_for
+from tests.e2e.conftest import OperatorProcess, leader_elect
 
 pytestmark = pytest.mark.cluster
 LEASE = "pullmedic-ha-test"
@@ -37,15 +37,7 @@ def pair(
         for i in range(2)
     ]
     for op in ops:
-        op.start(
-            "--leader-elect",
-            "--lease-name",
-            LEASE,
-            "--lease-namespace",
-            OPERATOR_NAMESPACE,
-            "--lease-duration",
-            "4",
-        )
+        op.start(*leader_elect(LEASE))
     try:
         yield ops
     finally:

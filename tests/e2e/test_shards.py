@@ -15,7 +15,7 @@ from kubernetes import client
 from pullmedic.sharding import HANDOFF_LABEL, Shard
 from sandbox.images import push_image
 from sandbox.kube import OPERATOR_NAMESPACE, deployment, wait_for
-from tests.e2e.conftest import OperatorProcess
+from tests.e2e.conftest import OperatorProcess, leader_elect
 from tests.e2e.test_ha import leading, remediated_events
 
 pytestmark = pytest.mark.cluster
@@ -37,13 +37,7 @@ def shards(
             "2",
             "--shard-index",
             str(i),
-            "--leader-elect",
-            "--lease-name",
-            "pullmedic-shard-test",
-            "--lease-namespace",
-            OPERATOR_NAMESPACE,
-            "--lease-duration",
-            "4",
+            *leader_elect("pullmedic-shard-test"),
         )
     try:
         yield ops
