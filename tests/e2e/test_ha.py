@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sandbox.images import push_image
-from sandbox.kube import deployment, events_for, wait_for
+from sandbox.kube import deployment, events_for, running_pods, wait_for
 from tests.e2e.conftest import OperatorProcess, leader_elect
 
 pytestmark = pytest.mark.cluster
@@ -59,12 +59,13 @@ def test_the_standby_takes_over_a_storm_without_duplicate_writes(
     core: Any,
     apps: Any,
     namespace: str,
-    cluster_policy: Any,
+    private_case: Any,
 ) -> None:
+    # private_case: a Remediate ClusterPullPolicy for the namespace, with a pull secret to
+    # offer, and a private image that needs it (its stuck pods are recreated once fixed).
     repo = f"team/ha-{namespace[-6:]}"
     for tag in ("1.0.0", "1.0.3"):
         push_image(registries.open, repo, tag)
-    cluster_policy([namespace], mode="Remediate")
     wait_for(lambda: sum(leading(op) for op in pair) == 1, "exactly one leader", 30)
     leader = next(op for op in pair if leading(op))
     standby = next(op for op in pair if op is not leader)
@@ -83,11 +84,19 @@ def test_the_standby_takes_over_a_storm_without_duplicate_writes(
     names = [f"storm-{i}" for i in range(5)]
     for n in names:
         apps.create_namespaced_deployment(namespace, deployment(n, bad, replicas=2))
+    apps.create_namespaced_deployment(namespace, deployment("priv", private_case.image, 2))
     leader.stop(kill=True)
     killed_at = time.monotonic()
     wait_for(lambda: leading(standby), "the standby to take the Lease over", 30)
     took_over = time.monotonic() - killed_at
-    wait_for(lambda: all(image(n) == good for n in names), "the storm healed after failover", 90)
+    wait_for(
+        lambda: (
+            all(image(n) == good for n in names)
+            and len(running_pods(core, namespace, "app=priv")) == 2
+        ),
+        "the storm healed after failover",
+        90,
+    )
     healed = time.monotonic() - killed_at
     print(f"\nfailover: standby leads {took_over:.1f}s after SIGKILL; storm healed {healed:.1f}s")
     assert took_over <= 15
@@ -96,3 +105,16 @@ def test_the_standby_takes_over_a_storm_without_duplicate_writes(
         d = apps.read_namespaced_deployment(n, namespace)
         assert d.metadata.generation == 2, f"{n}: patched more than once"
         assert remediated_events(core, namespace, n) == 1, n
+    # The private workload: the ServiceAccount got the secret and the Deployment only its
+    # record (a Deployment's generation also counts annotation changes: one write), one
+    # Event, and its two stuck pods recreated once: its ReplicaSet made 2 + 2 pods.
+    priv = apps.read_namespaced_deployment("priv", namespace)
+    assert priv.metadata.generation == 2, "priv: written more than once"
+    assert not priv.spec.template.spec.image_pull_secrets
+    assert remediated_events(core, namespace, "priv") == 1
+    created = [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if e.reason == "SuccessfulCreate" and e.involved_object.name.startswith("priv-")
+    ]
+    assert sum(e.count or 1 for e in created) == 4, [e.message for e in created]
