@@ -152,17 +152,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-name", default=env("PULLMEDIC_LEASE_NAME", "pullmedic"))
     p.add_argument(
         "--shards",
-        type=int,
-        default=int(env("PULLMEDIC_SHARDS", "1")),
+        type=_number(int, "PULLMEDIC_SHARDS"),
+        default=env("PULLMEDIC_SHARDS", "1"),
         help="split the pods between this many replica sets by uid (needs the API "
         "server's ShardedListAndWatch gate to save work; correct without it)",
     )
     p.add_argument(
         "--shard-index",
-        type=int,
-        default=_ordinal(env("PULLMEDIC_SHARD_INDEX") or env("POD_NAME")),
+        type=_number(int, "PULLMEDIC_SHARD_INDEX"),
+        default=env("PULLMEDIC_SHARD_INDEX"),
         help="this replica's shard, 0 .. --shards - 1 (default: $PULLMEDIC_SHARD_INDEX, "
-        "else the StatefulSet ordinal at the end of $POD_NAME)",
+        "else the StatefulSet ordinal at the end of $POD_NAME modulo --shards: a "
+        "StatefulSet of 2 x N replicas gives every shard a standby)",
     )
     p.add_argument(
         "--lease-namespace",
@@ -240,6 +241,8 @@ def _shard(args: argparse.Namespace) -> Shard:
         raise ValueError("--shards must be at least 1")
     if args.shards == 1:
         return Shard()
+    if args.shard_index is None:
+        return Shard(_ordinal(os.environ.get("POD_NAME")) % args.shards, args.shards)
     if not 0 <= args.shard_index < args.shards:
         raise ValueError(f"--shard-index must be 0 .. {args.shards - 1}")
     return Shard(args.shard_index, args.shards)

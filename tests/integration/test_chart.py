@@ -149,6 +149,29 @@ def test_leader_election_off_drops_the_flag_and_the_lease_grant() -> None:
     assert "Role" not in by_kind(docs)
 
 
+@pytest.mark.parametrize(("shards", "replicas"), [(2, 2), (4, 1)])
+def test_sharding_renders_a_statefulset_of_shards_times_replicas(
+    shards: int, replicas: int
+) -> None:
+    docs = template(f"sharding.shards={shards}", f"replicas={replicas}")
+    kinds = by_kind(docs)
+    assert "Deployment" not in kinds
+    (sts,) = kinds["StatefulSet"]
+    assert sts["spec"]["replicas"] == shards * replicas
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert "strategy" not in sts["spec"]
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--shards={shards}" in args and "--leader-elect" in args
+    env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "POD_NAME" in env  # the ordinal the shard comes from
+
+
+def test_one_shard_is_the_plain_deployment() -> None:
+    kinds = by_kind(template("sharding.shards=1"))
+    assert "StatefulSet" not in kinds and len(kinds["Deployment"]) == 1
+    assert not [a for a in args_of(template("sharding.shards=1")) if a.startswith("--shards")]
+
+
 def test_a_malformed_pull_policy_key_fails_the_render() -> None:
     out = subprocess.run(
         [

@@ -50,3 +50,23 @@ def test_shard_and_its_lease(argv: tuple[str, ...], shard: Shard, lease: str) ->
 def test_impossible_shards_are_usage_errors(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):
         settings_from(parse(*argv))
+
+
+@pytest.mark.parametrize(
+    ("pod", "shards", "shard"),
+    [
+        ("pullmedic-0", 2, Shard(0, 2)),
+        ("pullmedic-1", 2, Shard(1, 2)),
+        ("pullmedic-2", 2, Shard(0, 2)),  # the standby of shard 0
+        ("pullmedic-3", 2, Shard(1, 2)),
+        ("pullmedic-5", 4, Shard(1, 4)),
+        ("pullmedic-7", 1, Shard()),
+    ],
+)
+def test_statefulset_ordinal_modulo_shards(
+    monkeypatch: pytest.MonkeyPatch, pod: str, shards: int, shard: Shard
+) -> None:
+    monkeypatch.setenv("POD_NAME", pod)
+    monkeypatch.delenv("PULLMEDIC_SHARD_INDEX", raising=False)
+    s = settings_from(parse("--operator-namespace", "ops", "--shards", str(shards))).engine
+    assert s.shard == shard
