@@ -258,7 +258,7 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
     }
 
 
-STATUS = {
+STATUS: dict[str, Any] = {
     "type": "object",
     "properties": {
         "observedGeneration": {"type": "integer"},
@@ -333,6 +333,30 @@ STATUS = {
                 "type": "object",
                 "properties": {k: {"type": "string"} for k in ("workload", "cause", "since")},
             },
+        },
+    },
+}
+
+
+# With --shards, each shard's acting replica writes its own part under status.shards
+# ("<I>-of-<N>"); shard 0 also writes the sum at the top level.
+SHARD_PART_FIELDS = (
+    "counts",
+    "backoff",
+    "managedSecrets",
+    "lastActions",
+    "unavailableImages",
+    "pendingActions",
+)
+STATUS["properties"]["shards"] = {
+    "type": "object",
+    "description": "Sharded replicas (--shards): each shard's own figures and journal, by "
+    "shard (<index>-of-<count>); the top level is their sum.",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            k: copy.deepcopy(STATUS["properties"][k])
+            for k in SHARD_PART_FIELDS
         },
     },
 }

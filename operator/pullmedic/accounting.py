@@ -177,6 +177,50 @@ class PolicyStats:
         }
 
 
+def merge_parts(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The top-level status of a sharded policy: the sum of its shards' parts
+    (status.shards), each written by its own shard. Malformed parts count as empty."""
+    counts: dict[str, int] = {}
+    backoff_: dict[str, float] = {}
+    actions: list[dict[str, str]] = []
+    copies: set[tuple[str, str]] = set()
+    audit: list[dict[str, str]] = []
+    pending: dict[str, dict[str, str]] = {}
+    for name in sorted(parts):
+        part = parts[name]
+        if not isinstance(part, Mapping):
+            continue
+        for k, v in (part.get("counts") or {}).items():
+            if isinstance(v, int):
+                counts[str(k)] = counts.get(str(k), 0) + v
+        for k, v in (part.get("backoff") or {}).items():
+            if isinstance(v, int | float):
+                backoff_[str(k)] = backoff_.get(str(k), 0) + v
+        for key, into in (("lastActions", actions), ("unavailableImages", audit)):
+            items = part.get(key)
+            into.extend(
+                {str(a): str(b) for a, b in x.items()}
+                for x in (items if isinstance(items, list) else ())
+                if isinstance(x, Mapping)
+            )
+        for m in part.get("managedSecrets") or ():
+            if isinstance(m, Mapping) and m.get("source") and m.get("copy"):
+                copies.add((str(m["source"]), str(m["copy"])))
+        for e in part.get("pendingActions") or ():
+            if isinstance(e, Mapping) and e.get("workload"):
+                pending[str(e["workload"])] = {str(a): str(b) for a, b in e.items()}
+    actions.sort(key=lambda a: a.get("time", ""))
+    backoff_ = {k: round(v, 1) if isinstance(v, float) else v for k, v in backoff_.items()}
+    return {
+        "counts": counts,
+        "backoff": backoff_,
+        "lastActions": actions[-10:],
+        "managedSecrets": [{"source": a, "copy": b} for a, b in sorted(copies)],
+        "unavailableImages": audit[:100],
+        "pendingActions": [pending[w] for w in sorted(pending)],
+    }
+
+
 def outcome(results: Sequence[Result]) -> tuple[bool, bool]:
     """(every action succeeded or had nothing to do, something was written)."""
     ok = all(r.outcome in APPLIED_OK for r in results)

@@ -111,7 +111,14 @@ class Engine:
         reporter = Reporter(kube)
         self.shard = settings.shard
         self.status = PolicyStatus(
-            kube, self.inventory, self.groups, reporter, self.clocks.monotonic, self.acting_for_all
+            kube,
+            self.inventory,
+            self.groups,
+            reporter,
+            self.clocks.monotonic,
+            self.acting,
+            lead=self.acting_for_all,
+            part=self.shard.name if self.shard.sharded else "",
         )
         self.secret_sync = SecretSync(
             Actuator(kube, dry_run=settings.dry_run),

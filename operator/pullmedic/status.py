@@ -14,7 +14,7 @@ from typing import Any
 
 from pullmedic import backoff, metrics
 from pullmedic import policy as pol
-from pullmedic.accounting import PolicyStats, now_iso
+from pullmedic.accounting import PolicyStats, merge_parts, now_iso
 from pullmedic.detection import parse_time
 from pullmedic.diagnosis import Cause
 from pullmedic.grouping import Groups, PodState
@@ -56,6 +56,8 @@ class PolicyStatus:
         reporter: Reporter,
         clock: Callable[[], float] = time.monotonic,
         acting: Callable[[], bool] = lambda: True,
+        lead: Callable[[], bool] | None = None,
+        part: str = "",
     ) -> None:
         self.kube = kube
         self.inv = inventory
@@ -63,8 +65,35 @@ class PolicyStatus:
         self.reporter = reporter
         self.clock = clock
         self.acting = acting  # standbys keep counts in step but never write
+        # Sharded (``part`` is the shard, "<I>-of-<N>"): every shard's acting replica writes
+        # its own figures and journal under status.shards[part]; the ``lead`` (shard 0's)
+        # also writes the conditions and the sum at the top level.
+        self.lead = lead or acting
+        self.part = part
+        self.others_seen: dict[str, dict[str, Any]] = {}  # policy -> other shards' parts
         self.failed_writes = 0
         self.bodies: dict[str, Mapping[str, Any]] = {}
+
+    def own(self, status: Mapping[str, Any]) -> Mapping[str, Any]:
+        """This replica's figures in a status body: its shard's part when sharded."""
+        if not self.part:
+            return status
+        shards = status.get("shards")
+        mine = shards.get(self.part) if isinstance(shards, Mapping) else None
+        return mine if isinstance(mine, Mapping) else {}
+
+    def payload(self, key: str, st: PolicyStats, stuck: int) -> dict[str, Any]:
+        """The status patch for one policy: ours, in our shard's part when sharded."""
+        mine = st.status(stuck)
+        if not self.part:
+            return mine
+        out: dict[str, Any] = {"shards": {self.part: mine}}
+        if self.lead():
+            shards = ((self.bodies.get(key) or {}).get("status") or {}).get("shards")
+            parts = dict(shards) if isinstance(shards, Mapping) else {}
+            parts[self.part] = mine
+            out.update(merge_parts(parts))
+        return out
 
     async def write(self, p: pol.Policy, status: Mapping[str, Any]) -> None:
         kind = "ClusterPullPolicy" if p.is_cluster else "PullPolicy"
@@ -85,14 +114,25 @@ class PolicyStatus:
             self.inv.policies[policy.key] = policy
         new = policy.key not in self.inv.stats
         st = self.inv.stats.setdefault(policy.key, PolicyStats())
+        status = body.get("status") or {}
         if new or not self.acting():
-            st.load(body.get("status") or {})  # continue the figures already published
+            st.load(self.own(status))  # continue the figures already published
             st.inherited_at = self.clock()
-        for item in (body.get("status") or {}).get("managedSecrets") or ():
+        for item in self.own(status).get("managedSecrets") or ():
             if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
                 st.copies.add((str(item["source"]), str(item["copy"])))
+        if self.part and self.lead():
+            shards = status.get("shards")
+            others = {
+                k: v
+                for k, v in (shards.items() if isinstance(shards, Mapping) else ())
+                if k != self.part
+            }
+            if others != self.others_seen.get(policy.key):
+                self.others_seen[policy.key] = others
+                st.dirty = True  # another shard's figures changed: write the sum again
         cond = ready_condition(policy, problems)
-        if self.acting() and condition_changed(body, cond, policy.generation):
+        if self.lead() and condition_changed(body, cond, policy.generation):
             cond["lastTransitionTime"] = now_iso()
             try:
                 await self.write(
@@ -135,7 +175,7 @@ class PolicyStatus:
         if p is None or st is None or not self.acting():
             return
         try:
-            await self.write(p, st.status(self.gauges().get(key, 0)))
+            await self.write(p, self.payload(key, st, self.gauges().get(key, 0)))
         except KubeError as e:
             log.info("journal of %s not written yet: %s", key, e)
 
@@ -210,7 +250,7 @@ class PolicyStatus:
                 continue
             st.dirty = False
             try:
-                await self.write(p, st.status(stuck.get(key, 0)))
+                await self.write(p, self.payload(key, st, stuck.get(key, 0)))
             except KubeError as e:
                 st.dirty = True
                 failed += 1

@@ -79,6 +79,20 @@ def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str
     return out
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch: objects merge key by key, null
+    removes a key, anything else (lists too) replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
 class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
@@ -193,7 +207,7 @@ class FakeKube:
         if cur is None:
             return
         self.writes.append(Write("patch_status", kind, ns, name, copy.deepcopy(dict(status))))
-        cur.setdefault("status", {}).update(copy.deepcopy(dict(status)))
+        cur["status"] = merge_patch(cur.get("status") or {}, copy.deepcopy(dict(status)))
 
     async def delete(
         self, kind: str, ns: str, name: str, *, uid: str = "", dry_run: bool = False
