@@ -172,8 +172,8 @@ class Engine:
         return self.elector is None or self.elector.leader
 
     def acting_for_all(self) -> bool:
-        """Duties of the whole cluster, not of a shard's pods (policy conditions and status,
-        the audit): the acting replica of shard 0 only."""
+        """Duties of the whole cluster, not of a shard's pods (policy conditions, the
+        status's top-level sum, the audit): the acting replica of shard 0 only."""
         return self.shard.index == 0 and self.acting()
 
     def _leadership(self, leader: bool) -> None:
