@@ -312,8 +312,10 @@ class KubeApi:
             verify=ctx,
             headers=headers,
             timeout=httpx.Timeout(30.0, connect=10.0),
+            # every connection the pool may open is kept: one closed as surplus is one
+            # more TLS handshake when the next burst comes
             limits=httpx.Limits(
-                max_connections=concurrency + 8, max_keepalive_connections=concurrency
+                max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
             ),
         )
         self.sem = asyncio.Semaphore(concurrency)
