@@ -138,10 +138,11 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
         p.clear()
     tokens_before = regs.token_server.request_count if regs.token_server else 0
     api_before = apiserver_requests(b)
-    spy = PySpy(op.pid, b.state / "storm.pyspy.txt")
+    # 20 samples a second: at py-spy's 100 the sampler spent more CPU than the operator
+    spy = PySpy(op.pid, b.state / "storm.pyspy.txt", rate=20)
     assert b.sb.emulator is not None
     emu_spy = PySpy(
-        b.sb.emulator.pid, b.state / "storm.emulator.pyspy.txt", rate=50, focus=("sandbox/",)
+        b.sb.emulator.pid, b.state / "storm.emulator.pyspy.txt", rate=20, focus=("sandbox/",)
     )
 
     say(f"storm: creating {len(workloads)} Deployments x {replicas} replicas at once")
@@ -223,6 +224,7 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
     lat_ex = [r["t"] - r["fs"] - (r.get("probe") or 0.0) for r in firsts if r.get("fs")]
     lat_all = [r["t"] - r["fs"] for r in actions if r.get("fs")]
     from_kubelet = []
+    acted_at: dict[tuple[str, str], float] = {}  # workload -> its first applied action
     for r in firsts:
         owner = str(r.get("g") or "").split("/")
         if len(owner) >= 3:
@@ -230,15 +232,20 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
             ff = tracker.first_fail.get((owner[1], app))
             if ff is not None:
                 from_kubelet.append(r["t"] - ff)
+            acted_at[(owner[1], app)] = min(r["t"], acted_at.get((owner[1], app), r["t"]))
     decides = [r for r in trace if r.get("k") == "decide" and r["t"] >= created]
     met = [g.met_at for g in tracker.goals.values() if g.met_at is not None]
     first_fail = tracker.first_fail_any
     by_cause: dict[str, list[float]] = {}
+    after_action: dict[str, list[float]] = {}  # the fix's rollout: action -> all Running
     for ns, name, _img, _exp, cause in workloads:
         g = tracker.goals[(ns, name)]
         ff = tracker.first_fail.get((ns, name))
         if g.met_at is not None and ff is not None:
             by_cause.setdefault(cause, []).append(g.met_at - ff)
+        if g.met_at is not None and (ns, name) in acted_at:
+            after_action.setdefault(cause, []).append(g.met_at - acted_at[(ns, name)])
+    fails = sorted(tracker.first_fail.values())
 
     def q(v: list[float], p: float) -> float | None:
         x = percentile(v, p)
@@ -266,6 +273,14 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
         "fixed_after_first_failure_by_cause_s": {
             c: {"n": len(v), "p50": q(v, 50), "max": q(v, 100)} for c, v in by_cause.items()
         },
+        "fixed_after_first_action_by_cause_s": {
+            c: {"n": len(v), "p50": q(v, 50), "max": q(v, 100)} for c, v in after_action.items()
+        },
+        # pod creation throughput: every workload's first failure, after the storm's first
+        "last_workload_first_failure_after_first_s": (
+            round(fails[-1] - fails[0], 2) if fails else None
+        ),
+        "workloads_failed": len(fails),
         "pods_at_end": dict(counts),
         "registry": {
             "operator_by_kind": {k: op_kinds.get(k, 0) for k in KINDS},
@@ -332,6 +347,21 @@ def render(r: dict[str, Any]) -> str:
     ]
     for cause, v in r["fixed_after_first_failure_by_cause_s"].items():
         rows.append([f"  {cause}: per workload p50 / max (s)", f"{v['p50']} / {v['max']}"])
+    if r.get("last_workload_first_failure_after_first_s") is not None:
+        rows.append(
+            [
+                "first ErrImagePull -> last workload's first ErrImagePull (s)",
+                f"{r['last_workload_first_failure_after_first_s']} "
+                f"({r['workloads_failed']} workloads)",
+            ]
+        )
+    for cause, v in (r.get("fixed_after_first_action_by_cause_s") or {}).items():
+        rows.append(
+            [
+                f"  {cause}: first action -> fixed and Running p50 / max (s)",
+                f"{v['p50']} / {v['max']}",
+            ]
+        )
     rows += [
         [
             "detection -> action p50 / p99 (s)",
