@@ -566,6 +566,8 @@ class NodeEmulator:
     DNS error); ``mirrors`` maps a registry domain to mirror URLs tried first.
     ``routine_events=False`` posts no Normal Event of a pod's ordinary life (Scheduled,
     Pulling, Pulled, Created, Started, Killing); pull failures' Events are posted as ever.
+    ``keep_content=True`` keeps fetched manifests and blobs by digest, like containerd's
+    content store: pulling a present image again (``Always``) only resolves its reference.
     """
 
     def __init__(
@@ -583,6 +585,7 @@ class NodeEmulator:
         api_concurrency: int = 32,
         bind: bool = True,
         routine_events: bool = True,
+        keep_content: bool = False,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.node = node_name
@@ -596,6 +599,7 @@ class NodeEmulator:
         self.api_concurrency = api_concurrency
         self.bind = bind
         self.routine_events = routine_events
+        self.keep_content = keep_content
         os_, _, rest = platform.partition("/")
         self.os = os_ or "linux"
         self.arch = rest.split("/")[0] or "amd64"
@@ -660,6 +664,7 @@ class NodeEmulator:
             plain_http=self.plain_http,
             external=self.external,
             mirrors=self.mirrors,
+            keep_content=self.keep_content,
         )
         self.images = ImageService(puller, self.pull_concurrency)
         tasks: list[asyncio.Task[None]] = []
@@ -1709,6 +1714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="API requests in flight at once (and about as many pooled connections)",
     )
     p.add_argument(
+        "--keep-content",
+        action="store_true",
+        help="keep fetched manifests and blobs by digest (containerd's content store): a "
+        "re-pull of a present image only resolves its reference",
+    )
+    p.add_argument(
         "--no-routine-events",
         dest="routine_events",
         action="store_false",
@@ -1735,6 +1746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pull_concurrency=args.pull_concurrency,
         api_concurrency=args.api_concurrency,
         routine_events=args.routine_events,
+        keep_content=args.keep_content,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: emu.stop())
