@@ -446,11 +446,13 @@ def render(r: dict[str, Any]) -> str:
             + "\n"
         )
     eprof = r.get("emulator_profile")
-    if eprof:
+    if eprof and eprof.get("inclusive_focus_pct"):
+        focus = eprof["inclusive_focus_pct"]
+        below_root = [kv for kv in focus if kv[1] < focus[0][1]]  # main, run(): everything
         out += (
             f"\nNode emulator (`{' '.join(r.get('emulator_args') or []) or 'defaults'}`) CPU "
             f"profile (py-spy, {eprof['samples']} samples), inclusive: "
-            + "; ".join(f"{k} {v}%" for k, v in eprof["inclusive_focus_pct"][:8])
+            + "; ".join(f"{k} {v}%" for k, v in below_root[:6])
             + "; self time: "
             + "; ".join(f"{k} {v}%" for k, v in eprof["self_pct"][:5])
             + "\n"
