@@ -171,17 +171,27 @@ class Bench:
             shutil.rmtree(self.state, ignore_errors=True)
 
 
-def start_bench(name: str, *, workers: int | None = None, node: bool = True) -> Bench:
+def start_bench(
+    name: str,
+    *,
+    workers: int | None = None,
+    node: bool = True,
+    emulator_args: Sequence[str] = (),
+) -> Bench:
     """A fresh sandbox at REAL kubelet timing (time_scale=1.0), CRDs installed.
 
-    ``node=False``: no node at all (pods are stored, never scheduled or run)."""
+    ``node=False``: no node at all (pods are stored, never scheduled or run).
+    ``workers`` or ``emulator_args`` (more ``sandbox.emulator`` flags) start the node
+    emulator here rather than with the sandbox's defaults.
+    """
     state = Path(tempfile.mkdtemp(prefix=f"pullmedic-bench-{name}-"))
     say(f"{name}: starting sandbox in {state}" + ("" if node else " (no node)"))
+    own = node and (workers is not None or bool(emulator_args))
     # Thousands of pods: the emulator, not the one real node a machine can hold.
-    sb = start_sandbox(state, time_scale=1.0, emulator=node and workers is None, node="emulator")
+    sb = start_sandbox(state, time_scale=1.0, emulator=node and not own, node="emulator")
     try:
-        if node and workers is not None:
-            sb.emulator = start_emulator_proc(sb, workers)
+        if own:
+            sb.emulator = start_emulator_proc(sb, workers or 64, emulator_args)
         api = config.new_client_from_config(config_file=str(sb.kubeconfig))  # type: ignore[no-untyped-call]
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 32
         install_crds(api)
@@ -249,8 +259,10 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def start_emulator_proc(sb: Sandbox, workers: int) -> subprocess.Popen[bytes]:
-    """The sandbox's node emulator with more pod workers (for the scale run)."""
+def start_emulator_proc(
+    sb: Sandbox, workers: int, args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """The sandbox's node emulator with more pod workers (scale) or other flags (storm)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)  # the emulator must not import the operator
     return procs.spawn(
@@ -266,6 +278,7 @@ def start_emulator_proc(sb: Sandbox, workers: int) -> subprocess.Popen[bytes]:
             str(workers),
             "--log-level",
             "WARNING",
+            *args,
         ],
         sb.state / "logs" / "emulator.log",
         env=env,
@@ -771,17 +784,43 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def cpu_breakdown(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, Any]:
-    """CPU seconds per process over a window, and the share of the machine they used."""
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy since boot (every process, ours or not:
+    user, nice, system, irq, softirq, steal from /proc/stat)."""
+    try:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return 0.0
+    busy = sum(int(f[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(f))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_breakdown(
+    before: dict[str, float],
+    after: dict[str, float],
+    wall: float,
+    machine: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """CPU seconds per process over a window, and the share of the machine they used.
+
+    ``machine``: :func:`machine_cpu` at the window's start and end; adds the machine's busy
+    share over the window and the CPU seconds of processes that are not the run's (other
+    users of a shared machine).
+    """
     used = {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
     total = sum(used.values())
     cores = os.cpu_count() or 1
-    return {
+    out: dict[str, Any] = {
         "wall_s": round(wall, 1),
         "cpu_s": dict(sorted(used.items(), key=lambda kv: -kv[1])),
         "cpu_s_total": round(total, 1),
         "machine_busy_pct": round(100 * total / (wall * cores), 1) if wall else None,
     }
+    if machine is not None and wall:
+        all_busy = machine[1] - machine[0]
+        out["machine_all_busy_pct"] = round(100 * all_busy / (wall * cores), 1)
+        out["other_processes_cpu_s"] = round(max(all_busy - total, 0.0), 1)
+    return out
 
 
 def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
@@ -796,8 +835,11 @@ def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.2) ->
 class PySpy:
     """``py-spy record`` on a process (raw collapsed stacks), stopped with SIGINT."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+    def __init__(
+        self, pid: int, out: Path, rate: int = 100, focus: Sequence[str] = ("pullmedic", "kopf")
+    ) -> None:
         self.out = out
+        self.focus = tuple(focus)
         exe = Path(sys.executable).parent / "py-spy"
         self.available = exe.exists()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -833,11 +875,14 @@ class PySpy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
-        return summarize_stacks(self.out) if self.out.exists() else None
+        return summarize_stacks(self.out, focus=self.focus) if self.out.exists() else None
 
 
-def summarize_stacks(path: Path, top: int = 12) -> dict[str, Any]:
-    """Self time by leaf function and inclusive time by function, from collapsed stacks."""
+def summarize_stacks(
+    path: Path, top: int = 12, focus: Sequence[str] = ("pullmedic", "kopf")
+) -> dict[str, Any]:
+    """Self time by leaf function and inclusive time by function, from collapsed stacks;
+    ``focus``: the inclusive time of functions whose frame names one of these strings."""
     leaf: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
@@ -858,11 +903,13 @@ def summarize_stacks(path: Path, top: int = 12) -> dict[str, Any]:
         return [(k, round(100 * v / total, 1)) for k, v in c.most_common(top)]
 
     interesting = Counter({k: v for k, v in incl.items() if "pullmedic" in k or "kopf" in k})
+    focused = Counter({k: v for k, v in incl.items() if any(f in k for f in focus)})
     return {
         "samples": total,
         "self_pct": pct(leaf),
         "inclusive_pct": pct(incl),
         "inclusive_pullmedic_kopf_pct": pct(interesting),
+        "inclusive_focus_pct": pct(focused),
     }
 
 
@@ -872,7 +919,7 @@ def _short(frame: str) -> str:
     if not m:
         return frame
     fn, path = m.group(1), m.group(2)
-    for marker in ("site-packages/", "/operator/", "/lib/python3"):
+    for marker in ("site-packages/", "/operator/", "/lib/python3", f"{REPO}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break

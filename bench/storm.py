@@ -11,6 +11,7 @@ seeing the failure to the action, with the registry time it spent in between.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from bench.common import (
     cpu_breakdown,
     cpu_seconds,
     labelled,
+    machine_cpu,
     namespace,
     operator_writes,
     percentile,
@@ -43,6 +45,13 @@ from sandbox.kube import deployment, dockerconfig_secret
 KINDS = ("ping", "token", "manifest_head", "manifest_get", "blob", "tags")
 BAD_IMAGES = 5
 SECRETS_NS = "bench-secrets"
+# The node side's cost is not what the storm measures: the emulated kubelet leaves out the
+# routine Normal Events of a pod's life (Scheduled, Pulling, Pulled, Created, Started,
+# Killing; the operator reads pod status, not the kubelet's Events; the pull failures'
+# Events are still posted), keeps a smaller pool of API connections (httpcore's pool
+# scans every connection for every request it places) and, like containerd, does not fetch
+# again the blobs of an image it has (the pods pull Always: a re-pull resolves the tag).
+EMULATOR_ARGS = ("--no-routine-events", "--api-concurrency", "12", "--keep-content")
 
 
 def _kind(path: str) -> str:
@@ -62,7 +71,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     n_ns = 2 if quick else 10
     replicas = 3 if quick else 10
     limit = 120.0 if quick else 240.0
-    b = start_bench("storm")
+    b = start_bench("storm", emulator_args=EMULATOR_ARGS)
     try:
         return _run(b, n_ns, replicas, limit)
     finally:
@@ -130,11 +139,21 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
         p.clear()
     tokens_before = regs.token_server.request_count if regs.token_server else 0
     api_before = apiserver_requests(b)
-    spy = PySpy(op.pid, b.state / "storm.pyspy.txt")
+    # 20 samples a second: at py-spy's 100 the sampler spent more CPU than the operator
+    spy = PySpy(op.pid, b.state / "storm.pyspy.txt", rate=20)
+    assert b.sb.emulator is not None
+    emu_spy = PySpy(
+        b.sb.emulator.pid, b.state / "storm.emulator.pyspy.txt", rate=20, focus=("sandbox/",)
+    )
 
     say(f"storm: creating {len(workloads)} Deployments x {replicas} replicas at once")
     pids = sandbox_pids(b, op)
+    for who, s in (("operator", spy), ("node emulator", emu_spy)):
+        if s.proc is not None:
+            pids[f"py-spy on the {who}"] = s.proc.pid
     cpu0 = cpu_seconds(pids)
+    mcpu0 = machine_cpu()
+    load0 = os.getloadavg()
     created = time.time()
 
     def create(w: tuple[str, str, str, str, str]) -> None:
@@ -146,10 +165,13 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
     created_done = time.time()
     all_fixed = wait_until(tracker.all_met, limit, every=0.5)
     end = time.time()
-    cpu = cpu_breakdown(cpu0, cpu_seconds(pids), end - created)
+    cpu = cpu_breakdown(cpu0, cpu_seconds(pids), end - created, (mcpu0, machine_cpu()))
+    cpu["load_average_before"] = [round(x, 2) for x in load0]
+    cpu["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     # let trailing writes (events, policy status) land before counting
     time.sleep(3)
     profile = spy.stop()
+    emu_profile = emu_spy.stop()
     api_after = apiserver_requests(b)
     tokens = (regs.token_server.request_count if regs.token_server else 0) - tokens_before
     tracker.stop()
@@ -203,6 +225,7 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
     lat_ex = [r["t"] - r["fs"] - (r.get("probe") or 0.0) for r in firsts if r.get("fs")]
     lat_all = [r["t"] - r["fs"] for r in actions if r.get("fs")]
     from_kubelet = []
+    acted_at: dict[tuple[str, str], float] = {}  # workload -> its first applied action
     for r in firsts:
         owner = str(r.get("g") or "").split("/")
         if len(owner) >= 3:
@@ -210,15 +233,20 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
             ff = tracker.first_fail.get((owner[1], app))
             if ff is not None:
                 from_kubelet.append(r["t"] - ff)
+            acted_at[(owner[1], app)] = min(r["t"], acted_at.get((owner[1], app), r["t"]))
     decides = [r for r in trace if r.get("k") == "decide" and r["t"] >= created]
     met = [g.met_at for g in tracker.goals.values() if g.met_at is not None]
     first_fail = tracker.first_fail_any
     by_cause: dict[str, list[float]] = {}
+    after_action: dict[str, list[float]] = {}  # the fix's rollout: action -> all Running
     for ns, name, _img, _exp, cause in workloads:
         g = tracker.goals[(ns, name)]
         ff = tracker.first_fail.get((ns, name))
         if g.met_at is not None and ff is not None:
             by_cause.setdefault(cause, []).append(g.met_at - ff)
+        if g.met_at is not None and (ns, name) in acted_at:
+            after_action.setdefault(cause, []).append(g.met_at - acted_at[(ns, name)])
+    fails = sorted(tracker.first_fail.values())
 
     def q(v: list[float], p: float) -> float | None:
         x = percentile(v, p)
@@ -246,6 +274,14 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
         "fixed_after_first_failure_by_cause_s": {
             c: {"n": len(v), "p50": q(v, 50), "max": q(v, 100)} for c, v in by_cause.items()
         },
+        "fixed_after_first_action_by_cause_s": {
+            c: {"n": len(v), "p50": q(v, 50), "max": q(v, 100)} for c, v in after_action.items()
+        },
+        # pod creation throughput: every workload's first failure, after the storm's first
+        "last_workload_first_failure_after_first_s": (
+            round(fails[-1] - fails[0], 2) if fails else None
+        ),
+        "workloads_failed": len(fails),
         "pods_at_end": dict(counts),
         "registry": {
             "operator_by_kind": {k: op_kinds.get(k, 0) for k in KINDS},
@@ -288,6 +324,8 @@ def _run(b: Any, n_ns: int, replicas: int, limit: float) -> dict[str, Any]:
         "observed_for_s": round(end - created, 1),
         "cpu_while_healing": cpu,
         "operator_profile": profile,
+        "emulator_args": list(EMULATOR_ARGS),
+        "emulator_profile": emu_profile,
     }
 
 
@@ -310,6 +348,21 @@ def render(r: dict[str, Any]) -> str:
     ]
     for cause, v in r["fixed_after_first_failure_by_cause_s"].items():
         rows.append([f"  {cause}: per workload p50 / max (s)", f"{v['p50']} / {v['max']}"])
+    if r.get("last_workload_first_failure_after_first_s") is not None:
+        rows.append(
+            [
+                "first ErrImagePull -> last workload's first ErrImagePull (s)",
+                f"{r['last_workload_first_failure_after_first_s']} "
+                f"({r['workloads_failed']} workloads)",
+            ]
+        )
+    for cause, v in (r.get("fixed_after_first_action_by_cause_s") or {}).items():
+        rows.append(
+            [
+                f"  {cause}: first action -> fixed and Running p50 / max (s)",
+                f"{v['p50']} / {v['max']}",
+            ]
+        )
     rows += [
         [
             "detection -> action p50 / p99 (s)",
@@ -365,17 +418,43 @@ def render(r: dict[str, Any]) -> str:
     out += f"\nAll clients (apiserver_request_total delta), top: {top}\n"
     cpu = r.get("cpu_while_healing")
     if cpu:
+        rows = [[k, v] for k, v in _desc(cpu["cpu_s"]) if v > 0]
+        busy = f"machine {cpu['machine_busy_pct']} % busy"
+        if "machine_all_busy_pct" in cpu:
+            rows.append(["other processes on the machine", cpu["other_processes_cpu_s"]])
+            busy = (
+                f"this run {cpu['machine_busy_pct']} % of the machine, "
+                f"machine {cpu['machine_all_busy_pct']} % busy in all"
+            )
         out += "\n" + table(
             f"Storm: CPU seconds per process from creation to all fixed "
-            f"({cpu['wall_s']} s wall, machine {cpu['machine_busy_pct']} % busy)",
+            f"({cpu['wall_s']} s wall, {busy})",
             ["process", "CPU s"],
-            [[k, v] for k, v in _desc(cpu["cpu_s"]) if v > 0],
+            rows,
         )
+        if "load_average_before" in cpu:
+            out += (
+                f"\nLoad average before / after: "
+                f"{', '.join(str(x) for x in cpu['load_average_before'])} / "
+                f"{', '.join(str(x) for x in cpu['load_average_after'])}\n"
+            )
     prof = r.get("operator_profile")
     if prof:
         out += (
             f"\nOperator CPU profile (py-spy, {prof['samples']} samples), self time: "
             + "; ".join(f"{k} {v}%" for k, v in prof["self_pct"][:6])
+            + "\n"
+        )
+    eprof = r.get("emulator_profile")
+    if eprof and eprof.get("inclusive_focus_pct"):
+        focus = eprof["inclusive_focus_pct"]
+        below_root = [kv for kv in focus if kv[1] < focus[0][1]]  # main, run(): everything
+        out += (
+            f"\nNode emulator (`{' '.join(r.get('emulator_args') or []) or 'defaults'}`) CPU "
+            f"profile (py-spy, {eprof['samples']} samples), inclusive: "
+            + "; ".join(f"{k} {v}%" for k, v in below_root[:6])
+            + "; self time: "
+            + "; ".join(f"{k} {v}%" for k, v in eprof["self_pct"][:5])
             + "\n"
         )
     return out

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -47,6 +48,12 @@ from sandbox.pull import Puller, PullError, PullResult, Target
 
 log = logging.getLogger("sandbox.emulator")
 
+# httpcore runs ``import sniffio`` inside a function, at every lock it takes; anyio 4.x no
+# longer installs sniffio, and an import that fails searches sys.path again every time (a
+# tenth of the emulator's CPU in the storm benchmark). A None entry fails it at once.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
 IMAGE_BACKOFF_INITIAL = 10.0  # imageBackOffPeriod
 IMAGE_BACKOFF_MAX = 300.0  # MaxImageBackOff
 WORKER_BACKOFF = 10.0  # pod worker requeue after a failed sync, jittered by up to 50 %
@@ -65,6 +72,10 @@ CONTAINERD_VERSION = "containerd://2.1.4"
 POD_CIDR = "10.244.0.0/16"
 HOST_IP = "127.0.0.1"
 KIND_FIELD = {"init": "initContainers", "app": "containers", "ephemeral": "ephemeralContainers"}
+# The Normal Events of a pod's ordinary life (scheduled, pulled, started, stopped). The
+# kubelet posts them; ``routine_events=False`` leaves them out (the storm benchmark: they
+# are most of the node's API writes and nothing reads them). Warnings and BackOff stay.
+ROUTINE_REASONS = frozenset({"Scheduled", "Pulling", "Pulled", "Created", "Started", "Killing"})
 
 
 # --------------------------------------------------------------------------------------
@@ -301,8 +312,10 @@ class KubeApi:
             verify=ctx,
             headers=headers,
             timeout=httpx.Timeout(30.0, connect=10.0),
+            # every connection the pool may open is kept: one closed as surplus is one
+            # more TLS handshake when the next burst comes
             limits=httpx.Limits(
-                max_connections=concurrency + 8, max_keepalive_connections=concurrency
+                max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8
             ),
         )
         self.sem = asyncio.Semaphore(concurrency)
@@ -342,15 +355,17 @@ class KubeApi:
 
 
 class EventRecorder:
-    def __init__(self, api: KubeApi, node: str, time_scale: float) -> None:
+    def __init__(self, api: KubeApi, node: str, time_scale: float, *, routine: bool = True) -> None:
         self.api = api
         self.node = node
+        self.routine = routine
         self.spam = SpamFilter(SPAM_BURST, SPAM_REFILL * time_scale)
         self.seen: OrderedDict[str, tuple[str, str, int]] = OrderedDict()  # key -> ns,name,count
         self._seq = 0
         self.created = 0
         self.patched = 0
         self.dropped = 0
+        self.skipped = 0  # routine Events left out (routine=False)
 
     async def emit(
         self,
@@ -360,6 +375,9 @@ class EventRecorder:
         message: str,
         component: str = "kubelet",
     ) -> None:
+        if not self.routine and type_ == "Normal" and reason in ROUTINE_REASONS:
+            self.skipped += 1
+            return
         host = self.node if component == "kubelet" else ""
         spam_key = "".join(
             [
@@ -546,6 +564,10 @@ class NodeEmulator:
     ``plain_http`` pulls loopback registries over http://; ``external`` allows
     non-loopback registries (default off: the node is air-gapped, those pulls fail with a
     DNS error); ``mirrors`` maps a registry domain to mirror URLs tried first.
+    ``routine_events=False`` posts no Normal Event of a pod's ordinary life (Scheduled,
+    Pulling, Pulled, Created, Started, Killing); pull failures' Events are posted as ever.
+    ``keep_content=True`` keeps fetched manifests and blobs by digest, like containerd's
+    content store: pulling a present image again (``Always``) only resolves its reference.
     """
 
     def __init__(
@@ -562,6 +584,8 @@ class NodeEmulator:
         pull_concurrency: int = 32,
         api_concurrency: int = 32,
         bind: bool = True,
+        routine_events: bool = True,
+        keep_content: bool = False,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.node = node_name
@@ -574,6 +598,8 @@ class NodeEmulator:
         self.pull_concurrency = pull_concurrency
         self.api_concurrency = api_concurrency
         self.bind = bind
+        self.routine_events = routine_events
+        self.keep_content = keep_content
         os_, _, rest = platform.partition("/")
         self.os = os_ or "linux"
         self.arch = rest.split("/")[0] or "amd64"
@@ -630,12 +656,15 @@ class NodeEmulator:
             return
         self._queue = asyncio.Queue()
         self.api = KubeApi(self.kubeconfig, self.api_concurrency)
-        self.events = EventRecorder(self.api, self.node, self.time_scale)
+        self.events = EventRecorder(
+            self.api, self.node, self.time_scale, routine=self.routine_events
+        )
         puller = Puller(
             self.platform,
             plain_http=self.plain_http,
             external=self.external,
             mirrors=self.mirrors,
+            keep_content=self.keep_content,
         )
         self.images = ImageService(puller, self.pull_concurrency)
         tasks: list[asyncio.Task[None]] = []
@@ -1678,6 +1707,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mirror", action="append", default=[], metavar="DOMAIN=URL")
     p.add_argument("--workers", type=int, default=64)
     p.add_argument("--pull-concurrency", type=int, default=32)
+    p.add_argument(
+        "--api-concurrency",
+        type=int,
+        default=32,
+        help="API requests in flight at once (and about as many pooled connections)",
+    )
+    p.add_argument(
+        "--keep-content",
+        action="store_true",
+        help="keep fetched manifests and blobs by digest (containerd's content store): a "
+        "re-pull of a present image only resolves its reference",
+    )
+    p.add_argument(
+        "--no-routine-events",
+        dest="routine_events",
+        action="store_false",
+        help="post no Scheduled/Pulling/Pulled/Created/Started/Killing Events (pull "
+        "failures' Events still posted)",
+    )
     p.add_argument("--log-level", default=os.environ.get("PULLMEDIC_EMULATOR_LOG", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -1696,6 +1744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         mirrors=_parse_mirrors(args.mirror),
         workers=args.workers,
         pull_concurrency=args.pull_concurrency,
+        api_concurrency=args.api_concurrency,
+        routine_events=args.routine_events,
+        keep_content=args.keep_content,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: emu.stop())

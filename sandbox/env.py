@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ def start_emulator(
     platform: str = DEFAULT_PLATFORM,
     tie: bool = True,
     node: str = NODE_NAME,
+    args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
+    """``python -m sandbox.emulator`` for ``node``; ``args``: more of its flags."""
     env = dict(os.environ)
     # Only the repository root: the emulator must not see (or import) the operator's code.
     env["PYTHONPATH"] = os.pathsep.join([str(paths.REPO), env.get("PYTHONPATH", "")])
@@ -106,6 +109,7 @@ def start_emulator(
             platform,
             "--node",
             node,
+            *args,
         ],
         log,
         env=env,

@@ -633,8 +633,14 @@ class Puller:
         mirrors: Mapping[str, Sequence[str]] | None = None,
         timeout: float = 30.0,
         retry_sleep: float = 0.05,
+        keep_content: bool = False,
     ) -> None:
         self.platform = parse_platform(platform)
+        # containerd's content store: a descriptor already fetched (and verified) is not
+        # fetched again, so a re-pull of a present image only resolves its reference
+        self.keep_content = keep_content
+        self._content: dict[str, bytes] = {}  # manifests and configs by digest
+        self._layers: dict[str, int] = {}  # layer digest -> size
         self.plain_http = plain_http
         self.external = external
         self.mirrors = {k: list(v) for k, v in (mirrors or {}).items()}
@@ -903,6 +909,24 @@ class Puller:
         assert last is not None
         raise last
 
+    async def _kept(
+        self,
+        az: _Authorizer,
+        hosts: list[_Host],
+        target: Target,
+        kind: str,
+        desc: Mapping[str, Any],
+        limit: int,
+    ) -> bytes:
+        """:meth:`_fetch`, from the content store when ``keep_content`` and present."""
+        dgst = str(desc.get("digest", ""))
+        if self.keep_content and dgst in self._content:
+            return self._content[dgst]
+        body = await self._fetch(az, hosts, target, kind, desc, limit)
+        if self.keep_content and dgst.startswith("sha256:"):
+            self._content[dgst] = body  # verified against the digest by _fetch
+        return body
+
     async def pull(self, target: Target, creds: tuple[str, str] | None = None) -> PullResult:
         """One CRI ``PullImage`` with at most one credential; raises :class:`PullError`."""
         started = time.monotonic()
@@ -915,14 +939,14 @@ class Puller:
                 raise e.wrap(f'failed to resolve reference "{target.full}"') from None
             order = [host, *[h for h in hosts if h != host]]
             root = {"digest": dgst, "mediaType": mtype, "size": size}
-            body = await self._fetch(az, order, target, "manifests", root, MAX_MANIFEST_SIZE)
+            body = await self._kept(az, order, target, "manifests", root, MAX_MANIFEST_SIZE)
             doc = _json(body)
             mtype = mtype or str(doc.get("mediaType", ""))
             if mtype in INDEX_TYPES or ("manifests" in doc and "layers" not in doc):
                 entry = select_manifest(doc, self.platform)
                 if entry is None:
                     raise RuntimeErr("no match for platform in manifest: not found", "notfound")
-                body = await self._fetch(az, order, target, "manifests", entry, MAX_MANIFEST_SIZE)
+                body = await self._kept(az, order, target, "manifests", entry, MAX_MANIFEST_SIZE)
                 doc = _json(body)
             total = len(body)
             config = doc.get("config") or {}
@@ -930,12 +954,18 @@ class Puller:
                 raise RuntimeErr(
                     f"failed to unpack image: invalid manifest for {target.full}", "unknown"
                 )
-            cfg = await self._fetch(az, order, target, "blobs", config, MAX_MANIFEST_SIZE)
+            cfg = await self._kept(az, order, target, "blobs", config, MAX_MANIFEST_SIZE)
             total += len(cfg)
             for layer in doc.get("layers") or []:
                 if isinstance(layer, dict) and layer.get("digest"):
-                    blob = await self._fetch(az, order, target, "blobs", layer, MAX_BLOB_SIZE)
-                    total += len(blob)
+                    ldg = str(layer["digest"])
+                    size = self._layers.get(ldg) if self.keep_content else None
+                    if size is None:
+                        blob = await self._fetch(az, order, target, "blobs", layer, MAX_BLOB_SIZE)
+                        size = len(blob)
+                        if self.keep_content and ldg.startswith("sha256:"):
+                            self._layers[ldg] = size
+                    total += size
         except RuntimeErr as e:
             raise to_pull_error(target.full, e) from None
         return PullResult(

@@ -387,3 +387,85 @@ def test_cached_images_are_reused_only_by_pods_that_may_pull_them(
     running(core, namespace, make_pod(core, namespace, image, secrets=(good,)))
     without = make_pod(core, namespace, image)
     assert "insufficient_scope" in waiting(core, namespace, without, "ErrImagePull").message
+
+
+def test_storm_node_flags(
+    core: Any, registries: Any, namespace: str, sandbox: Any, tmp_path: Any
+) -> None:
+    """The storm benchmark's node. ``--no-routine-events``: a healthy pod runs with no
+    Normal Event of its ordinary life; a failing pod's status and its failure Events are as
+    with the defaults. ``--keep-content``: a second ``Always`` pull of a present image
+    resolves the tag and fetches nothing else."""
+    from sandbox import procs
+    from sandbox.env import start_emulator
+    from sandbox.faultproxy import FaultProxy
+    from tests.conftest import TIME_SCALE
+
+    quiet = "quiet-node"
+    proc = start_emulator(
+        sandbox.cluster.kubeconfig,
+        tmp_path / "quiet-emulator.log",
+        time_scale=TIME_SCALE,
+        node=quiet,
+        args=["--no-routine-events", "--keep-content"],
+    )
+    proxy = FaultProxy(registries.open.url)
+    proxy.start()
+    names: list[str] = []
+    try:
+        wait_for(lambda: _node_named(core, quiet), 30, "quiet node registered")
+        r = repo()
+        push_image(registries.open, r, "1")
+        good = f"{proxy.host_port}/{r}:1"
+        bad = f"{proxy.host_port}/{r}:2"
+        ok_name = _pod_on(core, namespace, good, quiet, policy="Always")
+        bad_name = _pod_on(core, namespace, bad, quiet)
+        names.extend([ok_name, bad_name])
+        pod = running(core, namespace, ok_name)
+        assert pod.spec.node_name == quiet
+        first = [(q.method, q.path) for q in proxy.requests if f"/{r}/" in q.path]
+        again = _pod_on(core, namespace, good, quiet, policy="Always")
+        names.append(again)
+        running(core, namespace, again)
+        second = [(q.method, q.path) for q in proxy.requests if f"/{r}/" in q.path][len(first) :]
+        assert [m for m, p in first if "/blobs/" in p], first
+        assert second == [("HEAD", f"/v2/{r}/manifests/1")], second
+        err = waiting(core, namespace, bad_name, "ErrImagePull").message
+        assert err.endswith(f"{bad}: not found")
+        back = waiting(core, namespace, bad_name, "ImagePullBackOff")
+        assert back.message == f'Back-off pulling image "{bad}": ErrImagePull: {err}'
+        routine = {"Scheduled", "Pulling", "Pulled", "Created", "Started", "Killing"}
+        assert not [e for e in events(core, namespace, ok_name) if e[1] in routine]
+        msgs = set(events(core, namespace, bad_name))
+        assert ("Warning", "Failed", f'Failed to pull image "{bad}": {err}') in msgs
+        assert ("Warning", "Failed", "Error: ErrImagePull") in msgs
+        assert ("Normal", "BackOff", f'Back-off pulling image "{bad}"') in msgs
+        assert not [e for e in msgs if e[1] in routine]
+    finally:
+        for n in names:  # no kubelet will finish them off once the node is gone
+            core.delete_namespaced_pod(n, namespace, grace_period_seconds=0)
+        procs.stop(proc)
+        proxy.stop()
+        core.delete_node(quiet)
+
+
+def _node_named(core: Any, name: str) -> Any:
+    try:
+        node = core.read_node(name)
+    except Exception:
+        return None
+    return node if node.status and node.status.conditions else None
+
+
+def _pod_on(core: Any, ns: str, image: str, node: str, policy: str | None = None) -> str:
+    """A pod bound to ``node`` from the start (no scheduler, no Scheduled Event)."""
+    _ready_namespace(core, ns)
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    container = {"name": "main", "image": image}
+    if policy:
+        container["imagePullPolicy"] = policy
+    spec = {"nodeName": node, "containers": [container]}
+    core.create_namespaced_pod(
+        ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    )
+    return name
