@@ -9,8 +9,9 @@ from typing import Any
 from pullmedic import reference
 from pullmedic.detection import StuckContainer
 from pullmedic.grouping import PodState
-from pullmedic.planning import ActionType, Failure, ObjectRef, Plan
+from pullmedic.planning import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.policy import Policy
+from pullmedic.records import RemediationRecord
 
 
 def template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -78,6 +79,37 @@ def fingerprint(p: Plan) -> str:
         if a.type is not ActionType.RECREATE_PODS
     ]
     return f"{p.cause}|" + "|".join(parts) if p.actions else ""
+
+
+def main_action(p: Plan) -> Action:
+    """The action a plan's record names: the secret it gives, else the image it sets."""
+    return next(
+        (
+            a
+            for a in p.actions
+            if a.type in (ActionType.ATTACH_PULL_SECRET, ActionType.ADD_TEMPLATE_PULL_SECRET)
+        ),
+        next((a for a in p.actions if a.new_image), p.actions[-1]),
+    )
+
+
+def is_late_sibling(p: Plan, record: RemediationRecord | None, members: Sequence[PodState]) -> bool:
+    """Every stuck pod predates the fix the workload's record describes, and the plan
+    repeats that fix: they are late siblings of a fix already made, by this process or by
+    the one before a restart or failover (their first failures came late: the kubelet
+    pulls one image at a time). Recreating them is a follow-up, not a new remediation."""
+    if record is None or not p.actions or not members:
+        return False
+    main = main_action(p)
+    return (
+        record.cause == str(p.cause)
+        and record.container == p.failure.container
+        and record.action == str(main.type)
+        and (record.secret == main.secret if main.secret else record.new_image == main.new_image)
+        # creationTimestamp has whole seconds, so a pod made in the fix's own second counts
+        # as older; a pod that got the fix and still fails is the circuit breaker's (first).
+        and max(m.created for m in members) < record.at
+    )
 
 
 def is_follow_up(fp: str, applied: str, since_applied: float, window: float) -> bool:

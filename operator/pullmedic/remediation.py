@@ -27,6 +27,8 @@ from pullmedic.decision import (
     failure_of,
     fingerprint,
     is_follow_up,
+    is_late_sibling,
+    main_action,
     mirror_candidate,
 )
 from pullmedic.detection import parse_time
@@ -247,6 +249,13 @@ class Remediator:
         )
         fp = fingerprint(p)
         follow_up = is_follow_up(fp, group.applied, now - group.applied_at, self.window)
+        inherited = stats is not None and str(target) in stats.inherited
+        if not follow_up and p.apply and fp and not inherited:
+            # (An inherited journal entry is a fix to continue and count: below.)
+            record = RemediationRecord.from_annotation(
+                dict(failure.workload_annotations).get(REMEDIATION_ANNOTATION)
+            )
+            follow_up = is_late_sibling(p, record, members)
         continuation = False
         if p.apply and stats is not None and not follow_up:
             # A fix a previous process began (its journal entry is in the status): finish
@@ -335,7 +344,7 @@ class Remediator:
         finished_before = (
             continuation and not follow_up and ok and not wrote and _recorded(f, started)
         )
-        main = _main_action(p)
+        main = main_action(p)
         if wrote and not follow_up:
             self.circuit.remember(
                 target,
@@ -445,17 +454,6 @@ class Remediator:
             return None
         d = await self.prober.diagnose(candidate, keyring, platform, suggest=False)
         return candidate if d.cause is Cause.ImageAvailable else None
-
-
-def _main_action(p: Plan) -> Any:
-    return next(
-        (
-            a
-            for a in p.actions
-            if a.type in (ActionType.ATTACH_PULL_SECRET, ActionType.ADD_TEMPLATE_PULL_SECRET)
-        ),
-        next((a for a in p.actions if a.new_image), p.actions[-1]),
-    )
 
 
 def _recorded(f: Failure, at: float) -> bool:

@@ -297,6 +297,71 @@ async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) ->
     assert len(stats.remediations) == 1  # one rate-limit slot
 
 
+def private_setup(world: World) -> None:
+    deployment(world.kube, "priv", PRIVATE)
+    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
+    world.kube.put(
+        {
+            "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "shared"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        }
+    )
+    world.engine.on_namespace(None, namespace("shared"))
+
+
+def priv_writes(world: World) -> tuple[int, int, int]:
+    """(Remediated Events, Deployment writes, pod deletions) for the private workload."""
+    return (
+        len(world.kube.events("Remediated", on="priv")),
+        len([w for w in world.kube.written("patch", "Deployment") if w.name == "priv"]),
+        len(world.kube.written("delete", "Pod")),
+    )
+
+
+async def test_a_sibling_failing_after_the_window_is_still_a_follow_up(world: World) -> None:
+    """The kubelet pulls one image at a time: a sibling created before the fix may fail
+    for the first time long after it. The workload's record says the same fix was made
+    after that pod was created, so it is recreated with no second record or Event."""
+    await world.boot(cluster_policy())
+    private_setup(world)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await world.settle()
+    assert priv_writes(world) == (1, 1, 1)
+    await asyncio.sleep(FAST.recheck_after + 0.1)  # past the in-memory follow-up window
+    world.feed(stuck_pod(world.kube, "priv", 1, PRIVATE))
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
+    await world.settle()
+    assert priv_writes(world) == (1, 1, 2)
+    assert world.engine.inventory.stats["ClusterPullPolicy/heal"].counts["remediated"] == 1
+
+
+async def test_a_late_sibling_after_a_failover_is_a_follow_up(world: World) -> None:
+    """The leader fixed the workload and published its status, then died; a sibling made
+    before the fix fails only now, on the new leader: recreated, not remediated again."""
+    await world.boot(cluster_policy())
+    private_setup(world)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await world.settle()
+    await world.engine.status.flush()
+    assert world.kube.obj("ClusterPullPolicy", "", "heal")["status"]["pendingActions"] == []
+    world.engine.scheduler.cancel_all()  # SIGKILL
+
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    second.on_namespace(None, namespace("shared"))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    second.on_pod("MODIFIED", stuck_pod(world.kube, "priv", 1, PRIVATE))
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
+    await until(lambda: all(g.task is None or g.task.done() for g in second.groups.groups.values()))
+    assert priv_writes(world) == (1, 1, 2)
+    assert len(world.kube.written("patch", "ServiceAccount")) == 1
+    assert second.inventory.stats["ClusterPullPolicy/heal"].counts["remediated"] == 1
+
+
 async def test_rate_limit_counts_remediations_per_policy(world: World) -> None:
     await world.boot(cluster_policy(rateLimit={"remediationsPerHour": 1}))
     deployment(world.kube, "one", BAD)
