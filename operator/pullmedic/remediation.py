@@ -252,10 +252,7 @@ class Remediator:
         inherited = stats is not None and str(target) in stats.inherited
         if not follow_up and p.apply and fp and not inherited:
             # (An inherited journal entry is a fix to continue and count: below.)
-            record = RemediationRecord.from_annotation(
-                dict(failure.workload_annotations).get(REMEDIATION_ANNOTATION)
-            )
-            follow_up = is_late_sibling(p, record, members)
+            follow_up = is_late_sibling(p, _record_on(failure), members)
         continuation = False
         if p.apply and stats is not None and not follow_up:
             # A fix a previous process began (its journal entry is in the status): finish
@@ -456,11 +453,16 @@ class Remediator:
         return candidate if d.cause is Cause.ImageAvailable else None
 
 
-def _recorded(f: Failure, at: float) -> bool:
-    """The workload already carries the record of the fix made at ``at``."""
-    rec = RemediationRecord.from_annotation(
+def _record_on(f: Failure) -> RemediationRecord | None:
+    """The record of the last fix, as the failing pod's workload carries it."""
+    return RemediationRecord.from_annotation(
         dict(f.workload_annotations).get(REMEDIATION_ANNOTATION)
     )
+
+
+def _recorded(f: Failure, at: float) -> bool:
+    """The workload already carries the record of the fix made at ``at``."""
+    rec = _record_on(f)
     return rec is not None and same_time(rec.at, at)
 
 

@@ -47,6 +47,12 @@ def condition_changed(body: Mapping[str, Any], cond: Mapping[str, Any], generati
     ) != generation
 
 
+def shard_parts(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """status.shards of a sharded policy, by shard ("<I>-of-<N>"); empty when absent."""
+    shards = status.get("shards")
+    return shards if isinstance(shards, Mapping) else {}
+
+
 class PolicyStatus:
     def __init__(
         self,
@@ -78,8 +84,7 @@ class PolicyStatus:
         """This replica's figures in a status body: its shard's part when sharded."""
         if not self.part:
             return status
-        shards = status.get("shards")
-        mine = shards.get(self.part) if isinstance(shards, Mapping) else None
+        mine = shard_parts(status).get(self.part)
         return mine if isinstance(mine, Mapping) else {}
 
     def payload(self, key: str, st: PolicyStats, stuck: int) -> dict[str, Any]:
@@ -89,8 +94,7 @@ class PolicyStatus:
             return mine
         out: dict[str, Any] = {"shards": {self.part: mine}}
         if self.lead():
-            shards = ((self.bodies.get(key) or {}).get("status") or {}).get("shards")
-            parts = dict(shards) if isinstance(shards, Mapping) else {}
+            parts = dict(shard_parts((self.bodies.get(key) or {}).get("status") or {}))
             parts[self.part] = mine
             out.update(merge_parts(parts))
         return out
@@ -106,6 +110,7 @@ class PolicyStatus:
             self.inv.policies.pop(policy.key, None)
             self.inv.stats.pop(policy.key, None)
             self.bodies.pop(policy.key, None)
+            self.others_seen.pop(policy.key, None)
             return
         self.bodies[policy.key] = body
         if problems:
@@ -122,12 +127,7 @@ class PolicyStatus:
             if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
                 st.copies.add((str(item["source"]), str(item["copy"])))
         if self.part and self.lead():
-            shards = status.get("shards")
-            others = {
-                k: v
-                for k, v in (shards.items() if isinstance(shards, Mapping) else ())
-                if k != self.part
-            }
+            others = {k: v for k, v in shard_parts(status).items() if k != self.part}
             if others != self.others_seen.get(policy.key):
                 self.others_seen[policy.key] = others
                 st.dirty = True  # another shard's figures changed: write the sum again

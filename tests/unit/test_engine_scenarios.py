@@ -269,9 +269,8 @@ async def test_any_failure_retries_the_group(world: World, error: Exception) -> 
     await until(lambda: group.failures == 0, timeout=5)
 
 
-async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) -> None:
-    await world.boot(cluster_policy())
-    deployment(world.kube, "priv", PRIVATE)
+def shared_secret(world: World) -> None:
+    """The namespace's default ServiceAccount, and a pull secret in namespace "shared"."""
     world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
     world.kube.put(
         {
@@ -281,7 +280,17 @@ async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) ->
             "data": {".dockerconfigjson": "e30="},
         }
     )
+
+
+def private_setup(world: World) -> None:
+    deployment(world.kube, "priv", PRIVATE)
+    shared_secret(world)
     world.engine.on_namespace(None, namespace("shared"))
+
+
+async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) -> None:
+    await world.boot(cluster_policy())
+    private_setup(world)
     world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
     await until(lambda: bool(world.kube.written("delete", "Pod")))
     await world.settle()
@@ -296,20 +305,6 @@ async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) ->
     stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
     assert stats.counts["remediated"] == 1
     assert len(stats.remediations) == 1  # one rate-limit slot
-
-
-def private_setup(world: World) -> None:
-    deployment(world.kube, "priv", PRIVATE)
-    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
-    world.kube.put(
-        {
-            "kind": "Secret",
-            "metadata": {"name": "regcred", "namespace": "shared"},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": "e30="},
-        }
-    )
-    world.engine.on_namespace(None, namespace("shared"))
 
 
 def priv_writes(world: World) -> tuple[int, int, int]:
@@ -398,15 +393,7 @@ async def test_a_restarted_operator_converges_without_writing_twice(world: World
     """Killed after patching the workload, before recreating pods: the next process
     reads the record from the workload and finishes with no second patch or Event."""
     await world.boot(cluster_policy())
-    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
-    world.kube.put(
-        {
-            "kind": "Secret",
-            "metadata": {"name": "regcred", "namespace": "shared"},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": "e30="},
-        }
-    )
+    shared_secret(world)
     world.engine.on_namespace(None, namespace("shared"))
     deployment(world.kube, "priv", PRIVATE)
     pod = stuck_pod(world.kube, "priv", 0, PRIVATE)
@@ -696,15 +683,7 @@ async def test_a_private_image_on_the_node_still_gets_the_credential_fix(world: 
             "status": {"images": [{"names": [PRIVATE, "registry.example.com/other:1"]}]},
         }
     )
-    world.kube.put({"kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}})
-    world.kube.put(
-        {
-            "kind": "Secret",
-            "metadata": {"name": "regcred", "namespace": "shared"},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": "e30="},
-        }
-    )
+    shared_secret(world)
     await world.boot(cluster_policy())
     world.engine.on_namespace(None, namespace("shared"))
     deployment(world.kube, "priv", PRIVATE)
