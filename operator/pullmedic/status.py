@@ -7,6 +7,7 @@ the status catches up however long the API server was away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -79,6 +80,13 @@ class PolicyStatus:
         self.others_seen: dict[str, dict[str, Any]] = {}  # policy -> other shards' parts
         self.failed_writes = 0
         self.bodies: dict[str, Mapping[str, Any]] = {}
+        # One writer at a time per policy, its payload taken under the lock: a merge patch
+        # replaces lists whole, so a write computed before a journal entry and landing
+        # after it would erase the entry (then a crash loses the fix it announced).
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
 
     def own(self, status: Mapping[str, Any]) -> Mapping[str, Any]:
         """This replica's figures in a status body: its shard's part when sharded."""
@@ -111,6 +119,7 @@ class PolicyStatus:
             self.inv.stats.pop(policy.key, None)
             self.bodies.pop(policy.key, None)
             self.others_seen.pop(policy.key, None)
+            self.locks.pop(policy.key, None)
             return
         self.bodies[policy.key] = body
         if problems:
@@ -135,9 +144,10 @@ class PolicyStatus:
         if self.lead() and condition_changed(body, cond, policy.generation):
             cond["lastTransitionTime"] = now_iso()
             try:
-                await self.write(
-                    policy, {"observedGeneration": policy.generation, "conditions": [cond]}
-                )
+                async with self.lock(policy.key):
+                    await self.write(
+                        policy, {"observedGeneration": policy.generation, "conditions": [cond]}
+                    )
             except KubeError as e:
                 # The next event for this policy (kopf re-lists on reconnect) writes it.
                 log.warning("condition of %s not written: %s", policy.key, e)
@@ -175,7 +185,8 @@ class PolicyStatus:
         if p is None or st is None or not self.acting():
             return
         try:
-            await self.write(p, self.payload(key, st, self.gauges().get(key, 0)))
+            async with self.lock(key):
+                await self.write(p, self.payload(key, st, self.gauges().get(key, 0)))
         except KubeError as e:
             log.info("journal of %s not written yet: %s", key, e)
 
@@ -248,9 +259,10 @@ class PolicyStatus:
             p = self.inv.policies.get(key)
             if p is None or not st.dirty:
                 continue
-            st.dirty = False
             try:
-                await self.write(p, self.payload(key, st, stuck.get(key, 0)))
+                async with self.lock(key):
+                    st.dirty = False  # under the lock: the payload is what is true now
+                    await self.write(p, self.payload(key, st, stuck.get(key, 0)))
             except KubeError as e:
                 st.dirty = True
                 failed += 1

@@ -135,7 +135,8 @@ def policy_status(custom: Any, name: str) -> dict[str, Any]:
 def wait_status_current(
     custom: Any, policy: str, workloads: list[str], op: OperatorProcess
 ) -> dict[str, Any]:
-    """The status counts every remediation and lists each workload in lastActions."""
+    """The status counts every remediation exactly once and lists each workload's fix
+    once in lastActions (a double count after a restart fails, as does a lost one)."""
     last: dict[str, Any] = {}
     deadline = time.monotonic() + STATUS_WITHIN
     while time.monotonic() < deadline:
@@ -143,6 +144,19 @@ def wait_status_current(
         remediated = (last.get("counts") or {}).get("remediated", 0)
         listed = {a.get("workload") for a in last.get("lastActions") or ()}
         if remediated >= len(workloads) and all(w in listed for w in workloads):
+            applied_ = [
+                a.get("workload")
+                for a in last.get("lastActions") or ()
+                if a.get("result") == "applied"
+            ]
+            assert remediated == len(workloads), (
+                f"status of {policy} counts {remediated} remediations of {workloads}: "
+                f"lastActions={last.get('lastActions')}"
+            )
+            assert sorted(applied_) == sorted(workloads), (
+                f"status of {policy}: applied fixes listed {applied_}, want each of "
+                f"{workloads} once"
+            )
             return last
         time.sleep(0.3)
     raise AssertionError(

@@ -456,6 +456,44 @@ async def test_killed_mid_status_write_the_next_process_counts_it_once(world: Wo
     assert len(image_patches(world.kube, "web")) == 1
 
 
+async def test_a_status_write_in_flight_never_erases_a_journal_entry(world: World) -> None:
+    """The fault suite's lost remediation: a status write computed before a fix was entered
+    in the journal landed after it (a merge patch replaces the list whole), so when the
+    process then died nothing recorded the fix. Writes of one policy are serialised and
+    each payload is taken under the lock, so the journal entry survives."""
+    from tests.unit.fakekube import Fault
+
+    await world.boot(cluster_policy())
+    release = asyncio.Event()
+    world.kube.faults[("patch_status", "ClusterPullPolicy")] = Fault(hang=release, times=1)
+    stale = asyncio.create_task(world.engine.status.flush())  # computed with no entry
+    await until(lambda: world.kube.faults[("patch_status", "ClusterPullPolicy")].times == 0)
+    deployment(world.kube, "web", BAD)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await until(
+        lambda: (
+            f"Deployment/{NS}/web" in world.engine.inventory.stats["ClusterPullPolicy/heal"].journal
+        )
+    )
+    release.set()
+    await stale
+    await until(lambda: bool(world.kube.events("Remediated", on="web")))
+    await world.settle()
+    world.engine.scheduler.cancel_all()  # SIGKILL before the counted status is written
+    status = world.kube.obj("ClusterPullPolicy", "", "heal")["status"]
+    assert [e["workload"] for e in status["pendingActions"]] == [f"Deployment/{NS}/web"]
+
+    second = world.new_engine()
+    second.on_namespace(None, namespace(NS))
+    await second.on_policy(None, world.kube.obj("ClusterPullPolicy", "", "heal"))
+    await second.status.resolve(grace=0)
+    await second.status.flush()
+    status = world.kube.obj("ClusterPullPolicy", "", "heal")["status"]
+    assert status["counts"]["remediated"] == 1 and status["pendingActions"] == []
+    assert [a["workload"] for a in status["lastActions"]] == [f"Deployment/{NS}/web"]
+    assert len(world.kube.events("Remediated", on="web")) == 1
+
+
 async def test_killed_mid_status_write_with_pods_still_stuck_counts_it_once(world: World) -> None:
     """As above, but the restarted process sees a stuck pod of the group first: its
     decision continues the fix, finds nothing left to write, and still counts it once."""
