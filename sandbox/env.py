@@ -131,18 +131,27 @@ def choose_node(node: str | None) -> tuple[str, str]:
 
 
 def start(
-    state: Path, *, time_scale: float = 1.0, emulator: bool = True, node: str | None = None
+    state: Path,
+    *,
+    time_scale: float = 1.0,
+    emulator: bool = True,
+    node: str | None = None,
+    fallback: bool = True,
 ) -> Sandbox:
     """Start every part, tied to this process so nothing outlives it.
 
     ``node``: "real" (default) or "emulator"; ``PULLMEDIC_NODE`` overrides the default.
-    A real node that cannot run here falls back to the emulator with a printed line.
+    A real node that cannot run here falls back to the emulator with a printed line, or,
+    with ``fallback=False`` (the test suite), raises ``NodeUnavailable`` with the reason:
+    a suite that silently ran on the emulator would pass without the kubelet.
     ``emulator=False`` starts no emulator (the caller runs its own).
     """
     from sandbox.node import NodeUnavailable, start_node
 
     state.mkdir(parents=True, exist_ok=True)
     kind, note = choose_node(node)
+    if note and not fallback:
+        raise NodeUnavailable(f"{note} (PULLMEDIC_NODE=emulator runs on the node emulator)")
     cluster = start_cluster(
         state / "cluster",
         extra_controllers=("node-lifecycle-controller",) if kind == "real" else (),
@@ -165,6 +174,10 @@ def start(
                 )
                 sb.facts = {**sb.node.facts(), "start_seconds": round(sb.node.started_in, 1)}
             except NodeUnavailable as e:
+                if not fallback:
+                    raise NodeUnavailable(
+                        f"{e} (PULLMEDIC_NODE=emulator runs on the node emulator)"
+                    ) from e
                 note = str(e)
         if sb.node is None and note:
             print(f"[sandbox] no real node ({note}); using the node emulator", file=sys.stderr)

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v go >/dev/null || { echo "Go >= 1.26 is required (https://go.dev/doc/install)" >&2; exit 1; }
 # The sandbox's real node runs on Debian's containerd, runc, CNI plugins and busybox (the
-# test images' userland). Installed only when missing; the node falls back to the emulator
-# where they cannot be installed (not root, no apt-get).
+# test images' userland). Installed only when missing; where they cannot be installed (not
+# root, no apt-get) the demo falls back to the emulator and the tests fail with the reason.
 node_pkgs=""
 for pkg in containerd runc containernetworking-plugins busybox-static; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || node_pkgs="$node_pkgs $pkg"

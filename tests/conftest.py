@@ -25,7 +25,9 @@ TIME_SCALE = float(os.environ.get("PULLMEDIC_TEST_TIME_SCALE", "0.02"))
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sandbox import env
 
-    sb = env.start(tmp_path_factory.mktemp("sandbox"), time_scale=TIME_SCALE)
+    # No silent fallback: without a real node the suite fails with the reason, unless
+    # PULLMEDIC_NODE=emulator asks for the emulator (and the summary then says so).
+    sb = env.start(tmp_path_factory.mktemp("sandbox"), time_scale=TIME_SCALE, fallback=False)
     try:
         yield sb
     finally:
@@ -56,6 +58,15 @@ def node(sandbox: Any) -> str:
 def pytest_report_header(config: pytest.Config) -> str:
     choice = os.environ.get("PULLMEDIC_NODE") or "real (PULLMEDIC_NODE=emulator to change)"
     return f"sandbox node: {choice}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The last lines say when the end-to-end tests ran without the real kubelet."""
+    if os.environ.get("PULLMEDIC_NODE") == "emulator":
+        terminalreporter.write_line(
+            "sandbox node: EMULATOR (PULLMEDIC_NODE=emulator): no test ran on a real kubelet",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")

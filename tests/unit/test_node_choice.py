@@ -44,3 +44,15 @@ def test_second_real_node_on_one_machine_is_refused(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(node._lock(root))  # free again once the first holder is gone
+
+
+def test_the_suite_never_falls_back_silently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The test suite's sandbox (fallback=False) refuses to start without a real node,
+    naming why, before it starts anything; PULLMEDIC_NODE=emulator is the explicit way."""
+    monkeypatch.delenv("PULLMEDIC_NODE", raising=False)
+    monkeypatch.setattr(node, "prerequisites", lambda: ["missing containerd"])
+    with pytest.raises(node.NodeUnavailable, match=r"missing containerd.*PULLMEDIC_NODE=emulator"):
+        env.start(tmp_path / "sb", fallback=False)
+    assert not (tmp_path / "sb" / "cluster").exists()  # nothing was started
