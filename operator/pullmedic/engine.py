@@ -48,7 +48,7 @@ class EngineSettings:
     sweep_interval: float = 60.0
     sweep_max_age: float = 300.0
     journal_grace: float = 10.0  # a restarted process's chance to continue a fix itself
-    api_check_interval: float = 10.0
+    api_check_interval: float = 5.0  # while down: every second
     ready_budget: float = 30.0  # see health.HealthSettings
     pod_watch_budget: float = 420.0
     node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
@@ -146,10 +146,17 @@ class Engine:
             self.scheduler,
             self.groups,
             lambda: len(self.inventory.namespaces),
-            HealthSettings(settings.ready_budget, settings.pod_watch_budget),
+            HealthSettings(
+                settings.ready_budget,
+                settings.pod_watch_budget,
+                api_check_interval=settings.api_check_interval,
+            ),
             self.clocks.monotonic,
+            on_api_back=self._api_back,
         )
-        self.supervisor.every("api-check", settings.api_check_interval, self.health.check_api)
+        self.supervisor.every(
+            "api-check", min(1.0, settings.api_check_interval), self.health.check_api
+        )
         if self.elector is not None:
             self.supervisor.every("lease", self.elector.s.retry, self.elector.tick, deadline=30)
         self.audit = PolicyAudit(
@@ -286,6 +293,12 @@ class Engine:
     def saw_pod_event(self) -> None:
         """Any pod event at all, failing or not: the watch is alive."""
         self.health.saw_pod_event()
+
+    def _api_back(self) -> None:
+        """The API server answers again: restart the loops and retry the decisions that
+        failed while it was away, now rather than at the end of their back-off."""
+        self.supervisor.wake()
+        self.scheduler.retry_now()
 
     def _recovered(self, state: PodState) -> None:
         self.status.pod_recovered(state)

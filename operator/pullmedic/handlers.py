@@ -30,14 +30,17 @@ class WatchTimeouts:
     Each watch request asks the server to end it after ``server`` seconds and the client
     gives up after ``client``: a connection that silently died is replaced within
     ``client`` seconds. kopf also reconnects a stream silent for ``inactivity`` seconds
-    (the API server sends a bookmark about every minute).
+    (longer than ``server``: a healthy stream ends by then).
     """
 
-    server: int = 40  # sent as timeoutSeconds: the API server wants an integer
-    client: float = 50.0
+    server: int = 20  # sent as timeoutSeconds: the API server wants an integer
+    client: float = 30.0
     connect: float = 10.0
-    inactivity: float = 70.0
+    inactivity: float = 35.0
     request: float = 30.0  # kopf's own non-watch requests (listing)
+    # kopf's retries of a failed request sleep without waking (1, 1, 2, ... 21 s by
+    # default): capped, so a watch is back within seconds of the API's return.
+    error_backoffs: tuple[float, ...] = (0.5, 1.0, 1.0, *(2.0,) * 30)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -64,6 +67,7 @@ def configure(settings: kopf.OperatorSettings, watch: WatchTimeouts) -> None:
     settings.watching.inactivity_timeout = watch.inactivity
     settings.networking.request_timeout = watch.request
     settings.networking.connect_timeout = watch.connect
+    settings.networking.error_backoffs = watch.error_backoffs
     settings.persistence.finalizer = "pullmedic.dev/unused"  # no finalizers are added
     settings.persistence.diffbase_storage = NoDiffBase()
 

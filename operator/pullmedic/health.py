@@ -43,6 +43,7 @@ class HealthSettings:
     # (its longest back-off), so this long without any pod event means the watch is dead.
     pod_watch_budget: float = 420.0
     decision_slack: float = 30.0  # beyond the scheduler's own deadline
+    api_check_interval: float = 5.0  # the probe's period while the API answers
 
 
 class HealthChecks:
@@ -57,6 +58,7 @@ class HealthChecks:
         namespaces: Callable[[], int],
         settings: HealthSettings,
         clock: Callable[[], float] = time.monotonic,
+        on_api_back: Callable[[], None] = lambda: None,
     ) -> None:
         self.kube = kube
         self.supervisor = supervisor
@@ -67,16 +69,35 @@ class HealthChecks:
         self.clock = clock
         self.last_pod_event = clock()
         self.api_ok_at: float | None = None
+        self.api_down = False
+        self.on_api_back = on_api_back
 
     def saw_pod_event(self) -> None:
         self.last_pod_event = self.clock()
 
     async def check_api(self) -> None:
+        """Called often (every second): probes every ``api_check_interval`` while the API
+        answers, at every call while it does not, and reports its return at once so no
+        back-off sleeps past it. A failed probe also drops the pooled connections."""
+        now = self.clock()
+        if (
+            not self.api_down
+            and self.api_ok_at is not None
+            and now - self.api_ok_at < self.settings.api_check_interval
+        ):
+            return
         try:
             await self.kube.version()
-        except KubeError:
+        except KubeError as e:
+            if not self.api_down:
+                log.warning("API server does not answer (%s); probing every second", e)
+            self.api_down = True
             return  # readiness reports it; nothing to restart
         self.api_ok_at = self.clock()
+        if self.api_down:
+            self.api_down = False
+            log.info("API server answers again: retrying now what waited for it")
+            self.on_api_back()
 
     def liveness(self) -> list[str]:
         problems = self.supervisor.stalled()

@@ -95,7 +95,8 @@ class KubeApi(Protocol):
         """False when the object is gone or is another object of that name (uid)."""
 
     async def version(self) -> dict[str, Any]:
-        """The server's version: a round trip any identity may make (readiness)."""
+        """The server's version: a round trip any identity may make. It is the health
+        probe: one short attempt, so the API's return is seen at once."""
 
     async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
         """Every object of a listed kind, in ``ns`` or (empty) in all namespaces."""
@@ -125,6 +126,10 @@ class Timeouts:
     keepalive_idle: int = 15  # dead pooled connections are found in idle + interval * count
     keepalive_interval: int = 5
     keepalive_count: int = 3
+    # The health probe (GET /version): one attempt, short bounds. Like client-go's HTTP/2
+    # ping, a probe that times out means the pooled connections may be silently dead.
+    probe_connect: float = 3.0
+    probe_read: float = 5.0
 
 
 # Failures where the request never reached the server: always safe to repeat.
@@ -228,6 +233,12 @@ class RestKube:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def reset_pool(self) -> None:
+        """Close every idle pooled connection. After a timeout the others may be as dead
+        (a NAT or load balancer forgot them, with no FIN or RST): a new request must
+        not be handed one of them and wait out its read timeout again."""
+        self.api.rest_client.pool_manager.clear()
+
     def _once(
         self,
         method: str,
@@ -235,6 +246,7 @@ class RestKube:
         body: Any,
         content_type: str | None,
         query: list[tuple[str, str]],
+        bounds: tuple[float, float],
     ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
@@ -247,14 +259,13 @@ class RestKube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        t = self.timeouts
         resp = self.api.call_api(
             m,
             url,
             header_params=hdrs,
             body=data,
             post_params=post,
-            _request_timeout=(t.connect, t.read),
+            _request_timeout=bounds,
         )
         raw = resp.read()  # type: ignore[no-untyped-call]
         text = raw.decode("utf-8", "replace") if raw else ""
@@ -269,14 +280,18 @@ class RestKube:
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
+        *,
+        probe: bool = False,
     ) -> Any:
-        """One logical call: attempts, back-off and an overall deadline."""
+        """One logical call: attempts, back-off and an overall deadline (a ``probe``: one
+        attempt within the probe's bounds)."""
         loop = asyncio.get_running_loop()
         t = self.timeouts
-        deadline = loop.time() + t.total
+        bounds = (t.probe_connect, t.probe_read) if probe else (t.connect, t.read)
+        deadline = loop.time() + (sum(bounds) + 1.0 if probe else t.total)
         attempt = 0
         while True:
-            per_try = t.connect + t.read + 1.0
+            per_try = sum(bounds) + 1.0
             try:
                 ctx = contextvars.copy_context()  # like asyncio.to_thread: logs keep their context
                 return await asyncio.wait_for(
@@ -289,6 +304,7 @@ class RestKube:
                         body,
                         content_type,
                         query or [],
+                        bounds,
                     ),
                     timeout=min(per_try, max(0.1, deadline - loop.time())),
                 )
@@ -304,12 +320,16 @@ class RestKube:
                 )
                 error = KubeError(status, str(e.reason or ""))
             except TimeoutError:
+                self.reset_pool()
                 delay = retry_delay(method, UNKNOWN, attempt, t)
                 error = KubeError(0, "request timed out")
             except (urllib3.exceptions.HTTPError, OSError) as e:
-                delay = retry_delay(method, classify(e), attempt, t)
+                failure = classify(e)
+                if failure == UNKNOWN:
+                    self.reset_pool()
+                delay = retry_delay(method, failure, attempt, t)
                 error = KubeError(0, type(e).__name__)
-            if delay is None or loop.time() + delay >= deadline:
+            if probe or delay is None or loop.time() + delay >= deadline:
                 raise error
             log.debug("retrying %s %s in %.1fs: %s", method, path, delay, error)
             attempt += 1
@@ -378,7 +398,7 @@ class RestKube:
         return True
 
     async def version(self) -> dict[str, Any]:
-        return dict(await self.request("GET", "/version") or {})
+        return dict(await self.request("GET", "/version", probe=True) or {})
 
     async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
         base, plural = COLLECTIONS[kind]

@@ -28,8 +28,8 @@ PODS = "/api/v1/pods"
 
 @dataclass(frozen=True)
 class PodWatchSettings:
-    server_timeout: int = 40  # the API server ends each watch request after this
-    read_timeout: float = 50.0  # silence longer than this on an open stream: reconnect
+    server_timeout: int = 20  # the API server ends each watch request after this
+    read_timeout: float = 30.0  # silence longer than this on an open stream: reconnect
     connect_timeout: float = 5.0
     page: int = 500  # list in pages: a big cluster's list is not one huge answer
     shard_selector: str = ""  # ShardedListAndWatch, e.g. shardRange(object.metadata.uid, ...)
@@ -185,12 +185,18 @@ class PodWatch:
         self.on_heartbeat()  # the server ended it on time: the connection was alive
 
     async def run(self) -> None:
-        """Forever; transport errors propagate so the supervisor restarts with back-off."""
-        await self.relist()
-        while True:
-            try:
-                await self.watch_once()
-            except Gone:
-                log.info("pod watch: resourceVersion expired, listing again")
-                await self.relist()
-            await asyncio.sleep(0)
+        """Forever; transport errors propagate so the supervisor restarts with back-off.
+        On any failure the source's connections are closed: after a timeout its pooled
+        ones may be silently dead, and the next list must not wait on one of them."""
+        try:
+            await self.relist()
+            while True:
+                try:
+                    await self.watch_once()
+                except Gone:
+                    log.info("pod watch: resourceVersion expired, listing again")
+                    await self.relist()
+                await asyncio.sleep(0)
+        except BaseException:
+            await asyncio.shield(self.source.aclose())
+            raise

@@ -193,7 +193,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--watch-timeout",
         type=_number(float, "PULLMEDIC_WATCH_TIMEOUT"),
-        default=env("PULLMEDIC_WATCH_TIMEOUT", "50"),
+        default=env("PULLMEDIC_WATCH_TIMEOUT", "30"),
         help="a watch connection is replaced after this many seconds at the latest",
     )
     p.add_argument(
@@ -311,7 +311,11 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             operator_namespace=args.operator_namespace,
         ),
         kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
-        watch=WatchTimeouts(server=max(5, int(args.watch_timeout) - 10), client=args.watch_timeout),
+        watch=WatchTimeouts(
+            server=max(5, int(args.watch_timeout) - 10),
+            client=args.watch_timeout,
+            inactivity=args.watch_timeout + 5,
+        ),
         peering=PeeringSettings(
             standalone=not args.peering, name=args.peering or "pullmedic", priority=args.priority
         ),

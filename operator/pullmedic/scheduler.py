@@ -136,6 +136,12 @@ class Scheduler:
         else:
             self._wake(group, group.recheck_in(s.recheck_after))
 
+    def retry_now(self) -> None:
+        """Decide now every group waiting out a failure's back-off (the API is back)."""
+        for g in list(self.groups.groups.values()):
+            if g.failures and g.pods and (g.task is None or g.task.done()):
+                self._wake(g, 0.0, force=True)
+
     def oldest_running(self) -> float:
         """Seconds the longest-running decision has been going (0 when none)."""
         now = self.clock()

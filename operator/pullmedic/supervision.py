@@ -10,6 +10,7 @@ completed run is a tick; liveness reads the ticks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,21 @@ class Supervisor:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.loops: dict[str, Loop] = {}
+        self._wake: asyncio.Event | None = None  # made in the running loop
+
+    def wake(self) -> None:
+        """The API server answers again: every back-off ends now. A loop that failed
+        because the API was away must not sleep past its return (up to BACKOFF_MAX)."""
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = asyncio.Event()  # the woken sleepers hold the old one
+
+    async def _back_off(self, pause: float) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await self._wake.wait()
 
     def every(
         self,
@@ -125,7 +141,7 @@ class Supervisor:
                     )
                 else:
                     log.error("loop %s failed (%s); restarting with back-off", loop.name, failed)
-            await asyncio.sleep(pause)
+            await self._back_off(pause)
 
     def stalled(self) -> list[str]:
         """Loops that have not completed a run within their budget, or whose task ended."""

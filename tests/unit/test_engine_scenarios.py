@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -599,6 +600,66 @@ async def test_supervised_loop_restarts_after_any_failure_and_is_counted() -> No
         assert sup.stalled() == []
     finally:
         await sup.stop()
+
+
+async def test_the_apis_return_ends_every_back_off_at_once() -> None:
+    """A loop that failed while the API was away sleeps up to a minute; the API's return
+    (seen by the health probe, every second while it is down) wakes it at once."""
+    from pullmedic.supervision import Supervisor
+
+    sup = Supervisor()
+    sup.BACKOFF_MIN = 30.0  # type: ignore[misc]
+    runs = {"n": 0}
+
+    async def watch() -> None:
+        runs["n"] += 1
+        if runs["n"] == 1:
+            raise ConnectionRefusedError("the API server is away")
+
+    sup.every("watch", 0.0, watch)
+    sup.start()
+    try:
+        await until(lambda: sup.loops["watch"].streak == 1)
+        await asyncio.sleep(0.05)
+        assert runs["n"] == 1  # backing off: 30 s
+        sup.wake()
+        await until(lambda: runs["n"] >= 2, timeout=1.0)
+    finally:
+        await sup.stop()
+
+
+async def test_the_health_probe_reports_the_apis_return_once(world: World) -> None:
+    """While the API answers the probe runs every api_check_interval; once it fails it
+    probes at every call and calls back exactly once when the API is back, which wakes
+    the decisions still waiting out a failure's back-off."""
+    await world.boot(cluster_policy())
+    health = world.engine.health
+    back: list[bool] = []
+    health.on_api_back = lambda: back.append(True)
+    world.kube.fail("get", "Version", KubeError(0, "ConnectionRefusedError"))
+    await health.check_api()
+    await health.check_api()
+    assert health.api_down and back == []
+    world.kube.heal()
+    await health.check_api()
+    await health.check_api()
+    assert not health.api_down and back == [True]
+
+
+async def test_decisions_backing_off_after_a_failure_are_retried_when_the_api_returns(
+    world: World,
+) -> None:
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.kube.fail("get", "ReplicaSet", KubeError(0, "ConnectionRefusedError"))  # owner chain
+    world.engine.scheduler.settings = replace(world.engine.scheduler.settings, retry_base=60.0)
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    group = next(iter(world.engine.groups.groups.values()))
+    await until(lambda: group.failures >= 1 and (group.task is None or group.task.done()))
+    world.kube.heal()
+    assert not image_patches(world.kube, "web")  # waiting out a 120 s back-off
+    world.engine._api_back()
+    await until(lambda: bool(image_patches(world.kube, "web")))
 
 
 async def test_a_hanging_loop_body_is_cancelled_and_liveness_says_so() -> None:

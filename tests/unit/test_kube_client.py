@@ -183,8 +183,27 @@ async def test_a_write_with_unknown_outcome_is_not_repeated(server: Server) -> N
 @pytest.mark.parametrize("server", ["503-then-ok"], indirect=True)
 async def test_a_503_read_is_retried_until_it_answers(server: Server) -> None:
     kube = rest(server.port, FAST)
-    assert (await kube.version())["gitVersion"] == "v1.36.3"
+    assert (await kube.get("Pod", "ns", "p"))["gitVersion"] == "v1.36.3"  # type: ignore[index]
     assert server.accepted == 2
+    kube.close()
+
+
+@pytest.mark.parametrize("server", ["hang"], indirect=True)
+async def test_the_health_probe_is_one_short_attempt_and_drops_the_pool(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /version is the probe: one attempt within the probe's bounds (not the
+    request's), and its timeout closes the pooled connections, which may all be dead."""
+    t = Timeouts(connect=0.5, read=5.0, total=30.0, probe_connect=0.3, probe_read=0.3)
+    kube = rest(server.port, t)
+    cleared: list[bool] = []
+    monkeypatch.setattr(kube.api.rest_client.pool_manager, "clear", lambda: cleared.append(True))
+    t0 = time.monotonic()
+    with pytest.raises(KubeError):
+        await kube.version()
+    assert time.monotonic() - t0 < 2.0  # not the 5 s read bound, not the 30 s total
+    assert server.accepted == 1
+    assert cleared
     kube.close()
 
 
