@@ -8,6 +8,7 @@ from typing import Any
 
 from pullmedic import reference
 from pullmedic.detection import StuckContainer
+from pullmedic.diagnosis import Cause
 from pullmedic.grouping import PodState
 from pullmedic.planning import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.policy import Policy
@@ -109,6 +110,27 @@ def is_late_sibling(p: Plan, record: RemediationRecord | None, members: Sequence
         # creationTimestamp has whole seconds, so a pod made in the fix's own second counts
         # as older; a pod that got the fix and still fails is the circuit breaker's (first).
         and max(m.created for m in members) < record.at
+    )
+
+
+CREDENTIAL_ACTIONS = frozenset(
+    {str(ActionType.ATTACH_PULL_SECRET), str(ActionType.ADD_TEMPLATE_PULL_SECRET)}
+)
+
+
+def is_raced_sibling(p: Plan, record: RemediationRecord | None, now: float, window: float) -> bool:
+    """A pod that failed although its credentials work now (the probe pulls with them)
+    moments after a credential fix: its kubelet raced the new secret (the kubelet's secret
+    cache syncs a secret it has not seen yet within about a second, and a pull that starts
+    before that goes without it). Recreating it is a follow-up of that fix: not a new
+    remediation, and never counted or announced again."""
+    return (
+        record is not None
+        and p.cause is Cause.ImageAvailable
+        and bool(p.actions)
+        and all(a.type is ActionType.RECREATE_PODS for a in p.actions)
+        and record.action in CREDENTIAL_ACTIONS
+        and 0.0 <= now - record.at < window
     )
 
 

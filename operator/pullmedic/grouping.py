@@ -18,6 +18,7 @@ from pullmedic.detection import (
     parse_time,
     stuck_containers,
 )
+from pullmedic.diagnosis import Diagnosis
 from pullmedic.planning import ObjectRef
 
 GroupKey = tuple[str, str, str]  # (owner "Kind/ns/name", container, image)
@@ -52,6 +53,20 @@ class Group:
     failures: int = 0  # consecutive postponed/failed decisions: retries back off
     quiet: int = 0  # consecutive decisions that changed nothing: rechecks back off
     started_at: float = 0.0  # when the running decision began (monotonic)
+    # The diagnosis behind the group's applied fix, and the fix's wall time: a sibling
+    # created before the fix that fails within the follow-up window has the same cause,
+    # so it is handled at once without probing the registry again.
+    fix_diagnosis: Diagnosis | None = None
+    fixed_wall: float = 0.0
+
+    def known_diagnosis(
+        self, members: list[PodState], now: float, window: float
+    ) -> Diagnosis | None:
+        if self.fix_diagnosis is None or not self.applied or now - self.applied_at >= window:
+            return None
+        if any(m.created >= self.fixed_wall for m in members):
+            return None  # a pod made after the fix: what fails it now is a new question
+        return self.fix_diagnosis
 
     def recheck_in(self, base: float) -> float:
         """Like the kubelet: a failure nothing can fix is looked at less and less often."""
@@ -147,10 +162,12 @@ class Groups:
             joined = uid not in group.pods
             group.pods.add(uid)
             group.empty_since = None
-            # A sibling failing just after the group's fix was applied (it was created before
-            # the fix) gets the same fix now, not after the recheck delay.
-            follow_up = (
-                joined and bool(group.applied) and now - group.applied_at < self.follow_up_window
+            # A sibling failing while the group is being decided, or just after its fix was
+            # applied (it was created before the fix), is looked at as soon as that decision
+            # ends, not after the recheck delay (the demo's 36 s missing-secret replica).
+            deciding = group.task is not None and not group.task.done()
+            follow_up = joined and (
+                deciding or (bool(group.applied) and now - group.applied_at < self.follow_up_window)
             )
             wakes.append(Wake(group, follow_up))
         return wakes, None

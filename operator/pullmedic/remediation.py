@@ -28,6 +28,7 @@ from pullmedic.decision import (
     fingerprint,
     is_follow_up,
     is_late_sibling,
+    is_raced_sibling,
     main_action,
     mirror_candidate,
 )
@@ -140,19 +141,24 @@ class Remediator:
         node = await self.lookups.node(pod["spec"].get("nodeName"))
         platform = node.platform
         t0 = self.clocks.monotonic()
-        diagnosis = await self.prober.diagnose(
-            sc.image,
-            keyring,
-            platform,
-            suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
-            candidate_keyrings=candidates or None,
-            tag_policy=policy.tags if policy else None,
-            secret_problems=problems,
-            # The kubelet just failed this pull: a cached "pullable" is stale by definition.
-            distrust_available=True,
-        )
-        metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
-        diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
+        known = group.known_diagnosis(members, t0, self.window)
+        if known is not None:
+            diagnosis = known  # late siblings of the fix just made: no second probe
+        else:
+            diagnosis = await self.prober.diagnose(
+                sc.image,
+                keyring,
+                platform,
+                suggest=policy is not None and policy.mode is not pol.Mode.OBSERVE,
+                candidate_keyrings=candidates or None,
+                tag_policy=policy.tags if policy else None,
+                secret_problems=problems,
+                # The kubelet just failed this pull: a cached "pullable" is stale by
+                # definition.
+                distrust_available=True,
+            )
+            metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
+            diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
         if diagnosis.cause in CREDENTIAL_CAUSES and node.name and not node.holds(sc.image):
             node = await self.lookups.node(node.name, fresh=True)  # pulled since we looked?
         if node.holds(sc.image):
@@ -252,7 +258,9 @@ class Remediator:
         inherited = stats is not None and str(target) in stats.inherited
         if not follow_up and p.apply and fp and not inherited:
             # (An inherited journal entry is a fix to continue and count: below.)
-            follow_up = is_late_sibling(p, _record_on(failure), members)
+            follow_up = is_late_sibling(p, _record_on(failure), members) or is_raced_sibling(
+                p, _record_on(failure), self.clocks.wall(), self.window
+            )
         continuation = False
         if p.apply and stats is not None and not follow_up:
             # A fix a previous process began (its journal entry is in the status): finish
@@ -281,7 +289,10 @@ class Remediator:
             await self._open_circuit(failure, target, wobj, diagnosis.cause, stats, group)
             return
         if p.apply:
+            applied_at = group.applied_at
             await self._apply(p, failure, members, stats, group, slot, follow_up, fp, continuation)
+            if group.applied_at != applied_at:  # this decision made the group's fix
+                group.fix_diagnosis, group.fixed_wall = diagnosis, self.clocks.wall()
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -330,9 +341,10 @@ class Remediator:
         now = self.clocks.monotonic()
         if wrote:
             group.quiet = 0
-        if ok and (wrote or all(r.outcome == "unchanged" for r in results)):
-            if not follow_up:  # the window counts from the fix, not from its follow-ups
-                group.applied_at = now
+        if ok and (wrote or all(r.outcome == "unchanged" for r in results)) and not follow_up:
+            # The window counts from the fix, not from its follow-ups; a follow-up's own
+            # fingerprint (a raced pod's recreation) must not replace the fix's.
+            group.applied_at = now
             group.applied = fp
         if continuation and stats is not None and stats.take_inherited(str(target)) is None:
             follow_up = True  # the status loop counted and announced it meanwhile

@@ -308,6 +308,55 @@ async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) ->
     assert len(stats.remediations) == 1  # one rate-limit slot
 
 
+SLOW_RECHECK = replace(FAST, recheck_after=30.0)  # a recheck cannot hide a missed wake-up
+
+
+async def test_a_sibling_failing_while_the_fix_is_applied_is_recreated_at_once() -> None:
+    """The demo's 36 s replica: it failed while the group's decision was still running
+    (the fix being applied), so its wake-up was dropped and it waited for the 30 s
+    recheck. A member that joins a group being decided is decided again right after."""
+    world = World(SLOW_RECHECK)
+    await world.boot(cluster_policy())
+    private_setup(world)
+    release = world.kube.hang("delete", "Pod")  # the first decision is mid-way
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: world.kube.faults[("delete", "Pod")].times < 1_000_000)
+    world.feed(stuck_pod(world.kube, "priv", 1, PRIVATE))  # created before the fix
+    world.kube.heal()
+    assert release.is_set()
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)  # not after 30 s
+    await world.settle()
+    assert priv_writes(world)[0] == 1  # one Remediated Event
+    assert len(world.kube.written("patch", "ServiceAccount")) == 1
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 1
+
+
+async def test_a_pod_whose_kubelet_raced_the_new_secret_is_recreated_as_a_follow_up() -> None:
+    """A pod made after the credential fix (it has the secret) fails anyway: its kubelet
+    pulled before its secret cache had the new secret. The probe with its credentials
+    pulls (ImageAvailable): recreated at once, not counted or announced again."""
+    world = World(SLOW_RECHECK)
+    await world.boot(cluster_policy())
+    private_setup(world)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await world.settle()
+    world.prober.answers[PRIVATE] = diag(PRIVATE, Cause.ImageAvailable)
+    secret = world.kube.written("create", "Secret")[0].name
+    raced = stuck_pod(
+        world.kube, "priv", 1, PRIVATE, created="2026-12-01T10:00:00Z", pull_secrets=(secret,)
+    )
+    world.engine.groups.groups.clear()  # as after a restart: only the record tells
+    world.feed(raced)
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
+    await world.settle()
+    assert priv_writes(world)[0] == 1  # no second Remediated Event
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 1
+    assert [a["cause"] for a in stats.last_actions] == ["AuthenticationRequired"]
+
+
 def priv_writes(world: World) -> tuple[int, int, int]:
     """(Remediated Events, Deployment writes, pod deletions) for the private workload."""
     return (
