@@ -71,6 +71,19 @@ class OperatorProcess:
             env=env,
         )
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include ``labels`` (0 if none)."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
     def stop(self, kill: bool = False) -> None:
         import signal
 
@@ -163,6 +176,7 @@ def cluster_policy(custom: Any) -> Iterator[Callable[..., str]]:
 class PrivateCase:
     image: str
     source_namespace: str
+    policy: str = ""  # the ClusterPullPolicy naming the secret
 
     @property
     def copied_secret(self) -> str:
@@ -187,13 +201,13 @@ def private_case(
     core.create_namespaced_secret(
         src, dockerconfig_secret("regcred", src, reg.host, "bob", reg.users["bob"])
     )
-    cluster_policy(
+    policy = cluster_policy(
         [namespace],
         mode="Remediate",
         credentials={"secrets": [{"namespace": src, "name": "regcred"}]},
     )
     try:
-        yield PrivateCase(f"{reg.host}/{repo}:1.0", src)
+        yield PrivateCase(f"{reg.host}/{repo}:1.0", src, policy)
     finally:
         core.delete_namespace(src)
 

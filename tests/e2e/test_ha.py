@@ -4,8 +4,10 @@ patched or announced twice across the failover."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,14 @@ def pair(
     finally:
         for op in ops:
             op.stop()
+
+
+def record_time(d: Any) -> float:
+    """Wall time of the remediation record on a workload (0 when it has none)."""
+    raw = (d.metadata.annotations or {}).get("pullmedic.dev/last-remediation")
+    if not raw:
+        return 0.0
+    return datetime.fromisoformat(json.loads(raw)["time"]).timestamp()
 
 
 def remediated_events(core: Any, ns: str, name: str) -> int:
@@ -87,6 +97,7 @@ def test_the_standby_takes_over_a_storm_without_duplicate_writes(
     apps.create_namespaced_deployment(namespace, deployment("priv", private_case.image, 2))
     leader.stop(kill=True)
     killed_at = time.monotonic()
+    killed_wall = time.time()
     wait_for(lambda: leading(standby), "the standby to take the Lease over", 30)
     took_over = time.monotonic() - killed_at
     wait_for(
@@ -100,6 +111,14 @@ def test_the_standby_takes_over_a_storm_without_duplicate_writes(
     healed = time.monotonic() - killed_at
     print(f"\nfailover: standby leads {took_over:.1f}s after SIGKILL; storm healed {healed:.1f}s")
     assert took_over <= 15
+    # The standby did the storm's work: fixes recorded after the kill are its own.
+    after = [
+        n
+        for n in [*names, "priv"]
+        if record_time(apps.read_namespaced_deployment(n, namespace)) > killed_wall
+    ]
+    assert after, "every fix predates the kill: the failover was not exercised"
+    assert standby.metric("pullmedic_plans_total", decision="applied") >= len(after)
 
     for n in ["before", *names]:
         d = apps.read_namespaced_deployment(n, namespace)

@@ -7,7 +7,6 @@ Events and the policy's status).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -86,7 +85,7 @@ def test_bad_tag_on_deployment_is_fixed_on_the_owner(
 
 
 def test_missing_secret_is_copied_attached_and_pods_recreated(
-    operator: Any, private_case: Any, core: Any, apps: Any, namespace: str
+    operator: Any, private_case: Any, core: Any, apps: Any, custom: Any, namespace: str
 ) -> None:
     apps.create_namespaced_deployment(namespace, deployment("priv", private_case.image, 3))
     wait_for(
@@ -100,13 +99,26 @@ def test_missing_secret_is_copied_attached_and_pods_recreated(
     assert [s.name for s in sa.image_pull_secrets] == [private_case.copied_secret]
     pods = running_pods(core, namespace, "app=priv")
     assert all(p.spec.image_pull_secrets for p in pods)  # new pods got it at admission
+
     # One remediation, however many replicas failed and however late: one record, one Event.
-    record = apps.read_namespaced_deployment("priv", namespace).metadata.annotations[ANNOTATION]
-    time.sleep(6)  # beyond --recheck-after
-    assert (
+    # First a positive sign that the operator has seen every replica recover (its policy
+    # status counts no stuck pod), so no late failure is still to come.
+    def settled() -> Any:
+        st = (
+            custom.get_cluster_custom_object(
+                "pullmedic.dev", "v1alpha1", "clusterpullpolicies", private_case.policy
+            ).get("status")
+            or {}
+        )
+        counts = st.get("counts") or {}
+        return counts if counts.get("stuck") == 0 and counts.get("remediated") else None
+
+    counts = wait_for(settled, "the policy status to show every replica recovered", 30)
+    assert counts["remediated"] == 1, counts
+    record = json.loads(
         apps.read_namespaced_deployment("priv", namespace).metadata.annotations[ANNOTATION]
-        == record
     )
+    assert record["action"] == "AttachPullSecret"
     assert [e.reason for e in events_for(core, namespace, "priv")].count("Remediated") == 1
 
     # The source rotates: the managed copy follows without any pod failing.
@@ -227,7 +239,13 @@ def test_suggest_mode_changes_nothing_and_publishes_the_fix(
     d = apps.read_namespaced_deployment("sug", namespace)
     assert d.spec.template.spec.containers[0].image == bad
     assert ANNOTATION not in (d.metadata.annotations or {})
-    time.sleep(12)  # two more diagnosis rounds (--recheck-after 5): no repeated Event
+    # Two more diagnosis rounds (--recheck-after 5), seen in the plans counter: no new Event.
+    rounds = operator.metric("pullmedic_plans_total", decision="suggested")
+    wait_for(
+        lambda: operator.metric("pullmedic_plans_total", decision="suggested") >= rounds + 2,
+        "two more diagnosis rounds",
+        40,
+    )
     again = [e for e in events_for(core, namespace, "sug") if e.reason == "SuggestedFix"]
     assert len(again) == 1 and (again[0].count or 1) == 1
 
@@ -326,7 +344,18 @@ def test_unreachable_registry_switches_to_mirror_only_when_image_is_there(
     )
     d = apps.read_namespaced_deployment("mir", namespace)
     assert d.spec.template.spec.containers[0].image == f"{registries.mirror.host}/{r}:2.0"
-    wait_for(lambda: "PullDiagnosed" in reasons(core, namespace, None), "diagnosis", 30)
+    # The diagnosis of "nomir" itself (on its pod), not the mirrored workload's.
+    ev = wait_for(
+        lambda: [
+            e
+            for e in events_for(core, namespace)
+            if e.reason == "PullDiagnosed" and e.involved_object.name.startswith("nomir-")
+        ],
+        "the diagnosis of nomir's pod",
+        30,
+    )
+    assert "cause RegistryUnreachable" in ev[0].message, ev[0].message
+    assert "not on it" in ev[0].message or "no mirror" in ev[0].message, ev[0].message
     d2 = apps.read_namespaced_deployment("nomir", namespace)
     assert d2.spec.template.spec.containers[0].image == f"{dead}/{r}:9.9"
 
@@ -446,6 +475,7 @@ def test_bare_pod_with_credential_cause_is_reported_only(
         mode="Remediate",
         credentials={"secrets": [{"namespace": namespace, "name": "regcred"}]},
     )
+    decided = operator.metric("pullmedic_plans_total", mode="Remediate")
     core.create_namespaced_pod(
         namespace,
         client.V1Pod(
@@ -459,6 +489,13 @@ def test_bare_pod_with_credential_cause_is_reported_only(
         60,
     )
     assert "immutable" in ev[0].message
+    # The decision has ended (its plan is counted after any write it makes): only now does
+    # an untouched ServiceAccount show that nothing was attached.
+    wait_for(
+        lambda: operator.metric("pullmedic_plans_total", mode="Remediate") > decided,
+        "the decision to end",
+        30,
+    )
     sa = core.read_namespaced_service_account("default", namespace)
     assert not sa.image_pull_secrets
 

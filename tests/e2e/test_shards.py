@@ -4,6 +4,7 @@ remediated exactly once, by the shard its ReplicaSet's uid hashes into."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,34 @@ def shards(
             op.stop()
 
 
+class LabelWatch:
+    """A pod watch in a thread: the hand-off label values each pod carried, by uid."""
+
+    def __init__(self, core: Any, namespace: str) -> None:
+        from kubernetes import watch
+
+        self.seen: dict[str, set[str]] = {}
+        self.w = watch.Watch()
+        self.thread = threading.Thread(target=self._run, args=(core, namespace), daemon=True)
+        self.thread.start()
+
+    def _run(self, core: Any, namespace: str) -> None:
+        for ev in self.w.stream(core.list_namespaced_pod, namespace, timeout_seconds=180):
+            pod = ev["object"]
+            label = (pod.metadata.labels or {}).get(HANDOFF_LABEL)
+            values = self.seen.setdefault(pod.metadata.uid, set())
+            if label:
+                values.add(label)
+
+    def stop(self) -> dict[str, set[str]]:
+        self.w.stop()
+        return {u: set(v) for u, v in self.seen.items()}
+
+
+def watch_handoff_labels(core: Any, namespace: str) -> LabelWatch:
+    return LabelWatch(core, namespace)
+
+
 def test_two_shards_remediate_a_spanning_deployment_once(
     shards: list[OperatorProcess],
     sandbox: Any,
@@ -71,6 +100,7 @@ def test_two_shards_remediate_a_spanning_deployment_once(
 
     bad = f"{registries.open.host}/{repo}:2.0.9"
     good = f"{registries.open.host}/{repo}:2.0.3"
+    labels = watch_handoff_labels(core, namespace)  # every label a pod ever carried
     apps.create_namespaced_deployment(namespace, deployment("span", bad, replicas=REPLICAS))
 
     def image() -> str:
@@ -108,17 +138,15 @@ def test_two_shards_remediate_a_spanning_deployment_once(
     assert {SHARDS[0].of(u) for u in uids} == {0, 1}, "the pods did not span both shards"
     rs = next(r for r in first_pods[0].metadata.owner_references if r.controller)
     owner = SHARDS[0].of(rs.uid)
-    # The other shard handed its pods over with the owner's label; the owner labelled none.
-    for p in first_pods:
-        try:
-            live = core.read_namespaced_pod(p.metadata.name, namespace)
-        except Exception:
-            continue  # replaced by the rollout already
-        label = (live.metadata.labels or {}).get(HANDOFF_LABEL)
-        if SHARDS[0].of(p.metadata.uid) == owner:
-            assert label is None, p.metadata.name
-        else:
-            assert label in (None, SHARDS[owner].name), p.metadata.name
+    # The other shard handed its pods over with the owner's label (seen by a watch, as
+    # the rollout may have replaced them since); the owner labelled none of its own.
+    seen = labels.stop()
+    foreign = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) != owner]
+    mine = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) == owner]
+    assert all(not seen.get(u) for u in mine), f"the owner labelled its own pods: {seen}"
+    handed = {u: seen.get(u, set()) for u in foreign}
+    assert any(handed.values()), f"no pod of the other shard was handed over: {handed}"
+    assert all(v <= {SHARDS[owner].name} for v in handed.values()), handed
 
     d = apps.read_namespaced_deployment("span", namespace)
     assert d.metadata.generation == 2, "patched more than once"
