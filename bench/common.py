@@ -177,18 +177,23 @@ def start_bench(
     workers: int | None = None,
     node: bool = True,
     emulator_args: Sequence[str] = (),
+    real_node: bool = False,
 ) -> Bench:
     """A fresh sandbox at REAL kubelet timing (time_scale=1.0), CRDs installed.
 
     ``node=False``: no node at all (pods are stored, never scheduled or run).
     ``workers`` or ``emulator_args`` (more ``sandbox.emulator`` flags) start the node
     emulator here rather than with the sandbox's defaults.
+    ``real_node``: the real kubelet (tens of pods, not thousands); no fallback.
     """
     state = Path(tempfile.mkdtemp(prefix=f"pullmedic-bench-{name}-"))
     say(f"{name}: starting sandbox in {state}" + ("" if node else " (no node)"))
-    own = node and (workers is not None or bool(emulator_args))
-    # Thousands of pods: the emulator, not the one real node a machine can hold.
-    sb = start_sandbox(state, time_scale=1.0, emulator=node and not own, node="emulator")
+    own = node and not real_node and (workers is not None or bool(emulator_args))
+    if real_node:
+        sb = start_sandbox(state, time_scale=1.0, node="real", fallback=False)
+    else:
+        # Thousands of pods: the emulator, not the one real node a machine can hold.
+        sb = start_sandbox(state, time_scale=1.0, emulator=node and not own, node="emulator")
     try:
         if own:
             sb.emulator = start_emulator_proc(sb, workers or 64, emulator_args)
