@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pullmedic import events
 from pullmedic.actuator import Actuator
 from pullmedic.audit import Auditor, AuditSettings, PolicyAudit
 from pullmedic.circuit import CircuitBreaker
@@ -73,6 +74,7 @@ class Engine:
         self.inventory = Inventory()
         self.groups = Groups(follow_up_window=settings.recheck_after)
         self.circuit = CircuitBreaker(settings.circuit_window)
+        self.outbox = events.Outbox(self.clocks.monotonic)  # keyed Events to post again
         self.remediator = Remediator(
             kube=kube,
             prober=prober,
@@ -87,6 +89,7 @@ class Engine:
             node_registries=NodeRegistries.parse(settings.node_registries)[0],
             acting=self.acting,
             journal=lambda key: self.status.journal(key),
+            outbox=self.outbox,
         )
         self.scheduler = Scheduler(
             self.groups,
@@ -108,7 +111,7 @@ class Engine:
             else None
         )
         self.scheduler.paused = self.elector is not None  # standby until elected
-        reporter = Reporter(kube)
+        reporter = Reporter(kube, self.outbox)
         self.shard = settings.shard
         self.status = PolicyStatus(
             kube,
@@ -308,6 +311,8 @@ class Engine:
     async def _status_tick(self) -> None:
         await self.status.resolve(self.settings.journal_grace)
         await self.status.flush()
+        if self.outbox.pending and self.acting():
+            await self.outbox.flush(self.kube)
         self.circuit.forget_before(self.clocks.wall() - self.settings.circuit_window)
         self.groups.forget_idle(
             self.clocks.monotonic() - max(120.0, 2 * self.settings.recheck_after)

@@ -34,6 +34,7 @@ from pullmedic.decision import (
 )
 from pullmedic.detection import parse_time
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
+from pullmedic.events import Outbox
 from pullmedic.grouping import Group, Groups, PodState
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring, NodeRegistries, SecretProblem
@@ -98,6 +99,7 @@ class Remediator:
         node_registries: NodeRegistries | None = None,
         acting: Callable[[], bool] = lambda: True,
         journal: Callable[[str], Awaitable[None]] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.acting = acting
         self.journal = journal
@@ -113,7 +115,7 @@ class Remediator:
         self.node_registries = node_registries or NodeRegistries()
         self.lookups = Lookups(kube, default_platform)
         self.actuator = Actuator(kube, dry_run=dry_run)
-        self.reporter = Reporter(kube)
+        self.reporter = Reporter(kube, outbox)
 
     async def decide(self, group: Group) -> None:
         members = self.groups.members(group)

@@ -58,8 +58,9 @@ def ineffective_message(f: Failure, cause: Cause) -> str:
 
 
 class Reporter:
-    def __init__(self, kube: KubeApi) -> None:
+    def __init__(self, kube: KubeApi, outbox: events.Outbox | None = None) -> None:
         self.kube = kube
+        self.outbox = outbox  # keyed Events that did not get through are posted again
 
     async def diagnosed(self, f: Failure, d: Diagnosis, p: Plan, stuck_for: float) -> None:
         await events.post(
@@ -69,6 +70,7 @@ class Reporter:
             diagnosis_message(d, p, stuck_for),
             "Normal" if d.cause is Cause.ImageAvailable else "Warning",
             key=f"{f.pod.uid}|{f.container}|{f.image}|{d.cause}",  # once per pod, restarts too
+            outbox=self.outbox,
         )
 
     async def suggested(self, target: ObjectRef, message: str) -> None:
@@ -78,7 +80,9 @@ class Reporter:
         self, target: ObjectRef, policy: pol.Policy | None, message: str, *, key: str = ""
     ) -> None:
         """``key`` identifies the fix (its record's time): announcing it again is a no-op."""
-        await events.post(self.kube, involved(target), "Remediated", message, key=key)
+        await events.post(
+            self.kube, involved(target), "Remediated", message, key=key, outbox=self.outbox
+        )
         if policy is not None:
             await events.post(
                 self.kube,
@@ -86,6 +90,7 @@ class Reporter:
                 "Remediated",
                 f"{target}: {message}",
                 key=f"{target}|{key}" if key else "",
+                outbox=self.outbox,
             )
 
     async def failed(self, target: ObjectRef, cause: Cause, text: str) -> None:
@@ -117,6 +122,7 @@ class Reporter:
             f"({cause}): {summary}",
             "Warning",
             key=f"{container}|{image}|{cause}",  # once, across restarts
+            outbox=self.outbox,
         )
 
     async def image_available_again(self, target: ObjectRef, container: str, image: str) -> None:

@@ -651,6 +651,35 @@ async def test_supervised_loop_restarts_after_any_failure_and_is_counted() -> No
         await sup.stop()
 
 
+async def test_an_announcement_lost_to_the_network_is_posted_once_it_is_back(
+    world: World,
+) -> None:
+    """The fix's Remediated Event was in flight when the network went away (the fault
+    suite's blackhole): it is kept and posted again until the API answers, and a repeat
+    of one that did land is the same Event (its name comes from the fix)."""
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.kube.fail("create", "Event", KubeError(0, "ReadTimeoutError"))
+    world.feed(stuck_pod(world.kube, "web", 0, BAD))
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+    assert world.kube.events("Remediated") == []
+    kept = len(world.engine.outbox.pending)
+    assert kept >= 2  # on the workload and on the policy (and the diagnosis)
+    await world.engine._status_tick()  # still away: kept
+    assert len(world.engine.outbox.pending) == kept
+    world.kube.heal()
+    await world.engine._status_tick()
+    assert not world.engine.outbox.pending
+    assert len(world.kube.events("Remediated", on="web")) == 1
+    assert len(world.kube.events("Remediated", on="heal")) == 1
+    # A second process announcing the same fix (or a repeat that raced) is a no-op.
+    body = next(iter(e for e in world.kube.events("Remediated", on="web")))
+    world.engine.outbox.keep(NS, dict(body))
+    assert await world.engine.outbox.flush(world.kube) == 0
+    assert len(world.kube.events("Remediated", on="web")) == 1
+
+
 async def test_the_apis_return_ends_every_back_off_at_once() -> None:
     """A loop that failed while the API was away sleeps up to a minute; the API's return
     (seen by the health probe, every second while it is down) wakes it at once."""
