@@ -47,6 +47,16 @@ class PolicyStats:
         if self.journal.pop(str(workload), None) is not None:
             self.dirty = True
 
+    def defer(self, workload: ObjectRef, now: float) -> None:
+        """A fix whose last write's outcome is unknown (its answer was lost): left to be
+        resolved from the workload's record, like one a crashed process began."""
+        key = str(workload)
+        entry = self.journal.pop(key, None) or self.inherited.get(key)
+        if entry is not None:
+            self.inherited[key] = entry
+            self.inherited_at = now
+            self.dirty = True
+
     def take_inherited(self, workload: str) -> dict[str, str] | None:
         entry = self.inherited.pop(workload, None)
         if entry is not None:

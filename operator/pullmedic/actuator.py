@@ -31,6 +31,7 @@ class Result:
     action: Action
     outcome: str  # "applied" | "unchanged" | "skipped" | "failed" | "dry-run"
     detail: str = ""
+    unknown: bool = False  # failed in transit: the server may have applied it
 
 
 def _escape(key: str) -> str:
@@ -68,7 +69,7 @@ class Actuator:
             try:
                 results.append(await self._apply_one(plan, action, at))
             except KubeError as e:  # status 0: a timeout or reset, written or not is unknown
-                results.append(Result(action, "failed", f"API {e}"))
+                results.append(Result(action, "failed", f"API {e}", unknown=e.status == 0))
                 break  # later actions depend on earlier ones (copy before attach)
         return results
 

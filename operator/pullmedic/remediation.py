@@ -330,6 +330,17 @@ class Remediator:
             if self.journal is not None:
                 await self.journal(p.policy)  # on record before the first write
         results = await self.actuator.apply(p, started=started)
+        if not follow_up and stats is not None and any(r.unknown for r in results):
+            # A write's answer was lost (the connection reset or timed out): it may have
+            # landed. Neither failed nor done: the status loop resolves it from the record
+            # on the workload, as after a crash: counted and announced once if it is there.
+            stats.defer(target, self.clocks.monotonic())
+            log.warning(
+                "outcome of the fix of %s unknown (%s): resolving it from its record",
+                target,
+                summary(results),
+            )
+            return
         # Account first: nothing after this point may make the plan run again unrecorded.
         ok, wrote = outcome(results)
         if follow_up and any(

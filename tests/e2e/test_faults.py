@@ -167,7 +167,7 @@ def wait_status_current(
     raise AssertionError(
         f"status of {policy} not current within {STATUS_WITHIN:.0f}s after healing: wanted "
         f"{len(workloads)} remediations of {workloads}, got counts={last.get('counts')} "
-        f"lastActions={[a.get('workload') for a in last.get('lastActions') or ()]} "
+        f"lastActions={last.get('lastActions')} "
         f"(operator process {alive(op)})"
     )
 
@@ -555,11 +555,13 @@ def test_killed_mid_status_write(
 # --- control plane restarts (last: they disturb the shared sandbox) ---------------
 
 
+@HTTP
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
 def test_control_plane_restarted(
     component: str,
     sandbox: Any,
     operator: OperatorProcess,
+    proxy: ApiFaultProxy,
     registries: Any,
     core: Any,
     apps: Any,
@@ -578,6 +580,7 @@ def test_control_plane_restarted(
         time.monotonic(),
         operator,
     )
+    wait_status_current(custom, policy, [f"Deployment/{namespace}/warm"], operator)
     down = sandbox.cluster.restart(component, down_for=5.0)
     ended = time.monotonic()
     print(f"\n[faults] {component} restarted: the API was unavailable for {down:.1f}s")
@@ -591,4 +594,10 @@ def test_control_plane_restarted(
     report(f"{component} restart: Deployment broken afterwards healed", took)
     wait_status_current(
         custom, policy, [f"Deployment/{namespace}/warm", f"Deployment/{namespace}/late"], operator
+    )
+    for name in ("warm", "late"):
+        assert_remediated_once(proxy, core, namespace, "Deployment", name, image=True)
+    assert took <= AFTER_RETURN, (
+        f"a Deployment broken after {component} restarted took {took:.1f}s to heal "
+        f"(bound {AFTER_RETURN:.0f}s)"
     )

@@ -99,6 +99,7 @@ class FakeKube:
         self.writes: list[Write] = []
         self.faults: dict[tuple[str, str], Fault] = {}
         self.calls = 0
+        self.lost_answers: dict[tuple[str, str], int] = {}  # (verb, kind) -> how many
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
 
@@ -122,6 +123,16 @@ class FakeKube:
         release = asyncio.Event()
         self.faults[(verb, kind)] = Fault(hang=release)
         return release
+
+    def lose_answer(self, verb: str, kind: str, times: int = 1) -> None:
+        """The next writes are applied but their answer is lost (a reset mid-response)."""
+        self.lost_answers[(verb, kind)] = times
+
+    def _answer_lost(self, verb: str, kind: str) -> None:
+        left = self.lost_answers.get((verb, kind), 0)
+        if left > 0:
+            self.lost_answers[(verb, kind)] = left - 1
+            raise KubeError(0, "ProtocolError")
 
     def heal(self) -> None:
         for f in self.faults.values():
@@ -199,6 +210,7 @@ class FakeKube:
             return new
         new["metadata"]["resourceVersion"] = str(next(self._rv))
         self.objects[(kind, ns, name)] = new
+        self._answer_lost("patch", kind)
         return copy.deepcopy(new)
 
     async def patch_status(self, kind: str, ns: str, name: str, status: Mapping[str, Any]) -> None:

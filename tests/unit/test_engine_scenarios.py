@@ -680,6 +680,33 @@ async def test_an_announcement_lost_to_the_network_is_posted_once_it_is_back(
     assert len(world.kube.events("Remediated", on="web")) == 1
 
 
+async def test_a_fix_whose_answer_was_lost_is_counted_once_from_its_record(
+    world: World,
+) -> None:
+    """The fault suite's refused API: the patch landed but its answer was lost (the
+    connection reset). Not a failure: resolved from the record on the workload, counted
+    and announced once, and the still-stuck pods' next decision writes nothing again."""
+    await world.boot(cluster_policy())
+    deployment(world.kube, "web", BAD)
+    world.kube.lose_answer("patch", "Deployment")
+    pod = stuck_pod(world.kube, "web", 0, BAD)
+    world.feed(pod)
+    await until(lambda: bool(image_patches(world.kube, "web")))
+    await world.settle()
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["failed"] == 0 and stats.counts["remediated"] == 0
+    assert f"Deployment/{NS}/web" in stats.inherited
+    assert world.kube.events("RemediationFailed") == []
+    world.engine.on_pod("MODIFIED", pod)  # a recheck of the old pod, still stuck
+    await until(lambda: stats.counts["remediated"] == 1)
+    await world.settle()
+    await world.engine.status.resolve(grace=0)
+    assert stats.counts == {"detected": 1, "suggested": 0, "remediated": 1, "failed": 0}
+    assert not stats.inherited
+    assert len(image_patches(world.kube, "web")) == 1
+    assert len(world.kube.events("Remediated", on="web")) == 1
+
+
 async def test_the_apis_return_ends_every_back_off_at_once() -> None:
     """A loop that failed while the API was away sleeps up to a minute; the API's return
     (seen by the health probe, every second while it is down) wakes it at once."""
