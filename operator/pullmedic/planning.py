@@ -319,6 +319,8 @@ def plan(
             actions, note = _image_actions(failure, mirror_image, policy)
         else:
             note = "the registry cannot serve this image whole and no mirror has it; push it again"
+    elif cause is Cause.MalformedSecret:
+        note = _malformed_note(diagnosis)
     elif cause is Cause.NodeCredentialsUnknown:
         note = (
             "nodes hold the credentials for this registry: check the node's credential "
@@ -351,6 +353,19 @@ def plan(
     if apply and rate_limited:
         apply, note = False, "policy rate limit reached; suggesting only"
     return replace(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
+
+
+def _malformed_note(diagnosis: Diagnosis) -> str:
+    """A pull secret the kubelet cannot use is its owner's to fix: only they know what it
+    should hold. Copying another secret over it would hide the mistake, so never."""
+    names = str(diagnosis.details.get("malformedSecrets") or "the pod's pull secret")
+    fix = diagnosis.fix
+    verified = (
+        f"; secret {fix.secret} grants pull, attach it only if that is the intent"
+        if fix is not None and fix.kind == "secret" and fix.secret
+        else ""
+    )
+    return f"fix pull secret {names}: the kubelet cannot use it as it is{verified}"
 
 
 def _credential_actions(

@@ -405,3 +405,18 @@ def test_node_view_of_a_credential_failure(kubelet: str, confidence: str, says: 
 def test_node_view_leaves_other_causes_alone() -> None:
     tag = conclude(obs(auth_scheme="none", manifest_status=404, tags_status=200))
     assert node_view(tag, "401 Unauthorized", "h") is tag
+
+
+def test_a_secret_the_kubelet_ignores_is_evidence_when_credentials_are_needed() -> None:
+    d = conclude(
+        obs(
+            auth_scheme="basic",
+            manifest_status=401,
+            secret_problems=(("ns/bad", ".dockerconfigjson has no 'auths' object"),),
+        )
+    )
+    assert d.cause is Cause.MalformedSecret
+    assert "ns/bad" in d.summary and "no 'auths' object" in d.summary
+    assert [e.note for e in d.evidence if e.kind == "secret"] == [
+        "ns/bad: .dockerconfigjson has no 'auths' object"
+    ]

@@ -347,6 +347,16 @@ def test_pin_digest() -> None:
     assert plan.actions[0].new_image == f"{TAG_FIX.image}@{TAG_FIX.digest}"
 
 
+@pytest.mark.parametrize("fix", [None, SECRET_FIX, LOCAL_SECRET_FIX])
+def test_a_malformed_secret_is_named_and_never_replaced(fix: Fix | None) -> None:
+    """Whatever the policy's candidates can do, a broken secret is reported, not swapped."""
+    d = replace(diag(Cause.MalformedSecret, fix), details={"malformedSecrets": "team-a/broken"})
+    plan = planning.plan(failure(), d, policy())
+    assert plan.actions == () and not plan.apply and plan.suggestions == ()
+    assert plan.note.startswith("fix pull secret team-a/broken: the kubelet cannot use it")
+    assert (fix is not None) == (f"secret {fix.secret if fix else ''} grants pull" in plan.note)
+
+
 def test_copied_secret_name() -> None:
     plan = planning.plan(failure(), diag(Cause.AuthenticationRequired, SECRET_FIX), policy())
     assert plan.actions[0].secret == "pullmedic.shared.regcred"
