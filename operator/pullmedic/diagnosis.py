@@ -26,6 +26,7 @@ class Cause(StrEnum):
 
     InvalidReference = "InvalidReference"
     TagNotFound = "TagNotFound"
+    DigestNotFound = "DigestNotFound"  # a pinned digest: never "corrected" to another tag
     RepositoryNotFound = "RepositoryNotFound"
     NotFoundOrPrivate = "NotFoundOrPrivate"
     AuthenticationRequired = "AuthenticationRequired"
@@ -470,7 +471,7 @@ def conclude(obs: Observation) -> Diagnosis:
             )
         if obs.is_digest:
             return make(
-                Cause.TagNotFound,
+                Cause.DigestNotFound,
                 conf3,
                 f"Digest {obs.manifest_ref} does not exist in {_where(obs)}; it was deleted "
                 "or never pushed here - pin an existing digest.",

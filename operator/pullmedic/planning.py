@@ -26,7 +26,9 @@ MANAGED_SECRET_LABEL = "pullmedic.dev/managed"
 SOURCE_ANNOTATION = "pullmedic.dev/source"
 
 # Causes a moved repository explains (the policy's alternatives are tried for them).
-MOVE_CAUSES = frozenset({Cause.TagNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate})
+MOVE_CAUSES = frozenset(
+    {Cause.TagNotFound, Cause.DigestNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate}
+)
 
 # Kinds whose pod template may be patched to fix an image for good.
 TEMPLATE_PATHS = {
@@ -292,6 +294,14 @@ def plan(
         note = f"repository moved ({alternative[1]})" + (f"; {note}" if note else "")
     elif cause is Cause.InvalidReference:
         note = "an invalid image reference never recovers: fix the manifest"
+    elif cause is Cause.DigestNotFound:
+        # Whoever pinned a digest chose that exact content: no other tag or digest is "the
+        # same image", so it is never replaced; a verified candidate is only mentioned.
+        note = "a pinned digest is never re-pinned automatically: pin a digest that exists" + (
+            f" (for example {fix.image})"
+            if fix is not None and fix.kind == "tag" and fix.image
+            else ""
+        )
     elif cause in (Cause.TagNotFound, Cause.PlatformMismatch):
         if not policy.tags.enabled:
             note = "tag correction is disabled by the policy"

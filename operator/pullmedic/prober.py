@@ -444,7 +444,8 @@ class Prober:
                 notes.append(Evidence("suggestion", note=f"secret {name}: {c.cause}"))
                 if (
                     not_found is None
-                    and c.cause in (Cause.RepositoryNotFound, Cause.TagNotFound)
+                    and c.cause
+                    in (Cause.RepositoryNotFound, Cause.TagNotFound, Cause.DigestNotFound)
                     and c.confidence == "high"
                 ):
                     not_found = (name, c)

@@ -78,8 +78,34 @@ CASES: list[tuple[str, Observation, Cause, str]] = [
             manifest_ref="sha256:" + "a" * 64,
             tags_status=200,
         ),
-        Cause.TagNotFound,
+        Cause.DigestNotFound,
         "high",
+    ),
+    (
+        "bearer granted digest missing, tags unreadable",
+        obs(
+            auth_scheme="bearer",
+            token_status=200,
+            token_grants_pull=True,
+            manifest_status=404,
+            is_digest=True,
+            manifest_ref="sha256:" + "a" * 64,
+        ),
+        Cause.DigestNotFound,
+        "high",
+    ),
+    (
+        "bearer not granted digest 404",
+        obs(
+            auth_scheme="bearer",
+            token_status=200,
+            token_grants_pull=False,
+            manifest_status=404,
+            is_digest=True,
+            manifest_ref="sha256:" + "a" * 64,
+        ),
+        Cause.NotFoundOrPrivate,
+        "medium",
     ),
     (
         "open tags unreadable",
@@ -350,6 +376,7 @@ def test_cause_values_are_stable() -> None:
     assert {c.value for c in Cause} == {
         "InvalidReference",
         "TagNotFound",
+        "DigestNotFound",
         "RepositoryNotFound",
         "NotFoundOrPrivate",
         "AuthenticationRequired",

@@ -380,6 +380,29 @@ def test_copied_secret_names_never_collide(a: tuple[str, str], b: tuple[str, str
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", n)
 
 
+@pytest.mark.parametrize("fix", [None, TAG_FIX])
+def test_a_missing_digest_is_never_re_pinned(fix: Fix | None) -> None:
+    """A pinned digest is exact content: no tag correction, only a suggestion in words."""
+    pinned = "docker.io/library/nginx@sha256:" + "f" * 64
+    p = planning.plan(failure(image=pinned), diag(Cause.DigestNotFound, fix), policy())
+    assert p.actions == () and not p.apply and p.suggestions == ()
+    assert p.note.startswith("a pinned digest is never re-pinned automatically")
+    assert (TAG_FIX.image in p.note) is (fix is not None)
+
+
+def test_a_moved_repository_keeps_the_digest() -> None:
+    pinned = "docker.io/library/nginx@sha256:" + "f" * 64
+    moved = "docker.io/legacy/nginx@sha256:" + "f" * 64
+    p = planning.plan(
+        failure(image=pinned),
+        diag(Cause.DigestNotFound),
+        policy(),
+        alternative=(moved, "docker.io/library/* -> docker.io/legacy/$1"),
+    )
+    (a,) = p.actions
+    assert a.new_image == moved
+
+
 def test_a_moved_repository_keeps_the_tag_and_says_so() -> None:
     p = planning.plan(
         failure(),
