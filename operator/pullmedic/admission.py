@@ -31,7 +31,9 @@ CONTAINER_FIELDS = ("initContainers", "containers")
 
 # Refused in Deny mode: the pull fails the same way forever. Only with high confidence
 # (a 404 seen with credentials that can see the repository).
-NEVER_RECOVERS = frozenset({Cause.InvalidReference, Cause.TagNotFound, Cause.RepositoryNotFound})
+NEVER_RECOVERS = frozenset(
+    {Cause.InvalidReference, Cause.TagNotFound, Cause.DigestNotFound, Cause.RepositoryNotFound}
+)
 # A copy elsewhere fixes these (Mutate mode rewrites to a verified mirror).
 MIRROR_FIXES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
 

@@ -21,15 +21,57 @@ PULL_REASONS = frozenset(
         "SignatureValidationFailed",
     }
 )
-# The kubelet puts some credential errors in the waiting reason itself (no pull is even
-# attempted): a pull secret whose ``auth`` does not decode to user:pass.
-PULL_REASON_PREFIXES = ("unable to parse auth field",)
+# Waiting reasons the kubelet names itself that are not about getting the image: before
+# the first pull (ContainerCreating, PodInitializing) or after the image is present
+# (creating, starting or restarting the container, the pod sandbox). Any *other* reason on
+# a container whose image never arrived is the text of an error the kubelet hit while
+# preparing the pull: it puts Go error strings there verbatim ("illegal base64 data at
+# input byte 0", "unable to parse auth field, ..." for a pull secret it cannot decode), so
+# recognising them by their text alone would miss the next one.
+NOT_PULL_REASONS = frozenset(
+    {
+        "ContainerCreating",
+        "PodInitializing",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "PreCreateHookError",
+        "CreateContainerError",
+        "PreStartHookError",
+        "PostStartHookError",
+        "RunContainerError",
+        "RunInitContainerError",
+        "StartError",
+        "KillContainerError",
+        "VerifyNonRootError",
+        "CreatePodSandboxError",
+        "ConfigPodSandboxError",
+        "KillPodSandboxError",
+        "ContainerStatusUnknown",
+        "no matching container",
+    }
+)
 
 
-def is_pull_reason(reason: object) -> bool:
-    return isinstance(reason, str) and (
-        reason in PULL_REASONS or reason.startswith(PULL_REASON_PREFIXES)
-    )
+def stuck_pulling(reason: object, image_id: object) -> bool:
+    """Is a container waiting with ``reason`` (and status ``imageID``) stuck getting its image?
+
+    A pull reason always is. Any other non-empty reason that is not one of the kubelet's
+    own non-pull states is too, as long as the image never arrived (no ``imageID``): the
+    kubelet only fails there on the way to a pull.
+    """
+    if not isinstance(reason, str) or not reason:
+        return False
+    if reason in PULL_REASONS:
+        return True
+    return reason not in NOT_PULL_REASONS and not image_id
+
+
+def _waiting(cs: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (cs.get("state") or {}).get("waiting") or {}
+
+
+def _blocked(cs: Mapping[str, Any]) -> bool:
+    return stuck_pulling(_waiting(cs).get("reason"), cs.get("imageID"))
 
 
 STATUS_FIELDS = (
@@ -61,10 +103,10 @@ def stuck_containers(pod: Mapping[str, Any]) -> list[StuckContainer]:
             c.get("name"): (i, c.get("image", "")) for i, c in enumerate(spec.get(spec_field) or ())
         }
         for cs in statuses:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason")
-            if not is_pull_reason(reason):
+            if not _blocked(cs):
                 continue
+            waiting = _waiting(cs)
+            reason = waiting.get("reason")
             name = cs.get("name", "")
             i, image = index.get(name, (-1, cs.get("image", "")))
             out.append(
@@ -98,8 +140,4 @@ def might_be_stuck(pod: Mapping[str, Any], known: Container[str]) -> bool:
     if (pod.get("metadata") or {}).get("uid") in known:
         return True
     status = pod.get("status") or {}
-    return any(
-        is_pull_reason(((cs.get("state") or {}).get("waiting") or {}).get("reason"))
-        for _, f in STATUS_FIELDS
-        for cs in status.get(f) or ()
-    )
+    return any(_blocked(cs) for _, f in STATUS_FIELDS for cs in status.get(f) or ())

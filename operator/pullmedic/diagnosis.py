@@ -26,6 +26,7 @@ class Cause(StrEnum):
 
     InvalidReference = "InvalidReference"
     TagNotFound = "TagNotFound"
+    DigestNotFound = "DigestNotFound"  # a pinned digest: never "corrected" to another tag
     RepositoryNotFound = "RepositoryNotFound"
     NotFoundOrPrivate = "NotFoundOrPrivate"
     AuthenticationRequired = "AuthenticationRequired"
@@ -254,6 +255,11 @@ _FAILURE_TEXT: Mapping[str, str] = {
 }
 
 
+def secret_evidence(problems: Sequence[tuple[str, str]]) -> tuple[Evidence, ...]:
+    """What is wrong in each pull secret, by name (never its content)."""
+    return tuple(Evidence("secret", note=f"{name}: {reason}") for name, reason in problems)
+
+
 def _secret_problem_diagnosis(obs: Observation, base: dict[str, JSONValue]) -> Diagnosis:
     name, reason = obs.secret_problems[0]
     names = ", ".join(sorted({n for n, _ in obs.secret_problems}))
@@ -265,7 +271,7 @@ def _secret_problem_diagnosis(obs: Observation, base: dict[str, JSONValue]) -> D
         "medium",
         f"{_where(obs)} needs credentials, and pull secret {name} cannot be used ({reason}); "
         f"fix that secret so it carries credentials for {obs.registry_host}.",
-        obs.evidence,
+        obs.evidence + secret_evidence(obs.secret_problems),
         details,
     )
 
@@ -465,7 +471,7 @@ def conclude(obs: Observation) -> Diagnosis:
             )
         if obs.is_digest:
             return make(
-                Cause.TagNotFound,
+                Cause.DigestNotFound,
                 conf3,
                 f"Digest {obs.manifest_ref} does not exist in {_where(obs)}; it was deleted "
                 "or never pushed here - pin an existing digest.",

@@ -528,7 +528,7 @@ class Keyring:
                 )
                 continue
             if not entries:
-                problems.append(SecretProblem(ref, f"{data_key} contains no registries"))
+                problems.append(SecretProblem(ref, _empty_reason(data_key, doc)))
             elif data_key == DOCKERCFG_KEY and any(e.loc.lower() == "auths" for e in entries):
                 problems.append(
                     SecretProblem(
@@ -602,6 +602,22 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(keys={self._index!r}, credentials={len(self)})"
+
+
+def _empty_reason(data_key: str, doc: object) -> str:
+    """Why a decodable document gives no credentials; a missing 'auths' is the usual one."""
+    if (
+        data_key != DOCKERCONFIGJSON_KEY
+        or not isinstance(doc, dict)
+        or _field(doc, "auths") is not None
+    ):
+        return f"{data_key} contains no registries"
+    looks_like_dockercfg = any(isinstance(v, dict) for v in doc.values())
+    return f"{data_key} has no 'auths' object, so the kubelet finds no credentials in it" + (
+        '; its top level looks like a .dockercfg map of registries: wrap it in {"auths": ...}'
+        if looks_like_dockercfg
+        else ""
+    )
 
 
 def _expected_data_key(secret_type: str) -> str | None:

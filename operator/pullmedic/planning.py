@@ -26,7 +26,9 @@ MANAGED_SECRET_LABEL = "pullmedic.dev/managed"
 SOURCE_ANNOTATION = "pullmedic.dev/source"
 
 # Causes a moved repository explains (the policy's alternatives are tried for them).
-MOVE_CAUSES = frozenset({Cause.TagNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate})
+MOVE_CAUSES = frozenset(
+    {Cause.TagNotFound, Cause.DigestNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate}
+)
 
 # Kinds whose pod template may be patched to fix an image for good.
 TEMPLATE_PATHS = {
@@ -292,6 +294,14 @@ def plan(
         note = f"repository moved ({alternative[1]})" + (f"; {note}" if note else "")
     elif cause is Cause.InvalidReference:
         note = "an invalid image reference never recovers: fix the manifest"
+    elif cause is Cause.DigestNotFound:
+        # Whoever pinned a digest chose that exact content: no other tag or digest is "the
+        # same image", so it is never replaced; a verified candidate is only mentioned.
+        note = "a pinned digest is never re-pinned automatically: pin a digest that exists" + (
+            f" (for example {fix.image})"
+            if fix is not None and fix.kind == "tag" and fix.image
+            else ""
+        )
     elif cause in (Cause.TagNotFound, Cause.PlatformMismatch):
         if not policy.tags.enabled:
             note = "tag correction is disabled by the policy"
@@ -319,6 +329,8 @@ def plan(
             actions, note = _image_actions(failure, mirror_image, policy)
         else:
             note = "the registry cannot serve this image whole and no mirror has it; push it again"
+    elif cause is Cause.MalformedSecret:
+        note = _malformed_note(diagnosis)
     elif cause is Cause.NodeCredentialsUnknown:
         note = (
             "nodes hold the credentials for this registry: check the node's credential "
@@ -351,6 +363,19 @@ def plan(
     if apply and rate_limited:
         apply, note = False, "policy rate limit reached; suggesting only"
     return replace(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
+
+
+def _malformed_note(diagnosis: Diagnosis) -> str:
+    """A pull secret the kubelet cannot use is its owner's to fix: only they know what it
+    should hold. Copying another secret over it would hide the mistake, so never."""
+    names = str(diagnosis.details.get("malformedSecrets") or "the pod's pull secret")
+    fix = diagnosis.fix
+    verified = (
+        f"; secret {fix.secret} grants pull, attach it only if that is the intent"
+        if fix is not None and fix.kind == "secret" and fix.secret
+        else ""
+    )
+    return f"fix pull secret {names}: the kubelet cannot use it as it is{verified}"
 
 
 def _credential_actions(

@@ -31,6 +31,7 @@ from pullmedic.diagnosis import (
     Observation,
     conclude,
     merge_evidence,
+    secret_evidence,
 )
 from pullmedic.keyring import Credential, Keyring, SecretProblem
 from pullmedic.platforms import Platform, best_match
@@ -256,7 +257,7 @@ class Prober:
                 "high",
                 f"Pull secret {blocking[0].secret} cannot be decoded ({blocking[0].reason}); "
                 "fix or remove it - the kubelet fails every pull that uses it.",
-                tuple(Evidence("secret", note=f"{p.secret}: {p.reason}") for p in blocking),
+                secret_evidence([(p.secret, p.reason) for p in blocking]),
                 {"malformedSecrets": names},
             )
         if distrust_available:
@@ -443,7 +444,8 @@ class Prober:
                 notes.append(Evidence("suggestion", note=f"secret {name}: {c.cause}"))
                 if (
                     not_found is None
-                    and c.cause in (Cause.RepositoryNotFound, Cause.TagNotFound)
+                    and c.cause
+                    in (Cause.RepositoryNotFound, Cause.TagNotFound, Cause.DigestNotFound)
                     and c.confidence == "high"
                 ):
                     not_found = (name, c)

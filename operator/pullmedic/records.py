@@ -31,6 +31,8 @@ class RemediationRecord:
     # agreement between our clock and the apiserver's.
     old_pods: frozenset[str] = frozenset()
     old_created: float | None = None
+    # Read back from the annotation only: what a human needs to revert the change.
+    previous_image: str = ""
 
     @classmethod
     def from_annotation(cls, raw: str | None) -> RemediationRecord | None:
@@ -56,7 +58,20 @@ class RemediationRecord:
             str(rec.get("action", "")),
             str(rec.get("newImage") or ""),
             str(rec.get("secret") or ""),
+            previous_image=str(rec.get("previousImage") or ""),
         )
+
+    def to_dict(self) -> dict[str, str]:
+        """The record as the annotation spells it (``explain --json`` shows it so)."""
+        return {
+            "time": stamp(self.at),
+            "cause": self.cause,
+            "container": self.container,
+            "action": self.action,
+            "previousImage": self.previous_image,
+            "newImage": self.new_image,
+            "secret": self.secret,
+        }
 
 
 def stamp(at: float) -> str:

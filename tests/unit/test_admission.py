@@ -60,6 +60,8 @@ TAG_FIX = Fix(kind="tag", reason="highest patch of 1.4", image="registry.example
         (M.WARN, d(Cause.TagNotFound, fix=TAG_FIX), None, True, True, False),
         (M.DENY, d(Cause.TagNotFound), None, False, True, False),
         (M.DENY, d(Cause.InvalidReference), None, False, True, False),
+        (M.DENY, d(Cause.DigestNotFound), None, False, True, False),
+        (M.DENY, d(Cause.DigestNotFound, "medium"), None, True, True, False),
         # uncertain: admitted with a warning
         (M.DENY, d(Cause.TagNotFound, "medium"), None, True, True, False),
         (M.DENY, d(Cause.NotFoundOrPrivate), None, True, True, False),

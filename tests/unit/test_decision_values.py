@@ -49,6 +49,24 @@ def test_record_round_trip() -> None:
         "",
     )
     assert rec.at % 1 == pytest.approx(0.25)  # sub-second precision survives
+    assert rec.to_dict()["time"] == "2026-11-29T10:00:00.250000Z"
+    assert rec.to_dict()["previousImage"] == ""  # not in this record: shown empty
+
+
+def test_record_keeps_the_previous_image_for_humans() -> None:
+    raw = json.dumps(
+        {
+            "time": "2026-11-29T10:00:00Z",
+            "cause": "TagNotFound",
+            "container": "app",
+            "action": "PatchWorkloadImage",
+            "previousImage": "r/x:1.2.9",
+            "newImage": "r/x:1.2.3",
+        }
+    )
+    rec = RemediationRecord.from_annotation(raw)
+    assert rec is not None and rec.previous_image == "r/x:1.2.9"
+    assert (rec.to_dict()["previousImage"], rec.to_dict()["newImage"]) == ("r/x:1.2.9", "r/x:1.2.3")
 
 
 def _plan(pods: tuple[ObjectRef, ...]) -> Any:

@@ -78,8 +78,34 @@ CASES: list[tuple[str, Observation, Cause, str]] = [
             manifest_ref="sha256:" + "a" * 64,
             tags_status=200,
         ),
-        Cause.TagNotFound,
+        Cause.DigestNotFound,
         "high",
+    ),
+    (
+        "bearer granted digest missing, tags unreadable",
+        obs(
+            auth_scheme="bearer",
+            token_status=200,
+            token_grants_pull=True,
+            manifest_status=404,
+            is_digest=True,
+            manifest_ref="sha256:" + "a" * 64,
+        ),
+        Cause.DigestNotFound,
+        "high",
+    ),
+    (
+        "bearer not granted digest 404",
+        obs(
+            auth_scheme="bearer",
+            token_status=200,
+            token_grants_pull=False,
+            manifest_status=404,
+            is_digest=True,
+            manifest_ref="sha256:" + "a" * 64,
+        ),
+        Cause.NotFoundOrPrivate,
+        "medium",
     ),
     (
         "open tags unreadable",
@@ -350,6 +376,7 @@ def test_cause_values_are_stable() -> None:
     assert {c.value for c in Cause} == {
         "InvalidReference",
         "TagNotFound",
+        "DigestNotFound",
         "RepositoryNotFound",
         "NotFoundOrPrivate",
         "AuthenticationRequired",
@@ -405,3 +432,18 @@ def test_node_view_of_a_credential_failure(kubelet: str, confidence: str, says: 
 def test_node_view_leaves_other_causes_alone() -> None:
     tag = conclude(obs(auth_scheme="none", manifest_status=404, tags_status=200))
     assert node_view(tag, "401 Unauthorized", "h") is tag
+
+
+def test_a_secret_the_kubelet_ignores_is_evidence_when_credentials_are_needed() -> None:
+    d = conclude(
+        obs(
+            auth_scheme="basic",
+            manifest_status=401,
+            secret_problems=(("ns/bad", ".dockerconfigjson has no 'auths' object"),),
+        )
+    )
+    assert d.cause is Cause.MalformedSecret
+    assert "ns/bad" in d.summary and "no 'auths' object" in d.summary
+    assert [e.note for e in d.evidence if e.kind == "secret"] == [
+        "ns/bad: .dockerconfigjson has no 'auths' object"
+    ]

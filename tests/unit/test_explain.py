@@ -1,11 +1,16 @@
-"""explain's pure parts: kubectl-style targets and the human text."""
+"""explain's pure parts: kubectl-style targets, the human text, the record it shows."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 
 from pullmedic.cli import build_parser
 from pullmedic.explain import ExplainError, Report, parse_target, render
+from pullmedic.explaining import RestLists, last_remediation
+from pullmedic.records import REMEDIATION_ANNOTATION
 
 
 @pytest.mark.parametrize(
@@ -67,3 +72,89 @@ def test_text_labels_an_anonymous_probe_and_an_open_circuit() -> None:
     assert "pullmedic said nothing" in text
     healthy = Report(namespace="shop", pod="web-2", phase="Running", node="n1", workload=None)
     assert "No container is stuck" in render(healthy)
+
+
+def test_stuck_containers_are_labelled_by_kind() -> None:
+    r = Report(
+        namespace="shop",
+        pod="web-1",
+        phase="Running",
+        node="n1",
+        workload=None,
+        stuck=[
+            {
+                "kind": "ephemeralContainers",
+                "container": "dbg",
+                "image": "r/debug:1",
+                "reason": "ErrImagePull",
+                "message": "",
+            }
+        ],
+    )
+    assert "Ephemeral container dbg: ErrImagePull for image r/debug:1" in render(r)
+
+
+def test_the_record_is_read_as_the_operator_reads_it() -> None:
+    raw = json.dumps(
+        {
+            "time": "2026-01-01T00:00:00.500000Z",
+            "cause": "TagNotFound",
+            "policy": "ClusterPullPolicy/heal",
+            "action": "PatchWorkloadImage",
+            "container": "app",
+            "previousImage": "r/x:0",
+            "newImage": "r/x:1",
+            "secret": None,
+        }
+    )
+    assert last_remediation({REMEDIATION_ANNOTATION: raw}) == {
+        "time": "2026-01-01T00:00:00.500000Z",
+        "cause": "TagNotFound",
+        "container": "app",
+        "action": "PatchWorkloadImage",
+        "previousImage": "r/x:0",
+        "newImage": "r/x:1",
+        "secret": "",
+    }
+    assert last_remediation({}) is None
+    hostile = last_remediation({REMEDIATION_ANNOTATION: '{"time": "yesterday"}'})
+    assert hostile == {"raw": '{"time": "yesterday"}'}
+    r = Report(
+        namespace="shop",
+        pod="web-1",
+        phase="Pending",
+        node="n1",
+        workload="Deployment/web",
+        last_remediation=hostile,
+    )
+    assert "record on Deployment/web is unreadable" in render(r)
+
+
+class RecordingKube:
+    """Stands in for RestKube: the requests explain's list reads send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, list[tuple[str, str]] | None]] = []
+
+    async def request(
+        self, method: str, path: str, query: list[tuple[str, str]] | None = None
+    ) -> dict[str, Any]:
+        self.sent.append((method, path, query))
+        return {"items": [{"metadata": {"name": "x"}}]}
+
+
+async def test_list_reads_use_selectors() -> None:
+    kube = RecordingKube()
+    lists = RestLists(kube)  # type: ignore[arg-type]
+    assert await lists.pods("shop", {"b": "2", "a": "1"}) == [{"metadata": {"name": "x"}}]
+    await lists.jobs("shop")
+    await lists.events("shop", "Deployment", "web")
+    assert kube.sent == [
+        ("GET", "/api/v1/namespaces/shop/pods", [("labelSelector", "a=1,b=2")]),
+        ("GET", "/apis/batch/v1/namespaces/shop/jobs", []),
+        (
+            "GET",
+            "/api/v1/namespaces/shop/events",
+            [("fieldSelector", "involvedObject.kind=Deployment,involvedObject.name=web")],
+        ),
+    ]

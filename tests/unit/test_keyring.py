@@ -356,6 +356,28 @@ BAD_SECRETS = [
     (dockercfg({"auths": {"r.io": {"auth": auth()}}}), "looks like a .dockerconfigjson", False),
     (dockercfg(["r.io"]), "the document is an array", True),
     (dockerconfigjson({}), "contains no registries", False),
+    # No "auths" at all: the kubelet decodes it fine and sends nothing (pulls anonymously).
+    (
+        PullSecret(
+            "ns",
+            "s",
+            "kubernetes.io/dockerconfigjson",
+            {".dockerconfigjson": b64(json.dumps({"r.io": {"auth": auth()}}))},
+        ),
+        "has no 'auths' object, so the kubelet finds no credentials in it; its top level "
+        "looks like a .dockercfg map",
+        False,
+    ),
+    (
+        PullSecret(
+            "ns",
+            "s",
+            "kubernetes.io/dockerconfigjson",
+            {".dockerconfigjson": b64(json.dumps({"credsStore": "desktop"}))},
+        ),
+        "has no 'auths' object",
+        False,
+    ),
     (
         dockerconfigjson({"r.io:abc": {"auth": auth()}}),
         "invalid port; the kubelet ignores it",

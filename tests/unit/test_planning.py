@@ -347,6 +347,16 @@ def test_pin_digest() -> None:
     assert plan.actions[0].new_image == f"{TAG_FIX.image}@{TAG_FIX.digest}"
 
 
+@pytest.mark.parametrize("fix", [None, SECRET_FIX, LOCAL_SECRET_FIX])
+def test_a_malformed_secret_is_named_and_never_replaced(fix: Fix | None) -> None:
+    """Whatever the policy's candidates can do, a broken secret is reported, not swapped."""
+    d = replace(diag(Cause.MalformedSecret, fix), details={"malformedSecrets": "team-a/broken"})
+    plan = planning.plan(failure(), d, policy())
+    assert plan.actions == () and not plan.apply and plan.suggestions == ()
+    assert plan.note.startswith("fix pull secret team-a/broken: the kubelet cannot use it")
+    assert (fix is not None) == (f"secret {fix.secret if fix else ''} grants pull" in plan.note)
+
+
 def test_copied_secret_name() -> None:
     plan = planning.plan(failure(), diag(Cause.AuthenticationRequired, SECRET_FIX), policy())
     assert plan.actions[0].secret == "pullmedic.shared.regcred"
@@ -368,6 +378,29 @@ def test_copied_secret_names_never_collide(a: tuple[str, str], b: tuple[str, str
     for n in (na, nb):
         assert len(n) <= 253
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", n)
+
+
+@pytest.mark.parametrize("fix", [None, TAG_FIX])
+def test_a_missing_digest_is_never_re_pinned(fix: Fix | None) -> None:
+    """A pinned digest is exact content: no tag correction, only a suggestion in words."""
+    pinned = "docker.io/library/nginx@sha256:" + "f" * 64
+    p = planning.plan(failure(image=pinned), diag(Cause.DigestNotFound, fix), policy())
+    assert p.actions == () and not p.apply and p.suggestions == ()
+    assert p.note.startswith("a pinned digest is never re-pinned automatically")
+    assert (TAG_FIX.image in p.note) is (fix is not None)
+
+
+def test_a_moved_repository_keeps_the_digest() -> None:
+    pinned = "docker.io/library/nginx@sha256:" + "f" * 64
+    moved = "docker.io/legacy/nginx@sha256:" + "f" * 64
+    p = planning.plan(
+        failure(image=pinned),
+        diag(Cause.DigestNotFound),
+        policy(),
+        alternative=(moved, "docker.io/library/* -> docker.io/legacy/$1"),
+    )
+    (a,) = p.actions
+    assert a.new_image == moved
 
 
 def test_a_moved_repository_keeps_the_tag_and_says_so() -> None:
