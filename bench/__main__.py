@@ -1,77 +1,70 @@
-"""``python -m bench [recovery|storm|scale|admission|all] [--quick] [--write-docs]``.
+"""``python -m bench NAME|all [--quick] [--no-report]`` or ``python -m bench report [--check]``.
 
-Each benchmark gets its own fresh sandbox at real kubelet timing, prints its table(s) and
-writes ``bench/results/<name>.json``; ``all`` also writes ``bench/results/all.json`` and,
-unless ``--quick`` (or with ``--write-docs``), refreshes the generated part of
-``docs/benchmarks.md``.
+``NAME`` runs one benchmark (``all``: recovery, storm and scale, one after another), prints
+its tables and writes ``bench/results/<name>.json`` with the date, the commit, the machine
+and its load average beside every figure. A full run then regenerates the figures of
+README.md and docs/*.md (``python -m bench report``; ``--no-report`` skips it); a
+``--quick`` smoke run writes to ``bench/results/quick/`` and touches neither.
+
+``report`` renders the docs' generated blocks from the committed results; ``report
+--check`` changes nothing and exits 1 when a block is stale or a figure is typed outside
+one (see bench/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 import traceback
 from typing import Any
 
 from bench import report
-from bench.common import RESULTS, machine, say, write_result
+from bench.common import REPO, machine, provenance, say, write_result
 
 NAMES = ("recovery", "storm", "scale")
-# Run on their own only (not part of `all`, their tables are written into the docs by hand).
-SEPARATE = ("admission", "shards", "watchmem")
+# Run on their own only, not part of `all`: every other benchmark the report knows.
+SEPARATE = tuple(name for name in report.BENCHMARKS if name not in NAMES)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["report"]:
+        return report.main(args_in[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("which", nargs="?", default="all", choices=(*NAMES, *SEPARATE, "all"))
     ap.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
     ap.add_argument(
-        "--write-docs",
-        action="store_true",
-        help="refresh docs/benchmarks.md from the results (default for a full `all`)",
+        "--no-report", action="store_true", help="do not regenerate the docs after a full run"
     )
-    args = ap.parse_args(argv)
+    args = ap.parse_args(args_in)
     names = NAMES if args.which == "all" else (args.which,)
-    results: dict[str, Any] = {
-        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "quick": args.quick,
-        "machine": machine(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    command = "python -m bench " + " ".join(args_in)
     failed = False
-    merged: dict[str, Any] = {}
-    prior = RESULTS / "all.json"
-    if args.which in NAMES and not args.quick and prior.exists():
-        merged = json.loads(prior.read_text())  # a single full run refreshes its section
     for name in names:
         mod = importlib.import_module(f"bench.{name}")
+        # Taken as the run starts: the commit and load it ran under.
+        header: dict[str, Any] = {
+            **provenance(),
+            "machine": machine(),
+            "command": command,
+            "quick": args.quick,
+        }
         t0 = time.monotonic()
         try:
             r = mod.run(quick=args.quick)
         except Exception:
             failed = True
             say(f"{name} failed:\n{traceback.format_exc()}")
-            results[name] = {"error": traceback.format_exc(limit=5)}
             continue
-        r["wall_s"] = round(time.monotonic() - t0, 1)
-        r["quick"] = args.quick
-        r["command"] = results["command"]
-        r["started"] = results["started"]
-        results[name] = r
-        path = write_result(name, {"machine": results["machine"], **r})
+        r = {**r, **header, "wall_s": round(time.monotonic() - t0, 1)}
+        path = write_result(name, r, quick=args.quick)
         print(mod.render(r), flush=True)
-        say(f"{name}: done in {r['wall_s']} s, written to {path}")
-    if merged and not failed:
-        merged.update({n: results[n] for n in names}, machine=results["machine"])
-        results = merged
-    if args.which == "all" or merged:
-        write_result("all", results)
-    if (args.which == "all" or merged) and (args.write_docs or not args.quick):
-        report.update_docs(results)
-        say("docs/benchmarks.md updated")
+        say(f"{name}: done in {r['wall_s']} s, written to {path.relative_to(REPO)}")
+    if not args.quick and not args.no_report:
+        for path in report.write():
+            say(f"{path.relative_to(REPO)} regenerated from bench/results")
     return 1 if failed else 0
 
 

@@ -745,3 +745,25 @@ def render(r: dict[str, Any]) -> str:
     else:
         out += f"\nkuik source: {k.get('source')}\n"
     return out
+
+
+def headline(r: dict[str, Any]) -> str:
+    """Warm answers, and the slowest answer with the registry hanging, against the timeout."""
+    cases = r["cases"]
+    warm = [
+        f"{_pp(cases[f'pullmedic warm {k}']['hooked'])} ms ({k})"
+        for k in ("Deployment", "Pod")
+        if f"pullmedic warm {k}" in cases
+    ]
+    hanging = [
+        c["hooked"]["max_ms"]
+        for key, c in cases.items()
+        if key.startswith("pullmedic hanging") and c["hooked"].get("max_ms") is not None
+    ]
+    out = ("warm cache p50 / p99: " + ", ".join(warm)) if warm else "no warm case"
+    if hanging:
+        timeout = (r.get("webhook_timeouts_s") or {}).get("pullmedic")
+        out += f"; with the registry hanging every answer came within {max(hanging):.0f} ms"
+        if timeout is not None:
+            out += f" (webhook timeout {timeout} s)"
+    return out

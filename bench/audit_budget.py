@@ -8,7 +8,8 @@ TTLs would have expired). Requests are counted at the HTTP transport, so the num
 what the registries receive. The baseline checks every workload every hour without a
 budget (what a naive audit loop costs).
 
-    .venv/bin/python bench/audit_budget.py [--workloads 1000] [--hours 6]
+    .venv/bin/python bench/audit_budget.py [--workloads 1000] [--hours 6]   # prints the table
+    .venv/bin/python -m bench audit_budget     # and writes bench/results/audit_budget.json
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 import httpx  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
+from bench.common import table  # noqa: E402
 from pullmedic.audit import Auditor, AuditSettings  # noqa: E402
 from pullmedic.kube import RestKube, Timeouts, configure  # noqa: E402
 from pullmedic.lookups import Lookups  # noqa: E402
@@ -39,6 +41,7 @@ from sandbox.images import delete_tag, push_image  # noqa: E402
 from sandbox.registries import start_registries  # noqa: E402
 
 NS = "audit-bench"
+DELETED_TAGS = 3
 
 
 class HostCounting(httpx.AsyncBaseTransport):
@@ -69,6 +72,16 @@ def main() -> int:
     ap.add_argument("--workloads", type=int, default=1000)
     ap.add_argument("--hours", type=int, default=6)
     args = ap.parse_args()
+    print(render(measure(args.workloads, args.hours)))
+    return 0
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """``python -m bench audit_budget``: the default sizes (quick: 100 workloads, 2 h)."""
+    return measure(100, 2) if quick else measure(1000, 6)
+
+
+def measure(workloads: int, hours: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pullmedic-audit-bench-") as tmp:
         cluster = start_cluster(Path(tmp) / "cluster")
         regs = start_registries(Path(tmp) / "registries")
@@ -76,24 +89,50 @@ def main() -> int:
             wait_ready(cluster)
             images = _images(regs)
             api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-            _workloads(api, images, args.workloads)
+            _workloads(api, images, workloads)
             rows = [
-                _measure(cluster, regs, "budget 25/host/3h (default)", 25, 3 * 3600, args.hours),
-                _measure(
-                    cluster, regs, "no budget, every workload hourly", 10**9, 3600, args.hours
-                ),
+                _measure(cluster, regs, "budget 25/host/3h (default)", 25, 3 * 3600, hours),
+                _measure(cluster, regs, "no budget, every workload hourly", 10**9, 3600, hours),
             ]
         finally:
             regs.stop()
             cluster.stop()
-    print(f"\nAudit of {args.workloads} workloads, {len(images)} distinct images, {args.hours} h")
-    print(f"{'run':<36} {'checks/h':>9} {'requests/h':>11} {'per host/h max':>15} {'found':>6}")
-    for r in rows:
-        print(
-            f"{r['run']:<36} {r['checks_per_hour']:>9.1f} {r['requests_per_hour']:>11.1f} "
-            f"{r['max_host_requests_per_hour']:>15.1f} {r['found']:>6}"
-        )
-    return 0
+    return {
+        "workloads": workloads,
+        "images": len(images),
+        "deleted_tags": DELETED_TAGS,
+        "hours": hours,
+        "runs": rows,
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    return table(
+        f"Audit of {r['workloads']} workloads over {r['images']} images "
+        f"({r['deleted_tags']} tags deleted upstream), {r['hours']} simulated hours",
+        ["run", "checks per hour", "registry requests per hour", "busiest host per hour", "found"],
+        [
+            [
+                x["run"],
+                round(x["checks_per_hour"], 1),
+                round(x["requests_per_hour"], 1),
+                round(x["max_host_requests_per_hour"], 1),
+                x["found"],
+            ]
+            for x in r["runs"]
+        ],
+    )
+
+
+def headline(r: dict[str, Any]) -> str:
+    default, naive = r["runs"][0], r["runs"][-1]
+    return (
+        f"{r['workloads']:,} workloads on {r['images']} images: "
+        f"{default['requests_per_hour']:.0f} registry requests per hour with the default "
+        f"budget ({default['found']} broken workloads found), "
+        f"{naive['requests_per_hour']:.0f} checking every workload hourly "
+        f"({naive['found']} found)"
+    )
 
 
 def _images(regs: Any) -> list[str]:
@@ -103,7 +142,7 @@ def _images(regs: Any) -> list[str]:
         out.append(f"{regs.open.host}/team/app{i}:1.0")
         push_image(regs.bearer, f"public/tool{i}", "2.0")
         out.append(f"{regs.bearer.host}/public/tool{i}:2.0")
-    for i in range(3):  # tags deleted upstream under running workloads
+    for i in range(DELETED_TAGS):  # tags deleted upstream under running workloads
         delete_tag(regs.open, f"team/app{i}", "1.0")
     return out
 

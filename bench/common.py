@@ -22,6 +22,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,46 @@ def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+def _git(*args: str) -> str | None:
+    try:
+        p = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+# Writing results and regenerating the docs does not change what is measured.
+_NOT_MEASURED_PATHS = (":(exclude)bench/results", ":(exclude)docs", ":(exclude)README.md")
+
+
+def provenance() -> dict[str, Any]:
+    """When and from which code a result came: UTC date, ``git rev-parse HEAD``, and
+    ``dirty`` when the work tree differs from it (None: git could not tell)."""
+    status = _git("status", "--porcelain", "--", ".", *_NOT_MEASURED_PATHS)
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": _git("rev-parse", "HEAD") or "unknown",
+        "dirty": None if status is None else bool(status),
+    }
+
+
+def result_path(name: str, quick: bool = False) -> Path:
+    """``bench/results/<name>.json`` (committed, the docs' source); a ``--quick`` smoke
+    run goes to ``bench/results/quick/`` (ignored by git), so it never replaces them."""
+    return (RESULTS / "quick" if quick else RESULTS) / f"{name}.json"
+
+
+def write_result(name: str, data: dict[str, Any], quick: bool = False) -> Path:
+    """Write a result with its provenance (date, commit, dirty, machine) beside the
+    figures; values already in ``data`` (taken when the run started) are kept."""
+    path = result_path(name, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "machine" not in data:
+        data = {"machine": machine(), **data}
+    data = {**provenance(), **data}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 

@@ -8,6 +8,7 @@ counted per kind at the HTTP transport. The baseline is the same storm with the 
 cache and single-flight off.
 
     .venv/bin/python bench/integrity_storm.py [--workloads 100] [--pods-per-workload 10]
+    .venv/bin/python -m bench integrity_storm   # and writes bench/results/integrity_storm.json
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from bench.common import table  # noqa: E402
 from pullmedic.diagnosis import Cause  # noqa: E402
 from pullmedic.keyring import Keyring  # noqa: E402
 from pullmedic.netguard import AddressPolicy, guarded_transport  # noqa: E402
@@ -31,12 +34,24 @@ from sandbox.damage import delete_blob, manifest  # noqa: E402
 from sandbox.images import push_image  # noqa: E402
 from sandbox.registries import start_registries  # noqa: E402
 
+KINDS = ("ping", "token", "manifest_head", "manifest_get", "blob", "tags")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", type=int, default=100)
     ap.add_argument("--pods-per-workload", type=int, default=10)
     args = ap.parse_args()
+    print(render(measure(args.workloads, args.pods_per_workload)))
+    return 0
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """``python -m bench integrity_storm``: the default sizes (quick: 20 workloads)."""
+    return measure(20 if quick else 100, 10)
+
+
+def measure(workloads: int, pods_per_workload: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pullmedic-integrity-") as tmp:
         regs = start_registries(Path(tmp))
         try:
@@ -45,25 +60,48 @@ def main() -> int:
             delete_blob(regs.open, "storm/broken", layer)
             image = f"{regs.open.host}/storm/broken:1.0"
             rows = [
-                run(regs, image, args.workloads, economy=True),
-                run(regs, image, args.workloads, economy=False),
+                storm(regs, image, workloads, economy=True),
+                storm(regs, image, workloads, economy=False),
             ]
         finally:
             regs.stop()
-    pods = args.workloads * args.pods_per_workload
-    print(f"\n{pods} failing pods in {args.workloads} workloads, one image with a layer gone")
-    kinds = ("ping", "token", "manifest_head", "manifest_get", "blob", "tags")
-    print(f"{'run':<28} {'causes':<18} " + " ".join(f"{k:>13}" for k in kinds) + f" {'total':>7}")
-    for name, causes, counts in rows:
-        print(
-            f"{name:<28} {causes:<18} "
-            + " ".join(f"{counts.get(k, 0):>13}" for k in kinds)
-            + f" {sum(counts.values()):>7}"
-        )
-    return 0
+    return {
+        "workloads": workloads,
+        "pods": workloads * pods_per_workload,
+        "runs": [
+            {
+                "run": name,
+                "causes": causes,
+                "requests": {k: counts.get(k, 0) for k in KINDS},
+                "total": sum(counts.values()),
+            }
+            for name, causes, counts in rows
+        ],
+    }
 
 
-def run(
+def render(r: dict[str, Any]) -> str:
+    return table(
+        f"Integrity storm: {r['pods']} failing pods in {r['workloads']} workloads, one image "
+        "with a layer gone: requests the registry received",
+        ["run", "cause", *KINDS, "total"],
+        [
+            [x["run"], x["causes"], *(x["requests"][k] for k in KINDS), x["total"]]
+            for x in r["runs"]
+        ],
+    )
+
+
+def headline(r: dict[str, Any]) -> str:
+    economy, naive = r["runs"][0], r["runs"][-1]
+    return (
+        f"{r['workloads']:,} workloads failing on one image with a layer gone: "
+        f"{economy['total']} registry requests with the prober's cache and single-flight, "
+        f"{naive['total']} without"
+    )
+
+
+def storm(
     regs: object, image: str, workloads: int, *, economy: bool
 ) -> tuple[str, str, dict[str, int]]:
     hosts = {r.host for r in regs.all()}  # type: ignore[attr-defined]
@@ -77,7 +115,7 @@ def run(
     )
     counting = CountingTransport(guarded_transport(cfg.address_policy))
 
-    async def storm() -> set[str]:
+    async def diagnose_all() -> set[str]:
         prober = Prober(
             cfg,
             transport=counting,
@@ -94,7 +132,7 @@ def run(
         await prober.aclose()
         return {str(d.cause) for d in results}
 
-    causes = asyncio.run(storm())
+    causes = asyncio.run(diagnose_all())
     assert causes == {str(Cause.ImageIncomplete)}, causes
     name = "cache + single-flight" if economy else "naive (no cache, no flight)"
     return name, ",".join(sorted(causes)), dict(counting.counts)

@@ -5,7 +5,8 @@ runs the same 1,000 diagnoses twice: once with the prober's cache + single-fligh
 shared pings/tokens), once as a naive baseline with all of that off. Requests are counted
 per kind at the HTTP transport, so the numbers are what registries actually receive.
 
-    .venv/bin/python bench/probe_storm.py [--diagnoses 1000]
+    .venv/bin/python bench/probe_storm.py [--diagnoses 1000]   # prints the table
+    .venv/bin/python -m bench probe_storm   # and writes bench/results/probe_storm.json
 
 The point: requests should scale with distinct images, not with diagnoses.
 """
@@ -21,10 +22,12 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
+from bench.common import table  # noqa: E402
 from pullmedic.keyring import Keyring, PullSecret  # noqa: E402
 from pullmedic.netguard import AddressPolicy, guarded_transport  # noqa: E402
 from pullmedic.platforms import Platform  # noqa: E402
@@ -121,31 +124,55 @@ async def storm(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--diagnoses", type=int, default=1000)
-    ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "probe_storm.json")
     args = ap.parse_args()
+    r = measure(args.diagnoses)
+    print(render(r))
+    if r["economy"]["causes"] != r["baseline"]["causes"]:
+        print(f"baseline causes differ: {r['baseline']['causes']}")
+    return 0
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """``python -m bench probe_storm``: the default size (quick: 200 diagnoses)."""
+    return measure(200 if quick else 1000)
+
+
+def measure(diagnoses: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="probe-storm-") as tmp:
         regs = start_registries(Path(tmp))
         try:
             cases = setup(regs)
-            with_economy = asyncio.run(storm(regs, cases, args.diagnoses, economy=True))
-            baseline = asyncio.run(storm(regs, cases, args.diagnoses, economy=False))
+            with_economy = asyncio.run(storm(regs, cases, diagnoses, economy=True))
+            baseline = asyncio.run(storm(regs, cases, diagnoses, economy=False))
         finally:
             regs.stop()
-    print(f"{args.diagnoses} concurrent diagnoses over {len(cases)} distinct images\n")
-    print(f"{'requests':<16}{'economy':>10}{'baseline':>10}")
-    for kind in KINDS:
-        a = with_economy["requests"][kind]  # type: ignore[index]
-        b = baseline["requests"][kind]  # type: ignore[index]
-        print(f"{kind:<16}{a:>10}{b:>10}")
-    print(f"{'total':<16}{with_economy['total_requests']:>10}{baseline['total_requests']:>10}")
-    print(f"{'wall seconds':<16}{with_economy['wall_seconds']:>10}{baseline['wall_seconds']:>10}")
-    print(f"\ncauses: {with_economy['causes']}")
-    if with_economy["causes"] != baseline["causes"]:
-        print(f"baseline causes differ: {baseline['causes']}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"economy": with_economy, "baseline": baseline}, indent=2))
-    print(f"\nwritten to {args.json}")
-    return 0
+    return {"economy": with_economy, "baseline": baseline}
+
+
+def render(r: dict[str, Any]) -> str:
+    eco, base = r["economy"], r["baseline"]
+    rows: list[list[Any]] = [[k, eco["requests"][k], base["requests"][k]] for k in KINDS]
+    rows += [
+        ["total", eco["total_requests"], base["total_requests"]],
+        ["token server", eco["token_server_requests"], base["token_server_requests"]],
+        ["wall seconds", eco["wall_seconds"], base["wall_seconds"]],
+    ]
+    out = table(
+        f"Probe storm: {eco['diagnoses']} concurrent diagnoses over {eco['distinct_images']} "
+        "distinct images, registry requests",
+        ["requests", "cache + single-flight", "naive"],
+        rows,
+    )
+    return out + f"\nCauses: {eco['causes']}\n"
+
+
+def headline(r: dict[str, Any]) -> str:
+    eco, base = r["economy"], r["baseline"]
+    return (
+        f"{eco['diagnoses']:,} concurrent diagnoses over {eco['distinct_images']} images: "
+        f"{eco['total_requests']} registry requests with the prober's cache and single-flight, "
+        f"{base['total_requests']} without"
+    )
 
 
 if __name__ == "__main__":

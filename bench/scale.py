@@ -290,3 +290,15 @@ def render(r: dict[str, Any]) -> str:
             + "\n"
         )
     return out
+
+
+def headline(r: dict[str, Any]) -> str:
+    """The largest step: settled memory against idle, and how soon failures were diagnosed."""
+    if not r.get("steps"):
+        return "no step completed"
+    last = r["steps"][-1]
+    return (
+        f"one replica watching {last['pods']:,} pods: settled RSS {last['settled_rss_mib']} MiB "
+        f"(idle {r['baseline_rss_mib']} MiB); new failures diagnosed p50 "
+        f"{last['detect_diagnosed_p50_s']} s after the first ErrImagePull"
+    )

@@ -276,3 +276,19 @@ def render(r: dict[str, Any]) -> str:
     if r.get("stopped"):
         out += f"\nStopped: {r['stopped']}\n"
     return out
+
+
+def headline(r: dict[str, Any]) -> str:
+    """The largest step: RSS per replica and diagnosis latency for each split."""
+    if not r.get("steps"):
+        return "no step completed" + (f" ({r['stopped']})" if r.get("stopped") else "")
+    last = r["steps"][-1]
+    parts = []
+    for n in SPLITS:
+        sp = last["splits"].get(str(n))
+        if sp:
+            parts.append(
+                f"{n} shard{'s' if n > 1 else ''}: at most {sp['settled_rss_mib_max']} MiB per "
+                f"replica, diagnosed p50 {sp['detect_diagnosed_p50_s']} s"
+            )
+    return f"at {last['pods']:,} pods, " + "; ".join(parts)

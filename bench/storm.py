@@ -521,3 +521,23 @@ def render(r: dict[str, Any]) -> str:
 
 def _desc(d: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(d.items(), key=lambda kv: -kv[1])
+
+
+def headline(r: dict[str, Any]) -> str:
+    """The README's line: requests, writes, reaction time, and the whole storm's time."""
+    lat, reg, api = r["latency"], r["registry"], r["api_writes"]
+    if r["all_fixed"]:
+        done = f"everything fixed and Running {r['all_running_after_first_failure_s']} s "
+        done += "after the first failure"
+    else:
+        done = (
+            f"{r['workloads_fixed']} of {r['deployments']} workloads fixed within "
+            f"{r['time_limit_s']:.0f} s"
+        )
+    return (
+        f"{r['pods']:,} failing pods in {r['deployments']:,} Deployments: "
+        f"{reg['operator_total']} registry requests by pullmedic, at most "
+        f"{api['deployment_patches_max_per_workload']} patch per Deployment, detection to "
+        f"action p50 {lat['detection_to_action_p50_s']} s and p99 "
+        f"{lat['detection_to_action_p99_s']} s; {done}"
+    )

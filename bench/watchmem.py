@@ -319,3 +319,28 @@ def render(r: dict[str, Any]) -> str:
         rss = last["component_rss_mib"]
         out += f"\n\nControl plane RSS at {last['healthy_pods']} pods (MiB): {rss}"
     return out
+
+
+def headline(r: dict[str, Any]) -> str:
+    """The largest step per split, and the replica that starts with every pod present."""
+    if not r.get("steps"):
+        return "no step completed" + (f" ({r['stopped']})" if r.get("stopped") else "")
+    last = r["steps"][-1]
+    base = r.get("baseline_rss_mib") or {}
+    idle = base.get("op-0-of-1", min(base.values(), default=None))
+    sharded = " and ".join(
+        f"{last['splits'][str(n)]['settled_rss_mib_max']} MiB at {n} shards"
+        for n in SPLITS
+        if n > 1 and str(n) in last["splits"]
+    )
+    out = (
+        f"{last['splits']['1']['settled_rss_mib_max']} MiB for one replica watching "
+        f"{last['healthy_pods']:,} pods (idle {idle} MiB); per replica {sharded}"
+    )
+    x = r.get("restarted")
+    if x:
+        out += (
+            f"; a replica started with all of them present peaks at {x['peak_rss_mib']} MiB "
+            f"while listing and settles at {x['settled_rss_mib']} MiB"
+        )
+    return out

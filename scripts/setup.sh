@@ -37,7 +37,7 @@ if [ ! -x .venv/bin/python ]; then "$py" -m venv .venv; fi
 step "Python venv ready" "$t0"
 t0=$(date +%s)
 if [ ! -d "${PULLMEDIC_CACHE:-$HOME/.cache/pullmedic}/bin" ]; then
-  echo "[setup] first run: compiling the sandbox from Go modules (about 12-14 min on 2 cores;" \
+  echo "[setup] first run: compiling the sandbox from Go modules (the longest step;" \
        "each component prints its time; later runs reuse the cache)" >&2
 fi
 bash sandbox/build.sh
