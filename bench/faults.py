@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, say, table
@@ -28,6 +30,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         argv += ["-k", "refused or killed_mid_status"]
     say("faults: running the fault suite on the real node")
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    log = Path(tempfile.mkdtemp(prefix="pullmedic-bench-faults-")) / "pytest.log"
+    log.write_text(proc.stdout + proc.stderr)
+    say(f"faults: the suite's whole output is in {log}")
     figures: dict[str, float] = {}
     for line in proc.stdout.splitlines():
         m = LINE.match(line.strip())
@@ -42,7 +47,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "",
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"the fault suite failed ({summary}):\n{proc.stdout[-4000:]}")
+        raise RuntimeError(f"the fault suite failed ({summary}); see {log}")
     return {"figures": figures, "pytest": summary}
 
 

