@@ -69,7 +69,7 @@ class Actuator:
             try:
                 results.append(await self._apply_one(plan, action, at))
             except KubeError as e:  # status 0: a timeout or reset, written or not is unknown
-                results.append(Result(action, "failed", f"API {e}", unknown=e.status == 0))
+                results.append(Result(action, "failed", f"API {e}", unknown=e.maybe_applied))
                 break  # later actions depend on earlier ones (copy before attach)
         return results
 

@@ -230,8 +230,15 @@ class Engine:
         for w in wakes:
             self.scheduler.schedule(w.group, force=w.force)
 
-    def attach_pod_watch(self, source: Source, settings: PodWatchSettings | None = None) -> None:
-        """Watch pods with our own lean watch (before start())."""
+    def attach_pod_watch(
+        self,
+        source: Source,
+        settings: PodWatchSettings | None = None,
+        handoff_source: Source | None = None,
+    ) -> None:
+        """Watch pods with our own lean watch (before start()). A sharded replica's second
+        watch (the pods handed to it) needs a source of its own: a failing watch closes
+        its source's connections, and must not take the other watch's stream with it."""
         s = replace(settings or PodWatchSettings(), shard_selector=self.shard.selector())
         shard = self.shard
         self.pod_watch = PodWatch(
@@ -248,7 +255,7 @@ class Engine:
             return
         h = replace(s, shard_selector="", label_selector=shard.handoff_selector())
         self.handoff_watch = PodWatch(
-            source,
+            handoff_source or source,
             self._handed_event,
             lambda: [u for u in self.groups.pods if not shard.holds(u)],
             settings=h,
@@ -311,7 +318,7 @@ class Engine:
     async def _status_tick(self) -> None:
         await self.status.resolve(self.settings.journal_grace)
         await self.status.flush()
-        if self.outbox.pending and self.acting():
+        if self.outbox.pending:  # even after losing the lead: a keyed Event is idempotent
             await self.outbox.flush(self.kube)
         self.circuit.forget_before(self.clocks.wall() - self.settings.circuit_window)
         self.groups.forget_idle(

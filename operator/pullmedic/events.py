@@ -56,19 +56,19 @@ class Outbox:
         for key, (body, since) in list(self.pending.items()):
             ns, name = key
             if self.clock() - since > self.MAX_AGE:
-                del self.pending[key]
+                self.pending.pop(key, None)
                 log.warning("event %s/%s dropped: not posted within an hour", ns, name)
                 continue
             try:
                 await kube.create("Event", ns, body)
             except KubeError as e:
                 if not _transient(e):
-                    del self.pending[key]  # 409: it landed the first time
+                    self.pending.pop(key, None)  # 409: it landed the first time
                     if e.status != 409:
                         log.warning("event %s/%s not posted: %s", ns, name, e)
                     continue
                 break  # still away: try again next tick, in order
-            del self.pending[key]
+            self.pending.pop(key, None)  # (keep() may have dropped it meanwhile)
         return len(self.pending)
 
 

@@ -7,6 +7,7 @@ Deployment are one group, so they cost one diagnosis and one plan.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ class Group:
     failures: int = 0  # consecutive postponed/failed decisions: retries back off
     quiet: int = 0  # consecutive decisions that changed nothing: rechecks back off
     started_at: float = 0.0  # when the running decision began (monotonic)
+    members_taken: bool = False  # the running decision has read its members (after debounce)
     # The diagnosis behind the group's applied fix, and the fix's wall time: a sibling
     # created before the fix that fails within the follow-up window has the same cause,
     # so it is handled at once without probing the registry again.
@@ -64,7 +66,9 @@ class Group:
     ) -> Diagnosis | None:
         if self.fix_diagnosis is None or not self.applied or now - self.applied_at >= window:
             return None
-        if any(m.created >= self.fixed_wall for m in members):
+        # creationTimestamp has whole seconds: only a pod made before the fix's own second
+        # surely predates it (the fix's recreated pods, and pods its kubelet raced, do not).
+        if any(m.created >= math.floor(self.fixed_wall) for m in members):
             return None  # a pod made after the fix: what fails it now is a new question
         return self.fix_diagnosis
 
@@ -165,7 +169,7 @@ class Groups:
             # A sibling failing while the group is being decided, or just after its fix was
             # applied (it was created before the fix), is looked at as soon as that decision
             # ends, not after the recheck delay (the demo's 36 s missing-secret replica).
-            deciding = group.task is not None and not group.task.done()
+            deciding = group.task is not None and not group.task.done() and group.members_taken
             follow_up = joined and (
                 deciding or (bool(group.applied) and now - group.applied_at < self.follow_up_window)
             )

@@ -89,6 +89,9 @@ class HealthChecks:
         try:
             await self.kube.version()
         except KubeError as e:
+            if e.status:  # it answered (429 from fairness, 403): there, only busy or strict
+                self.api_ok_at = self.clock()
+                return
             if not self.api_down:
                 log.warning("API server does not answer (%s); probing every second", e)
             self.api_down = True

@@ -58,10 +58,13 @@ LIST_PAGE = 500
 class KubeError(Exception):
     """The API server answered with an error, or could not be reached (``status`` 0)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, maybe_applied: bool = False) -> None:
         super().__init__(f"{status} {reason}" if status else reason)
         self.status = status
         self.reason = reason
+        # Sent, then the answer was lost (a timeout or a reset mid-response): the server
+        # may have acted on it. False when it surely did not (refused, never connected).
+        self.maybe_applied = maybe_applied
 
 
 class KubeApi(Protocol):
@@ -322,13 +325,17 @@ class RestKube:
             except TimeoutError:
                 self.reset_pool()
                 delay = retry_delay(method, UNKNOWN, attempt, t)
-                error = KubeError(0, "request timed out")
+                error = KubeError(0, "request timed out", maybe_applied=method not in IDEMPOTENT)
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 failure = classify(e)
                 if failure == UNKNOWN:
                     self.reset_pool()
                 delay = retry_delay(method, failure, attempt, t)
-                error = KubeError(0, type(e).__name__)
+                error = KubeError(
+                    0,
+                    type(e).__name__,
+                    maybe_applied=failure == UNKNOWN and method not in IDEMPOTENT,
+                )
             if probe or delay is None or loop.time() + delay >= deadline:
                 raise error
             log.debug("retrying %s %s in %.1fs: %s", method, path, delay, error)

@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from pullmedic.detection import PULL_REASONS
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
 from pullmedic.policy import Mode, Policy, SecretRef
 
@@ -341,6 +342,12 @@ def plan(
         note = (
             "imagePullPolicy is Never and the node does not have the image (or the pod's "
             "credentials do not grant it); load it on the node or allow pulling"
+        )
+    elif cause is Cause.ImageAvailable and failure.reason not in PULL_REASONS:
+        # Not a pull failure the kubelet backs off from: a new pod would wait the same way.
+        note = (
+            f"the registry serves the image; the container waits for another reason "
+            f"({failure.reason[:200]}): recreating the pod would not help"
         )
     elif cause is Cause.ImageAvailable:
         if (

@@ -119,6 +119,7 @@ class Remediator:
 
     async def decide(self, group: Group) -> None:
         members = self.groups.members(group)
+        group.members_taken = True  # a pod joining from now on is not in this decision
         if not members:
             return
         rep = members[0]
@@ -275,8 +276,8 @@ class Remediator:
                     since = None
                 if since is not None:
                     slot, continuation = since, True
-        if p.apply and stats is not None and not follow_up:
-            stats.reserve(slot)  # with no await since the check
+        if p.apply and stats is not None and not follow_up and slot not in stats.remediations:
+            stats.reserve(slot)  # with no await since the check (a deferred fix holds its own)
         log.info(
             "plan %s", p.render(), extra={"cause": str(diagnosis.cause), "workload": str(target)}
         )
@@ -294,7 +295,7 @@ class Remediator:
             applied_at = group.applied_at
             await self._apply(p, failure, members, stats, group, slot, follow_up, fp, continuation)
             if group.applied_at != applied_at:  # this decision made the group's fix
-                group.fix_diagnosis, group.fixed_wall = diagnosis, self.clocks.wall()
+                group.fix_diagnosis, group.fixed_wall = diagnosis, slot
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -330,7 +331,7 @@ class Remediator:
             if self.journal is not None:
                 await self.journal(p.policy)  # on record before the first write
         results = await self.actuator.apply(p, started=started)
-        if not follow_up and stats is not None and any(r.unknown for r in results):
+        if not follow_up and stats is not None and _record_outcome_unknown(results):
             # A write's answer was lost (the connection reset or timed out): it may have
             # landed. Neither failed nor done: the status loop resolves it from the record
             # on the workload, as after a crash: counted and announced once if it is there.
@@ -489,6 +490,18 @@ def _recorded(f: Failure, at: float) -> bool:
     """The workload already carries the record of the fix made at ``at``."""
     rec = _record_on(f)
     return rec is not None and same_time(rec.at, at)
+
+
+def _record_outcome_unknown(results: Sequence[Result]) -> bool:
+    """The write that carries the fix's record lost its answer, and nothing before it
+    surely landed: only the workload's record can tell whether the fix was made. (When an
+    earlier write surely landed, the fix is accounted as written and the unknown tail as a
+    failure: its record is then written separately, as for any secret fix.)"""
+    return not any(r.outcome == "applied" for r in results) and any(
+        r.unknown
+        and r.action.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET)
+        for r in results
+    )
 
 
 def _carries_record(results: Sequence[Result]) -> bool:

@@ -361,7 +361,11 @@ def run(settings: OperatorSettings) -> int:
         )
         w = settings.watch
         pod_watch = PodWatchSettings(w.server, w.client, w.connect)
-        engine.attach_pod_watch(ApiSource(api.configuration, pod_watch), pod_watch)
+        engine.attach_pod_watch(
+            ApiSource(api.configuration, pod_watch),
+            pod_watch,
+            handoff_source=ApiSource(api.configuration, pod_watch),
+        )
         return engine
 
     metrics.serve(settings.server.metrics_port, settings.server.bind)

@@ -73,6 +73,7 @@ class Scheduler:
             return
         self._wake(group, None)
         group.started_at = now
+        group.members_taken = False
         group.task = asyncio.get_running_loop().create_task(
             self._handle(group), name=f"decide {'/'.join(group.key)}"
         )

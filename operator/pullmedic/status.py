@@ -55,6 +55,8 @@ def shard_parts(status: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class PolicyStatus:
+    JOURNAL_WAIT = 2.0  # a fix waits this long at most for a status write in flight
+
     def __init__(
         self,
         kube: KubeApi,
@@ -184,11 +186,19 @@ class PolicyStatus:
         st = self.inv.stats.get(key)
         if p is None or st is None or not self.acting():
             return
+        lock = self.lock(key)
         try:
-            async with self.lock(key):
-                await self.write(p, self.payload(key, st, self.gauges().get(key, 0)))
+            async with asyncio.timeout(self.JOURNAL_WAIT):
+                await lock.acquire()
+        except TimeoutError:
+            log.info("journal of %s not written yet: a status write is in flight", key)
+            return  # best effort, as on a failed write: the status loop writes it
+        try:
+            await self.write(p, self.payload(key, st, self.gauges().get(key, 0)))
         except KubeError as e:
             log.info("journal of %s not written yet: %s", key, e)
+        finally:
+            lock.release()
 
     async def resolve(self, grace: float) -> None:
         """Fixes a previous process began and no decision of ours has continued within

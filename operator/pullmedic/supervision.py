@@ -142,6 +142,7 @@ class Supervisor:
                 else:
                     log.error("loop %s failed (%s); restarting with back-off", loop.name, failed)
             await self._back_off(pause)
+            first = True  # the back-off was the wait: run again now, not after an interval
 
     def stalled(self) -> list[str]:
         """Loops that have not completed a run within their budget, or whose task ended."""

@@ -132,7 +132,7 @@ class FakeKube:
         left = self.lost_answers.get((verb, kind), 0)
         if left > 0:
             self.lost_answers[(verb, kind)] = left - 1
-            raise KubeError(0, "ProtocolError")
+            raise KubeError(0, "ProtocolError", maybe_applied=True)
 
     def heal(self) -> None:
         for f in self.faults.values():
@@ -231,6 +231,7 @@ class FakeKube:
         self.writes.append(Write("delete", kind, ns, name, None, dry_run))
         if not dry_run:
             del self.objects[(kind, ns, name)]
+        self._answer_lost("delete", kind)
         return True
 
     async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:

@@ -707,6 +707,62 @@ async def test_a_fix_whose_answer_was_lost_is_counted_once_from_its_record(
     assert len(world.kube.events("Remediated", on="web")) == 1
 
 
+async def test_a_lost_answer_after_writes_that_surely_landed_is_still_the_fix() -> None:
+    """Copy and attach answered, the pod deletion's answer lost: the fix was made (its
+    record is written separately), so it is counted, recorded and announced, never
+    deferred to a record that would not be there."""
+    world = World(SLOW_RECHECK)
+    await world.boot(cluster_policy())
+    private_setup(world)
+    world.kube.lose_answer("delete", "Pod")
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.events("Remediated", on="priv")))
+    await world.settle()
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["remediated"] == 1 and not stats.inherited
+    record = world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"]
+    assert json.loads(record[REMEDIATION_ANNOTATION])["action"] == "AttachPullSecret"
+
+
+async def test_a_replacement_pod_that_raced_the_secret_does_not_trip_the_circuit() -> None:
+    """The fix's own replacement pod (made in the fix's second, with the secret) fails
+    because its kubelet raced the new secret: it is probed afresh (its credentials work),
+    recreated as a follow-up; the circuit stays closed and nothing is counted again."""
+    world = World(SLOW_RECHECK)
+    await world.boot(cluster_policy())
+    private_setup(world)
+    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
+    await until(lambda: bool(world.kube.written("delete", "Pod")))
+    await world.settle()
+    record = json.loads(
+        world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"][REMEDIATION_ANNOTATION]
+    )
+    world.prober.answers[PRIVATE] = diag(PRIVATE, Cause.ImageAvailable)
+    secret = world.kube.written("create", "Secret")[0].name
+    same_second = record["time"][:19] + "Z"
+    world.feed(
+        stuck_pod(world.kube, "priv", 1, PRIVATE, created=same_second, pull_secrets=(secret,))
+    )
+    await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
+    await world.settle()
+    assert world.prober.asked == [PRIVATE, PRIVATE]  # probed afresh, not the fix's diagnosis
+    stats = world.engine.inventory.stats["ClusterPullPolicy/heal"]
+    assert stats.counts["failed"] == 0 and stats.counts["remediated"] == 1
+    annotations = world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"]
+    assert CIRCUIT_ANNOTATION not in annotations
+
+
+async def test_siblings_that_arrive_during_the_debounce_cost_one_decision(world: World) -> None:
+    await world.boot(cluster_policy(mode="Observe"))
+    deployment(world.kube, "web", BAD)
+    for i in range(5):
+        world.feed(stuck_pod(world.kube, "web", i, BAD))
+    await world.settle()
+    await asyncio.sleep(0.05)
+    await world.settle()
+    assert world.prober.asked == [BAD]
+
+
 async def test_the_apis_return_ends_every_back_off_at_once() -> None:
     """A loop that failed while the API was away sleeps up to a minute; the API's return
     (seen by the health probe, every second while it is down) wakes it at once."""
@@ -749,6 +805,21 @@ async def test_the_health_probe_reports_the_apis_return_once(world: World) -> No
     await health.check_api()
     await health.check_api()
     assert not health.api_down and back == [True]
+
+
+async def test_an_api_that_answers_with_an_error_is_not_down(world: World) -> None:
+    """429 (API priority and fairness) or 403 on /version: the API is there, only busy or
+    strict. Taking it for an outage would wake every loop and group into it."""
+    await world.boot(cluster_policy())
+    health = world.engine.health
+    back: list[bool] = []
+    health.on_api_back = lambda: back.append(True)
+    world.kube.fail("get", "Version", KubeError(429, "TooManyRequests"))
+    await health.check_api()
+    assert not health.api_down and health.api_ok_at is not None
+    world.kube.heal()
+    await health.check_api()
+    assert back == []
 
 
 async def test_decisions_backing_off_after_a_failure_are_retried_when_the_api_returns(

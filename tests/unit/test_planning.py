@@ -204,6 +204,15 @@ def policy(kind: str = "ClusterPullPolicy", **spec: Any) -> pol.Policy:
         (failure(), diag(Cause.ImageAvailable), policy(), {}, [A.RECREATE_PODS], True),
         # pull policy Never: the kubelet will not pull, so recreating is futile
         (failure(reason="ErrImageNeverPull"), diag(Cause.ImageAvailable), policy(), {}, [], False),
+        # Not a pull failure (a runtime's own reason): a new pod would wait the same way.
+        (
+            failure(reason="RuntimeClassNotFound"),
+            diag(Cause.ImageAvailable),
+            policy(),
+            {},
+            [],
+            False,
+        ),
         # a moved repository: the same tag under the new name wins over another tag
         (
             failure(),
