@@ -13,20 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.kinds import WITH_POD_SPEC
 from pullmedic.policy import AdmissionMode
 
 ORIGINAL_IMAGES = "pullmedic.dev/original-images"
 
 # Where each kind keeps its pod spec (JSON pointer, without the container part).
-POD_SPEC_PATHS = {
-    "Pod": "/spec",
-    "Deployment": "/spec/template/spec",
-    "StatefulSet": "/spec/template/spec",
-    "DaemonSet": "/spec/template/spec",
-    "ReplicaSet": "/spec/template/spec",
-    "Job": "/spec/template/spec",
-    "CronJob": "/spec/jobTemplate/spec/template/spec",
-}
+POD_SPEC_PATHS = WITH_POD_SPEC
 CONTAINER_FIELDS = ("initContainers", "containers")
 
 # Refused in Deny mode: the pull fails the same way forever. Only with high confidence

@@ -12,6 +12,7 @@ from typing import Any
 
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause
 from pullmedic.grouping import PodState
+from pullmedic.kinds import ANNOTATABLE
 from pullmedic.planning import ActionType, Failure, ObjectRef
 from pullmedic.records import (
     CIRCUIT_ANNOTATION,
@@ -21,7 +22,6 @@ from pullmedic.records import (
 )
 
 # Owners whose metadata the ClusterRole lets pullmedic patch (records and circuit state).
-ANNOTATABLE = frozenset({"Deployment", "StatefulSet", "DaemonSet", "CronJob"})
 
 CircuitKey = tuple[str, str]
 

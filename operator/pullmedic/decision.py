@@ -10,17 +10,14 @@ from pullmedic import reference
 from pullmedic.detection import StuckContainer
 from pullmedic.diagnosis import Cause
 from pullmedic.grouping import PodState
+from pullmedic.kinds import pod_spec_of
 from pullmedic.planning import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.policy import Policy
 from pullmedic.records import RemediationRecord
 
 
 def template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    spec: Any = wobj.get("spec") or {}
-    if kind == "CronJob":
-        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
-    tspec: Mapping[str, Any] = (spec.get("template") or {}).get("spec") or {}
-    return tspec
+    return pod_spec_of(wobj, kind)
 
 
 def template_pull_secrets(

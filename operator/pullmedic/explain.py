@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from pullmedic import kinds
 from pullmedic.diagnosis import Cause
 from pullmedic.explaining import (
     CONTAINER_LABELS,
@@ -33,27 +34,6 @@ from pullmedic.records import CIRCUIT_ANNOTATION
 from pullmedic.registry import ClientConfig
 
 __all__ = ["ExplainError", "Report", "add_parser", "explain", "parse_target", "render"]
-
-# kubectl's spellings of the kinds explain accepts.
-KINDS = {
-    "pod": "Pod",
-    "pods": "Pod",
-    "po": "Pod",
-    "deployment": "Deployment",
-    "deployments": "Deployment",
-    "deploy": "Deployment",
-    "statefulset": "StatefulSet",
-    "statefulsets": "StatefulSet",
-    "sts": "StatefulSet",
-    "daemonset": "DaemonSet",
-    "daemonsets": "DaemonSet",
-    "ds": "DaemonSet",
-    "job": "Job",
-    "jobs": "Job",
-    "cronjob": "CronJob",
-    "cronjobs": "CronJob",
-    "cj": "CronJob",
-}
 
 
 def add_parser(sub: Any) -> None:
@@ -76,7 +56,9 @@ def parse_target(target: str) -> tuple[str, str]:
     kind, sep, name = target.partition("/")
     if not sep:
         return "Pod", target
-    resolved = KINDS.get(kind.lower().split(".")[0])
+    resolved = kinds.by_user_name(kind.split(".")[0])
+    if resolved not in kinds.WITH_POD_SPEC:
+        resolved = None  # only what holds pods is explained
     if resolved is None or not name:
         raise ExplainError(f"cannot explain {target!r}: use pod/NAME, deployment/NAME, ...")
     return resolved, name

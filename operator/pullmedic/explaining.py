@@ -18,9 +18,10 @@ from pullmedic.detection import StuckContainer, controller_of, parse_time, stuck
 from pullmedic.diagnosis import Diagnosis
 from pullmedic.grouping import PodState, trim
 from pullmedic.keyring import Keyring, PullSecret, SecretProblem
+from pullmedic.kinds import kubectl_name
 from pullmedic.kube import KubeApi, KubeError, RestKube
 from pullmedic.lookups import Lookups
-from pullmedic.planning import KUBECTL_RESOURCE, ObjectRef, plan
+from pullmedic.planning import ObjectRef, plan
 from pullmedic.platforms import Platform
 from pullmedic.policy import CLUSTER_KIND, Mode, Policy
 from pullmedic.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, RemediationRecord
@@ -125,7 +126,7 @@ class RestLists:
 
 def resource(kind: str) -> str:
     """kubectl's name for a kind, as planning spells it in its commands."""
-    return KUBECTL_RESOURCE.get(kind, kind.lower())
+    return kubectl_name(kind)
 
 
 def stuck_row(s: StuckContainer) -> dict[str, str]:

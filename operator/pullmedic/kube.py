@@ -27,31 +27,14 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from pullmedic.kinds import AUDITED, KINDS
+
 log = logging.getLogger(__name__)
 
-PATHS = {
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-    "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-    "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-    "CronJob": "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}",
-    "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
-    "Secret": "/api/v1/namespaces/{ns}/secrets/{name}",
-    "Event": "/api/v1/namespaces/{ns}/events/{name}",
-    "Node": "/api/v1/nodes/{name}",
-    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
-    "PullPolicy": "/apis/pullmedic.dev/v1alpha1/namespaces/{ns}/pullpolicies/{name}",
-    "ClusterPullPolicy": "/apis/pullmedic.dev/v1alpha1/clusterpullpolicies/{name}",
-}
-# Collections pullmedic lists (the audit of workload templates): API base and plural.
-COLLECTIONS = {
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "StatefulSet": ("/apis/apps/v1", "statefulsets"),
-    "DaemonSet": ("/apis/apps/v1", "daemonsets"),
-    "CronJob": ("/apis/batch/v1", "cronjobs"),
-}
+# URL paths of every kind pullmedic touches, and the collections it lists (the audit of
+# workload templates): from the one table of kinds.
+PATHS = {k.name: k.path("{ns}", "{name}") for k in KINDS.values()}
+COLLECTIONS = {name: (KINDS[name].api_base, KINDS[name].plural) for name in AUDITED}
 LIST_PAGE = 500
 
 

@@ -12,6 +12,7 @@ from pullmedic import policy as pol
 from pullmedic import reference
 from pullmedic.detection import controller_of
 from pullmedic.keyring import Keyring, PullSecret, SecretProblem
+from pullmedic.kinds import TEMPLATE_FIX
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.planning import ObjectRef
 from pullmedic.platforms import Platform
@@ -64,7 +65,7 @@ class Lookups:
             if cj is None:
                 return job_ref, None, job
             return ObjectRef("CronJob", ns, up.get("name", ""), cj["metadata"]["uid"]), job_ref, cj
-        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
+        if kind in TEMPLATE_FIX:  # a workload that owns its pods (through a ReplicaSet)
             obj = await self.kube.get(kind, ns, name)
             if obj is None:
                 return ObjectRef(kind, ns, name, ref.get("uid", "")), None, None

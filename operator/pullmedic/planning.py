@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from pullmedic.detection import PULL_REASONS
 from pullmedic.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
+from pullmedic.kinds import KINDS, RECREATING, TEMPLATE_FIX, kubectl_name
 from pullmedic.policy import Mode, Policy, SecretRef
 
 GITOPS_LABELS = (
@@ -31,30 +32,9 @@ MOVE_CAUSES = frozenset(
     {Cause.TagNotFound, Cause.DigestNotFound, Cause.RepositoryNotFound, Cause.NotFoundOrPrivate}
 )
 
-# Kinds whose pod template may be patched to fix an image for good.
-TEMPLATE_PATHS = {
-    "Deployment": "/spec/template/spec",
-    "StatefulSet": "/spec/template/spec",
-    "DaemonSet": "/spec/template/spec",
-    "CronJob": "/spec/jobTemplate/spec/template/spec",
-}
-API_VERSIONS = {
-    "Deployment": "apps/v1",
-    "StatefulSet": "apps/v1",
-    "DaemonSet": "apps/v1",
-    "ReplicaSet": "apps/v1",
-    "Job": "batch/v1",
-    "CronJob": "batch/v1",
-    "Pod": "v1",
-}
-KUBECTL_RESOURCE = {
-    "Deployment": "deployment",
-    "StatefulSet": "statefulset",
-    "DaemonSet": "daemonset",
-    "CronJob": "cronjob",
-    "Job": "job",
-    "Pod": "pod",
-}
+# Views of the one table of kinds (kinds.py) that planning reads.
+TEMPLATE_PATHS = {name: KINDS[name].pod_spec for name in TEMPLATE_FIX}
+API_VERSIONS = {name: k.api_version for name, k in KINDS.items() if k.pod_spec}
 
 
 @dataclass(frozen=True)
@@ -134,7 +114,7 @@ class Action:
         if self.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
             patch = [{"op": "replace", "path": self.container_path, "value": self.new_image}]
             return (
-                f"kubectl -n {t.namespace} patch {KUBECTL_RESOURCE.get(t.kind, t.kind.lower())} "
+                f"kubectl -n {t.namespace} patch {kubectl_name(t.kind)} "
                 f"{t.name} --type=json -p {shlex.quote(json.dumps(patch))}"
             )
         if self.type is ActionType.COPY_SECRET and self.source is not None:
@@ -146,7 +126,7 @@ class Action:
         if self.type is ActionType.ADD_TEMPLATE_PULL_SECRET:
             add = [{"op": "add", "path": self.container_path, "value": {"name": self.secret}}]
             return (
-                f"kubectl -n {t.namespace} patch {KUBECTL_RESOURCE.get(t.kind, t.kind.lower())} "
+                f"kubectl -n {t.namespace} patch {kubectl_name(t.kind)} "
                 f"{t.name} --type=json -p {shlex.quote(json.dumps(add))}"
             )
         if self.type is ActionType.ATTACH_PULL_SECRET:
@@ -244,9 +224,9 @@ def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Act
     return actions, ""
 
 
-# Owners that replace a deleted pod with an equivalent one. Deleting a Job's pod can count
-# as a failure; a Tekton TaskRun's or Argo Workflow's pod deletion fails the run.
-RECREATING_OWNERS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
+# Owners that replace a deleted pod with an equivalent one (kinds.py). Deleting a Job's pod
+# can count as a failure; a Tekton TaskRun's or Argo Workflow's pod deletion fails the run.
+RECREATING_OWNERS = RECREATING
 
 
 def _recreate(f: Failure) -> Action:

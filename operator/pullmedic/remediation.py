@@ -21,7 +21,7 @@ from pullmedic import backoff, metrics, reference
 from pullmedic import policy as pol
 from pullmedic.accounting import PolicyStats, outcome, summary
 from pullmedic.actuator import Actuator, Result
-from pullmedic.circuit import ANNOTATABLE, CircuitBreaker
+from pullmedic.circuit import CircuitBreaker
 from pullmedic.decision import (
     alternative_candidate,
     failure_of,
@@ -38,6 +38,7 @@ from pullmedic.events import Outbox
 from pullmedic.grouping import Group, Groups, PodState
 from pullmedic.inventory import Inventory
 from pullmedic.keyring import Keyring, NodeRegistries, SecretProblem
+from pullmedic.kinds import ANNOTATABLE
 from pullmedic.kube import KubeApi, KubeError
 from pullmedic.lookups import Lookups
 from pullmedic.planning import MOVE_CAUSES, ActionType, Failure, ObjectRef, Plan, plan

@@ -6,13 +6,18 @@ from __future__ import annotations
 from pullmedic import backoff, events
 from pullmedic import policy as pol
 from pullmedic.diagnosis import Cause, Diagnosis
+from pullmedic.kinds import KINDS
 from pullmedic.kube import KubeApi
-from pullmedic.planning import API_VERSIONS, Failure, ObjectRef, Plan
+from pullmedic.planning import Failure, ObjectRef, Plan
 
 
 def involved(ref: ObjectRef) -> events.Involved:
     return events.Involved(
-        API_VERSIONS.get(ref.kind, "v1"), ref.kind, ref.namespace, ref.name, ref.uid
+        KINDS[ref.kind].api_version if ref.kind in KINDS else "v1",
+        ref.kind,
+        ref.namespace,
+        ref.name,
+        ref.uid,
     )
 
 

@@ -37,6 +37,7 @@ ACTUATOR = "pullmedic/actuator.py"
 PLANNING = "pullmedic/planning.py"
 LOOKUPS = "pullmedic/lookups.py"
 KUBE = "pullmedic/kube.py"
+KINDS = "pullmedic/kinds.py"
 STATUS = "pullmedic/status.py"
 ENGINE = "pullmedic/engine.py"
 EVENTS = "pullmedic/events.py"
@@ -76,8 +77,21 @@ PATCH_CALL = (KUBE, r"\"PATCH\", path_of\(kind, ns, name\), ops, \"application/j
 KOPF_USED = (HANDLERS, r"^import kopf|^from kopf\b")
 
 
+def _row(kind: str, fact: str) -> str:
+    """A pattern for ``fact`` in ``kind``'s row of the table of kinds."""
+    return rf"Kind\(\s*\"{kind}\",(?:(?!Kind\()[\s\S])*?{re.escape(fact)}"
+
+
 def _path(kind: str, path: str) -> tuple[str, str]:
-    return (KUBE, rf"\"{kind}\": \"{re.escape(path)}\"")
+    """Evidence that requests for ``kind`` go to ``path``: its row in the table of kinds
+    (group/version and plural), checked here against the paths the client really builds."""
+    from pullmedic.kube import PATHS
+
+    assert PATHS[kind] == path, (kind, PATHS[kind], path)
+    m = re.fullmatch(r"/apis?/(.+?)(?:/namespaces/\{ns\})?/(\w+)/\{name\}", path)
+    assert m is not None, path
+    version, plural = m.groups()
+    return (KINDS, rf"Kind\(\s*\"{kind}\",\s*\"{re.escape(version)}\",\s*\"{plural}\"")
 
 
 def _workload(kind: str, path: str, owner_walk: str) -> dict[str, Need]:
@@ -91,7 +105,7 @@ def _workload(kind: str, path: str, owner_walk: str) -> dict[str, Need]:
         "patch": need(
             f"actuator.Actuator._patch_image (PATCH_WORKLOAD_IMAGE) on the {kind} template",
             _path(kind, path),
-            (PLANNING, rf"\"{kind}\": \"/spec/"),  # TEMPLATE_PATHS
+            (KINDS, _row(kind, "template_fix=True")),  # planning.TEMPLATE_PATHS
             (PLANNING, r"ActionType\.PATCH_WORKLOAD_IMAGE"),
             (ACTUATOR, r"ActionType\.PATCH_WORKLOAD_IMAGE"),
             PATCH_CALL,
@@ -99,10 +113,7 @@ def _workload(kind: str, path: str, owner_walk: str) -> dict[str, Need]:
     }
 
 
-_APPS_WALK = (
-    r"if kind in \(\"Deployment\", \"StatefulSet\", \"DaemonSet\"\):"
-    r"\s+obj = await self\.kube\.get\(kind"
-)
+_APPS_WALK = r"if kind in TEMPLATE_FIX:.*\s+obj = await self\.kube\.get\(kind"
 _DEPLOY = _workload("Deployment", "/apis/apps/v1/namespaces/{ns}/deployments/{name}", _APPS_WALK)
 _STS = _workload("StatefulSet", "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}", _APPS_WALK)
 _DS = _workload("DaemonSet", "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}", _APPS_WALK)
@@ -184,7 +195,9 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
             f"audit.Auditor.workloads: list {plural} to check their images",
             ("pullmedic/audit.py", r"await self\.kube\.list\(kind"),
             ("pullmedic/audit.py", r"AUDITED_KINDS = tuple\(COLLECTIONS\)"),
-            (KUBE, rf"\"{kind}\": \(\"/apis/{group}/v1\", \"{plural}\"\)"),
+            (KUBE, r"COLLECTIONS = \{name: .* for name in AUDITED\}"),
+            (KINDS, rf"Kind\(\s*\"{kind}\",\s*\"{group}/v1\",\s*\"{plural}\""),
+            (KINDS, _row(kind, "audited=True")),
         )
         for kind, group, plural in (
             ("Deployment", "apps", "deployments"),
