@@ -60,7 +60,7 @@ def test_pod_spec_of(kind: str, obj: Any, spec: Any) -> None:
 
 
 def test_what_a_fix_may_do_per_kind() -> None:
-    assert kinds.TEMPLATE_FIX == {"Deployment", "StatefulSet", "DaemonSet", "CronJob"}
-    assert kinds.RECREATING == {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+    assert {"Deployment", "StatefulSet", "DaemonSet", "CronJob"} == kinds.TEMPLATE_FIX
+    assert {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"} == kinds.RECREATING
     assert kinds.ANNOTATABLE == kinds.TEMPLATE_FIX
     assert kinds.kubectl_name("StatefulSet") == "statefulset"
