@@ -54,20 +54,28 @@ class LabelWatch:
         from kubernetes import watch
 
         self.seen: dict[str, set[str]] = {}
+        self.error: BaseException | None = None  # the stream broke before stop()
+        self.stopped = False
         self.w = watch.Watch()
         self.thread = threading.Thread(target=self._run, args=(core, namespace), daemon=True)
         self.thread.start()
 
     def _run(self, core: Any, namespace: str) -> None:
-        for ev in self.w.stream(core.list_namespaced_pod, namespace, timeout_seconds=180):
-            pod = ev["object"]
-            label = (pod.metadata.labels or {}).get(HANDOFF_LABEL)
-            values = self.seen.setdefault(pod.metadata.uid, set())
-            if label:
-                values.add(label)
+        try:
+            for ev in self.w.stream(core.list_namespaced_pod, namespace, timeout_seconds=180):
+                pod = ev["object"]
+                label = (pod.metadata.labels or {}).get(HANDOFF_LABEL)
+                values = self.seen.setdefault(pod.metadata.uid, set())
+                if label:
+                    values.add(label)
+        except Exception as e:  # after stop() (the namespace goes): expected
+            if not self.stopped:
+                self.error = e
 
     def stop(self) -> dict[str, set[str]]:
+        self.stopped = True
         self.w.stop()
+        assert self.error is None, f"the label watch broke before the end: {self.error!r}"
         return {u: set(v) for u, v in self.seen.items()}
 
 
