@@ -18,8 +18,6 @@ from pullmedic.policy import AdmissionMode
 
 ORIGINAL_IMAGES = "pullmedic.dev/original-images"
 
-# Where each kind keeps its pod spec (JSON pointer, without the container part).
-POD_SPEC_PATHS = WITH_POD_SPEC
 CONTAINER_FIELDS = ("initContainers", "containers")
 
 # Refused in Deny mode: the pull fails the same way forever. Only with high confidence
@@ -79,7 +77,7 @@ def pod_spec_of(obj: Mapping[str, Any] | None) -> PodSpecView | None:
     if not obj:
         return None
     kind = str(obj.get("kind", ""))
-    pointer = POD_SPEC_PATHS.get(kind)
+    pointer = WITH_POD_SPEC.get(kind)  # where the kind keeps its pod spec
     if pointer is None:
         return None
     cur: Any = obj

@@ -16,16 +16,12 @@ from pullmedic.policy import Policy
 from pullmedic.records import RemediationRecord
 
 
-def template_spec(wobj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    return pod_spec_of(wobj, kind)
-
-
 def template_pull_secrets(
     wobj: Mapping[str, Any] | None, workload: ObjectRef | None
 ) -> tuple[str, ...] | None:
     if not wobj or workload is None:
         return None
-    refs = template_spec(wobj, workload.kind).get("imagePullSecrets") or ()
+    refs = pod_spec_of(wobj, workload.kind).get("imagePullSecrets") or ()
     return tuple(str(r.get("name", "")) for r in refs if isinstance(r, Mapping))
 
 
@@ -34,7 +30,7 @@ def template_index(
 ) -> int | None:
     if workload is None:
         return None
-    for i, c in enumerate(template_spec(wobj, workload.kind).get(sc.kind) or ()):
+    for i, c in enumerate(pod_spec_of(wobj, workload.kind).get(sc.kind) or ()):
         if c.get("name") == sc.name:
             return i
     return None

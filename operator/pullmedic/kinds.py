@@ -121,6 +121,8 @@ KINDS: Mapping[str, Kind] = {
 
 # Derived views, for the questions modules ask most.
 TEMPLATE_FIX = frozenset(k.name for k in KINDS.values() if k.template_fix)
+# (Deleting a Job's pod can count as a failure; a Tekton TaskRun's or Argo Workflow's pod
+# deletion fails the run: none of them recreates.)
 RECREATING = frozenset(k.name for k in KINDS.values() if k.recreates)
 ANNOTATABLE = frozenset(k.name for k in KINDS.values() if k.annotatable)
 AUDITED = tuple(k.name for k in KINDS.values() if k.audited)

@@ -34,7 +34,6 @@ MOVE_CAUSES = frozenset(
 
 # Views of the one table of kinds (kinds.py) that planning reads.
 TEMPLATE_PATHS = {name: KINDS[name].pod_spec for name in TEMPLATE_FIX}
-API_VERSIONS = {name: k.api_version for name, k in KINDS.items() if k.pod_spec}
 
 
 @dataclass(frozen=True)
@@ -224,11 +223,6 @@ def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Act
     return actions, ""
 
 
-# Owners that replace a deleted pod with an equivalent one (kinds.py). Deleting a Job's pod
-# can count as a failure; a Tekton TaskRun's or Argo Workflow's pod deletion fails the run.
-RECREATING_OWNERS = RECREATING
-
-
 def _recreate(f: Failure) -> Action:
     pods = f.stuck_pods or (f.pod,)
     return Action(
@@ -332,7 +326,7 @@ def plan(
     elif cause is Cause.ImageAvailable:
         if (
             failure.workload is not None
-            and failure.workload.kind in RECREATING_OWNERS
+            and failure.workload.kind in RECREATING
             and policy.recreate_pods
             and failure.stuck_pods
         ):
@@ -427,11 +421,11 @@ def _credential_actions(
             secret=target_name,
         )
     )
-    if policy.recreate_pods and f.stuck_pods and f.workload.kind in RECREATING_OWNERS:
+    if policy.recreate_pods and f.stuck_pods and f.workload.kind in RECREATING:
         actions.append(_recreate(f))
         return actions, ""
     return actions, (
         ""
-        if f.workload.kind in RECREATING_OWNERS or not f.stuck_pods
+        if f.workload.kind in RECREATING or not f.stuck_pods
         else f"{f.workload.kind} pods are not recreated; its next pods get the secret"
     )

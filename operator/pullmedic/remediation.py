@@ -262,8 +262,9 @@ class Remediator:
         inherited = stats is not None and str(target) in stats.inherited
         if not follow_up and p.apply and fp and not inherited:
             # (An inherited journal entry is a fix to continue and count: below.)
-            follow_up = is_late_sibling(p, _record_on(failure), members) or is_raced_sibling(
-                p, _record_on(failure), self.clocks.wall(), self.window
+            record = _record_on(failure)
+            follow_up = is_late_sibling(p, record, members) or is_raced_sibling(
+                p, record, self.clocks.wall(), self.window
             )
         continuation = False
         if p.apply and stats is not None and not follow_up:

@@ -10,8 +10,8 @@ import pytest
 
 from pullmedic.decision import fingerprint as _fingerprint
 from pullmedic.decision import template_pull_secrets as _template_pull_secrets
-from pullmedic.decision import template_spec as _template_spec
 from pullmedic.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.kinds import pod_spec_of as _template_spec
 from pullmedic.planning import Failure, ObjectRef, plan
 from pullmedic.policy import parse
 from pullmedic.records import RemediationRecord

@@ -289,12 +289,17 @@ def private_setup(world: World) -> None:
     world.engine.on_namespace(None, namespace("shared"))
 
 
-async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) -> None:
+async def fix_private(world: World) -> None:
+    """Boot, break the private workload's first pod, and wait for its credential fix."""
     await world.boot(cluster_policy())
     private_setup(world)
     world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
     await until(lambda: bool(world.kube.written("delete", "Pod")))
     await world.settle()
+
+
+async def test_late_sibling_gets_the_applied_fix_as_a_follow_up(world: World) -> None:
+    await fix_private(world)
     # A sibling created before the fix fails moments later: same fix, recreated at once.
     world.feed(stuck_pod(world.kube, "priv", 1, PRIVATE))
     await until(lambda: len(world.kube.written("delete", "Pod")) == 2)
@@ -337,11 +342,7 @@ async def test_a_pod_whose_kubelet_raced_the_new_secret_is_recreated_as_a_follow
     pulled before its secret cache had the new secret. The probe with its credentials
     pulls (ImageAvailable): recreated at once, not counted or announced again."""
     world = World(SLOW_RECHECK)
-    await world.boot(cluster_policy())
-    private_setup(world)
-    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
-    await until(lambda: bool(world.kube.written("delete", "Pod")))
-    await world.settle()
+    await fix_private(world)
     world.prober.answers[PRIVATE] = diag(PRIVATE, Cause.ImageAvailable)
     secret = world.kube.written("create", "Secret")[0].name
     raced = stuck_pod(
@@ -370,11 +371,7 @@ async def test_a_sibling_failing_after_the_window_is_still_a_follow_up(world: Wo
     """The kubelet pulls one image at a time: a sibling created before the fix may fail
     for the first time long after it. The workload's record says the same fix was made
     after that pod was created, so it is recreated with no second record or Event."""
-    await world.boot(cluster_policy())
-    private_setup(world)
-    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
-    await until(lambda: bool(world.kube.written("delete", "Pod")))
-    await world.settle()
+    await fix_private(world)
     assert priv_writes(world) == (1, 1, 1)
     await asyncio.sleep(FAST.recheck_after + 0.1)  # past the in-memory follow-up window
     world.feed(stuck_pod(world.kube, "priv", 1, PRIVATE))
@@ -387,11 +384,7 @@ async def test_a_sibling_failing_after_the_window_is_still_a_follow_up(world: Wo
 async def test_a_late_sibling_after_a_failover_is_a_follow_up(world: World) -> None:
     """The leader fixed the workload and published its status, then died; a sibling made
     before the fix fails only now, on the new leader: recreated, not remediated again."""
-    await world.boot(cluster_policy())
-    private_setup(world)
-    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
-    await until(lambda: bool(world.kube.written("delete", "Pod")))
-    await world.settle()
+    await fix_private(world)
     await world.engine.status.flush()
     assert world.kube.obj("ClusterPullPolicy", "", "heal")["status"]["pendingActions"] == []
     world.engine.scheduler.cancel_all()  # SIGKILL
@@ -729,11 +722,7 @@ async def test_a_replacement_pod_that_raced_the_secret_does_not_trip_the_circuit
     because its kubelet raced the new secret: it is probed afresh (its credentials work),
     recreated as a follow-up; the circuit stays closed and nothing is counted again."""
     world = World(SLOW_RECHECK)
-    await world.boot(cluster_policy())
-    private_setup(world)
-    world.feed(stuck_pod(world.kube, "priv", 0, PRIVATE))
-    await until(lambda: bool(world.kube.written("delete", "Pod")))
-    await world.settle()
+    await fix_private(world)
     record = json.loads(
         world.kube.obj("Deployment", NS, "priv")["metadata"]["annotations"][REMEDIATION_ANNOTATION]
     )
