@@ -36,7 +36,7 @@ for _p in (str(REPO), str(REPO / "operator")):
 
 from kubernetes import client, config  # noqa: E402
 
-from pullmedic.sharding import Shard  # noqa: E402
+from pullmedic.core.sharding import Shard  # noqa: E402
 from sandbox import procs  # noqa: E402
 from sandbox.env import Sandbox  # noqa: E402
 from sandbox.env import start as start_sandbox  # noqa: E402

@@ -5,7 +5,7 @@ in what they do) and appends JSON lines to ``$BENCH_TRACE``:
 
 * ``api``: every Kubernetes API call the operator makes itself (method, path, status,
   duration, the failure group it was made for);
-* ``reg``: every registry request (kind as ``pullmedic.registry.request_kind`` counts it,
+* ``reg``: every registry request (kind as ``pullmedic.probe.registry.request_kind`` counts it,
   host, path, a salted hash of the Authorization header so credentials can be told apart
   without being recorded, status, duration);
 * ``seen``: a pod first entering the engine (the operator noticed its pull failure);
@@ -63,7 +63,10 @@ def _wall(mono: float) -> float:
 
 
 def install(trace: Trace) -> None:
-    from pullmedic import actuator, engine, kube, netguard, prober, registry, remediation
+    from pullmedic.control import engine, remediation
+    from pullmedic.kube import actuator
+    from pullmedic.kube.client import client as kube
+    from pullmedic.probe import netguard, prober, registry
 
     salt = secrets.token_bytes(16)
 
@@ -265,7 +268,7 @@ def main() -> int:
     if path:
         install(Trace(path))
         threading.Thread(target=_snapshots, args=(path,), name="bench-snap", daemon=True).start()
-    from pullmedic.cli import main as cli_main
+    from pullmedic.app.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from bench.common import table  # noqa: E402
-from pullmedic.keyring import Keyring, PullSecret  # noqa: E402
-from pullmedic.netguard import AddressPolicy, guarded_transport  # noqa: E402
-from pullmedic.platforms import Platform  # noqa: E402
-from pullmedic.prober import Prober, ProberConfig  # noqa: E402
-from pullmedic.registry import ClientConfig, CountingTransport  # noqa: E402
+from pullmedic.core.keyring import Keyring, PullSecret  # noqa: E402
+from pullmedic.core.platforms import Platform  # noqa: E402
+from pullmedic.probe.netguard import AddressPolicy, guarded_transport  # noqa: E402
+from pullmedic.probe.prober import Prober, ProberConfig  # noqa: E402
+from pullmedic.probe.registry import ClientConfig, CountingTransport  # noqa: E402
 from sandbox.images import push_image  # noqa: E402
 from sandbox.registries import RegistrySet, start_registries  # noqa: E402
 

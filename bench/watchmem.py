@@ -42,7 +42,7 @@ from bench.common import (
     table,
     wait_until,
 )
-from pullmedic.sharding import Shard
+from pullmedic.core.sharding import Shard
 
 NS = "watchmem"
 SPLITS = (1, 2, 4)

@@ -354,10 +354,7 @@ STATUS["properties"]["shards"] = {
     "shard (<index>-of-<count>); the top level is their sum.",
     "additionalProperties": {
         "type": "object",
-        "properties": {
-            k: copy.deepcopy(STATUS["properties"][k])
-            for k in SHARD_PART_FIELDS
-        },
+        "properties": {k: copy.deepcopy(STATUS["properties"][k]) for k in SHARD_PART_FIELDS},
     },
 }
 

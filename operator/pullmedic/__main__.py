@@ -2,6 +2,6 @@
 
 import sys
 
-from pullmedic.cli import main
+from pullmedic.app.cli import main
 
 sys.exit(main())

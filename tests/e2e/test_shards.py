@@ -13,7 +13,7 @@ import httpx
 import pytest
 from kubernetes import client
 
-from pullmedic.sharding import HANDOFF_LABEL, Shard
+from pullmedic.core.sharding import HANDOFF_LABEL, Shard
 from sandbox.images import push_image
 from sandbox.kube import OPERATOR_NAMESPACE, deployment, wait_for
 from tests.e2e.conftest import OperatorProcess, leader_elect

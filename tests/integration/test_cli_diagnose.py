@@ -46,7 +46,7 @@ def run(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
         flags += ["--timeout", "5"]
     for h in hosts:
         flags += ["--insecure-registry", h]
-    argv = [sys.executable, "-m", "pullmedic.cli", *args]
+    argv = [sys.executable, "-m", "pullmedic.app.cli", *args]
     if len(args) > 1 and args[0] == "diagnose":
         argv += flags
     return subprocess.run(
@@ -115,7 +115,7 @@ def test_invalid_reference_exit_1(env: Env) -> None:
 
 def test_metadata_address_blocked_exit_1(env: Env) -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "pullmedic.cli", "diagnose", "169.254.169.254/x:1", "--json"],
+        [sys.executable, "-m", "pullmedic.app.cli", "diagnose", "169.254.169.254/x:1", "--json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pullmedic import cli
+from pullmedic.app import cli
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from pullmedic.diagnosis import Cause
-from pullmedic.keyring import Keyring
-from pullmedic.netguard import AddressPolicy, guarded_transport
-from pullmedic.platforms import Platform
-from pullmedic.prober import Prober
-from pullmedic.registry import ClientConfig, CountingTransport
+from pullmedic.core.diagnosis import Cause
+from pullmedic.core.keyring import Keyring
+from pullmedic.core.platforms import Platform
+from pullmedic.probe.netguard import AddressPolicy, guarded_transport
+from pullmedic.probe.prober import Prober
+from pullmedic.probe.registry import ClientConfig, CountingTransport
 from sandbox.damage import delete_blob, delete_manifest, manifest
 from sandbox.images import push_image
 from sandbox.registries import RegistrySet, start_registries

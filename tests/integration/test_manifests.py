@@ -235,7 +235,7 @@ def test_deployment_is_two_restricted_replicas_that_elect_a_leader(base: list[Do
 
 
 def test_deployment_args_are_accepted_by_pullmedic_run(base: list[Doc]) -> None:
-    from pullmedic import cli
+    from pullmedic.app import cli
 
     (c,) = one(base, "Deployment")["spec"]["template"]["spec"]["containers"]
     args = cli.build_parser().parse_args(["run", *c["args"]])
@@ -669,7 +669,7 @@ def test_webhook_overlay_can_never_block_the_cluster() -> None:
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert "--webhook-port=9443" in c["args"]
     mount = next(m for m in c["volumeMounts"] if m["name"] == "webhook-tls")
-    from pullmedic import cli
+    from pullmedic.app import cli
 
     args = cli.build_parser().parse_args(["run", *c["args"]])
     assert args.webhook_cert.startswith(mount["mountPath"])

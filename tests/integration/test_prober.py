@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from pullmedic.diagnosis import Cause
-from pullmedic.keyring import Keyring, PullSecret
-from pullmedic.netguard import AddressPolicy, guarded_transport
-from pullmedic.platforms import Platform
-from pullmedic.policy import TagCorrection, TagStrategy
-from pullmedic.prober import Prober
-from pullmedic.registry import (
+from pullmedic.core.diagnosis import Cause
+from pullmedic.core.keyring import Keyring, PullSecret
+from pullmedic.core.platforms import Platform
+from pullmedic.core.policy import TagCorrection, TagStrategy
+from pullmedic.probe.netguard import AddressPolicy, guarded_transport
+from pullmedic.probe.prober import Prober
+from pullmedic.probe.registry import (
     ClientConfig,
     CountingTransport,
     RegistryClient,

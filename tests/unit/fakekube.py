@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullmedic.diagnosis import Diagnosis
-from pullmedic.kube import KubeError
+from pullmedic.core.diagnosis import Diagnosis
+from pullmedic.kube.client import KubeError
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
 

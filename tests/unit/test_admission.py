@@ -10,19 +10,19 @@ from typing import Any
 
 import pytest
 
-from pullmedic.admission import (
+from pullmedic.admission.webhook import AdmissionWebhook, WebhookSettings
+from pullmedic.core.admission import (
     ORIGINAL_IMAGES,
     Checked,
     decide,
     pod_spec_of,
     to_check,
 )
-from pullmedic.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.inventory import Inventory
-from pullmedic.lookups import Lookups
-from pullmedic.policy import AdmissionMode as M
-from pullmedic.policy import parse
-from pullmedic.webhook import AdmissionWebhook, WebhookSettings
+from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.core.inventory import Inventory
+from pullmedic.core.policy import AdmissionMode as M
+from pullmedic.core.policy import parse
+from pullmedic.kube.lookups import Lookups
 from tests.unit.fakekube import FakeKube, FakeProber
 
 IMG = "registry.example.com/app:1.4.3"

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from pullmedic import metrics
-from pullmedic.audit import Auditor, AuditSettings, HostBudget, PolicyAudit
-from pullmedic.diagnosis import Cause, Diagnosis
-from pullmedic.engine import Engine
-from pullmedic.lookups import Lookups
+from pullmedic.control.audit import Auditor, AuditSettings, HostBudget, PolicyAudit
+from pullmedic.control.engine import Engine
+from pullmedic.core.diagnosis import Cause, Diagnosis
+from pullmedic.kube.lookups import Lookups
+from pullmedic.telemetry import metrics
 from tests.unit.fakekube import FakeKube, FakeProber
 from tests.unit.test_engine_scenarios import FAST
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pullmedic.registry import (
+from pullmedic.probe.registry import (
     Challenge,
     parse_challenges,
     parse_error_codes,

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from pullmedic.decision import fingerprint as _fingerprint
-from pullmedic.decision import template_pull_secrets as _template_pull_secrets
-from pullmedic.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.kinds import pod_spec_of as _template_spec
-from pullmedic.planning import Failure, ObjectRef, plan
-from pullmedic.policy import parse
-from pullmedic.records import RemediationRecord
+from pullmedic.core.decision import fingerprint as _fingerprint
+from pullmedic.core.decision import template_pull_secrets as _template_pull_secrets
+from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.core.kinds import pod_spec_of as _template_spec
+from pullmedic.core.planning import Failure, ObjectRef, plan
+from pullmedic.core.policy import parse
+from pullmedic.core.records import RemediationRecord
 
 NS = "team-a"
 DEPLOY = ObjectRef("Deployment", NS, "web", "d")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pullmedic import backoff
-from pullmedic.detection import stuck_containers
+from pullmedic.core import backoff
+from pullmedic.core.detection import stuck_containers
 
 
 def pod(**status: Any) -> dict[str, Any]:

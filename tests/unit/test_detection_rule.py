@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic.detection import (
+from pullmedic.core.detection import (
     NOT_PULL_REASONS,
     PULL_REASONS,
     might_be_stuck,

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from pullmedic.diagnosis import Cause, Diagnosis, Evidence, Fix, Observation, conclude, node_view
+from pullmedic.core.diagnosis import (
+    Cause,
+    Diagnosis,
+    Evidence,
+    Fix,
+    Observation,
+    conclude,
+    node_view,
+)
 
 BASE: dict[str, Any] = {
     "image": "reg.example/team/app:1.2.3",

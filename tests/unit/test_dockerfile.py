@@ -350,7 +350,7 @@ def test_the_build_context_makes_an_installable_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "pullmedic = pullmedic.cli:main" in zf.read(entry_points).decode()
+        assert "pullmedic = pullmedic.app.cli:main" in zf.read(entry_points).decode()
     modules = {
         p.relative_to(REPO / "operator").as_posix() for p in (REPO / "operator").rglob("*.py")
     }

@@ -1,7 +1,7 @@
 """The emulator's own reference parser and keyring against the operator's test tables.
 
 Two implementations of the kubelet's rules, written apart (sandbox/imageref.py and
-sandbox/creds.py for the emulator, pullmedic.reference and pullmedic.keyring for the
+sandbox/creds.py for the emulator, pullmedic.core.reference and pullmedic.core.keyring for the
 operator), checked against the same upstream-derived cases: a disagreement is a bug in
 one of them, instead of a bug shared by both.
 """

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from pullmedic.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.engine import Engine, EngineSettings
-from pullmedic.kube import KubeError
-from pullmedic.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION
+from pullmedic.control.engine import Engine, EngineSettings
+from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.core.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION
+from pullmedic.kube.client import KubeError
 from tests.unit.fakekube import FakeKube, FakeProber
 
 NS = "team-a"
@@ -620,8 +620,8 @@ async def test_dry_run_refresh_is_reported_as_dry_run_and_posts_nothing() -> Non
 
 
 async def test_supervised_loop_restarts_after_any_failure_and_is_counted() -> None:
-    from pullmedic import metrics
-    from pullmedic.supervision import Supervisor
+    from pullmedic.control.supervision import Supervisor
+    from pullmedic.telemetry import metrics
 
     sup = Supervisor()
     sup.BACKOFF_MIN = 0.001  # type: ignore[misc]
@@ -755,7 +755,7 @@ async def test_siblings_that_arrive_during_the_debounce_cost_one_decision(world:
 async def test_the_apis_return_ends_every_back_off_at_once() -> None:
     """A loop that failed while the API was away sleeps up to a minute; the API's return
     (seen by the health probe, every second while it is down) wakes it at once."""
-    from pullmedic.supervision import Supervisor
+    from pullmedic.control.supervision import Supervisor
 
     sup = Supervisor()
     sup.BACKOFF_MIN = 30.0  # type: ignore[misc]
@@ -828,7 +828,7 @@ async def test_decisions_backing_off_after_a_failure_are_retried_when_the_api_re
 
 
 async def test_a_hanging_loop_body_is_cancelled_and_liveness_says_so() -> None:
-    from pullmedic.supervision import Supervisor
+    from pullmedic.control.supervision import Supervisor
 
     now = {"t": 0.0}
     sup = Supervisor(clock=lambda: now["t"])

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from pullmedic.cli import build_parser
-from pullmedic.explain import ExplainError, Report, parse_target, render
-from pullmedic.explaining import RestLists, last_remediation
-from pullmedic.records import REMEDIATION_ANNOTATION
+from pullmedic.app.cli import build_parser
+from pullmedic.app.explain import ExplainError, Report, parse_target, render
+from pullmedic.app.explaining import RestLists, last_remediation
+from pullmedic.core.records import REMEDIATION_ANNOTATION
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from pullmedic.detection import PULL_REASONS, stuck_containers
-from pullmedic.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.explain import render
-from pullmedic.explaining import ExplainError, Report, gather
-from pullmedic.kube import KubeError
-from pullmedic.prober import Prober
+from pullmedic.app.explain import render
+from pullmedic.app.explaining import ExplainError, Report, gather
+from pullmedic.core.detection import PULL_REASONS, stuck_containers
+from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.kube.client import KubeError
+from pullmedic.probe.prober import Prober
 from tests.unit.fakekube import FakeKube, FakeProber
 from tests.unit.test_engine_scenarios import World, cluster_policy, until
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from pullmedic.keyring import (
+from pullmedic.core.keyring import (
     Credential,
     Keyring,
     PullSecret,
@@ -18,7 +18,7 @@ from pullmedic.keyring import (
     key_matches,
     normalize_key,
 )
-from pullmedic.reference import parse
+from pullmedic.core.reference import parse
 
 PASSWORD = "s3cr3t-P4ss:w0rd"
 DCJ_TYPE = "kubernetes.io/dockerconfigjson"

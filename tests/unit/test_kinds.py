@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic import kinds
+from pullmedic.core import kinds
 
 
 @pytest.mark.parametrize(

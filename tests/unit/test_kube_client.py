@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from pullmedic.kube import (
+from pullmedic.kube.client import (
     NOT_SENT,
     UNKNOWN,
     KubeError,

@@ -10,9 +10,9 @@ import random
 
 import pytest
 
-from pullmedic.engine import Engine
-from pullmedic.kube import KubeError
-from pullmedic.leadership import LeaseElector, LeaseSettings
+from pullmedic.control.engine import Engine
+from pullmedic.kube.client import KubeError
+from pullmedic.kube.leadership import LeaseElector, LeaseSettings
 from tests.unit.fakekube import FakeKube, FakeProber
 from tests.unit.test_engine_scenarios import (
     BAD,

@@ -15,10 +15,10 @@ import json
 import httpx
 import pytest
 
-from pullmedic.diagnosis import Cause
-from pullmedic.keyring import Keyring, PullSecret
-from pullmedic.platforms import Platform
-from pullmedic.prober import Prober
+from pullmedic.core.diagnosis import Cause
+from pullmedic.core.keyring import Keyring, PullSecret
+from pullmedic.core.platforms import Platform
+from pullmedic.probe.prober import Prober
 
 IMAGE = "registry.example.com/team/app:1.0"
 SECRET = "team-a/regcred"

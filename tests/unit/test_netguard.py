@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullmedic.netguard import AddressPolicy, BlockedAddress, ResolutionFailed
+from pullmedic.probe.netguard import AddressPolicy, BlockedAddress, ResolutionFailed
 
 DEFAULT = AddressPolicy()
 

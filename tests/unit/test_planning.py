@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from pullmedic import planning
-from pullmedic import policy as pol
-from pullmedic.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.planning import ActionType as A
-from pullmedic.planning import Failure, ObjectRef
+from pullmedic.core import planning
+from pullmedic.core import policy as pol
+from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
+from pullmedic.core.planning import ActionType as A
+from pullmedic.core.planning import Failure, ObjectRef
 
 NS = "team-a"
 POD = ObjectRef("Pod", NS, "web-7d9c-abcde", "uid-1")

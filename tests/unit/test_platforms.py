@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullmedic.platforms import Platform, best_match, compatible_platforms, is_attestation
+from pullmedic.core.platforms import Platform, best_match, compatible_platforms, is_attestation
 
 P = Platform.parse
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic.podwatch import Gone, PodWatch, PodWatchSettings
+from pullmedic.kube.podwatch import Gone, PodWatch, PodWatchSettings
 
 
 def pod(uid: str, rv: str = "1", reason: str | None = None) -> dict[str, Any]:

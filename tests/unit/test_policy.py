@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic import policy as pol
+from pullmedic.core import policy as pol
 
 
 def body(kind: str = "PullPolicy", ns: str | None = "team-a", **spec: Any) -> dict[str, Any]:
@@ -157,8 +157,8 @@ def test_precedence_namespaced_first_then_priority() -> None:
 
 
 def test_node_registries_match_like_the_kubelets_match_images() -> None:
-    from pullmedic.keyring import NodeRegistries
-    from pullmedic.reference import parse as ref
+    from pullmedic.core.keyring import NodeRegistries
+    from pullmedic.core.reference import parse as ref
 
     nodes, problems = NodeRegistries.parse(["*.dkr.ecr.*.amazonaws.com", "gcr.io/team"])
     assert problems == []

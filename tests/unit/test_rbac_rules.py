@@ -33,15 +33,15 @@ MANIFESTS = REPO / "manifests"
 RBAC_SOURCE = MANIFESTS / "base" / "rbac.yaml"
 OPERATOR = REPO / "operator"
 
-ACTUATOR = "pullmedic/actuator.py"
-PLANNING = "pullmedic/planning.py"
-LOOKUPS = "pullmedic/lookups.py"
-KUBE = "pullmedic/kube.py"
-KINDS = "pullmedic/kinds.py"
-STATUS = "pullmedic/status.py"
-ENGINE = "pullmedic/engine.py"
-EVENTS = "pullmedic/events.py"
-HANDLERS = "pullmedic/handlers.py"
+ACTUATOR = "pullmedic/kube/actuator.py"
+PLANNING = "pullmedic/core/planning.py"
+LOOKUPS = "pullmedic/kube/lookups.py"
+KUBE = "pullmedic/kube/client.py"
+KINDS = "pullmedic/core/kinds.py"
+STATUS = "pullmedic/control/status.py"
+ENGINE = "pullmedic/control/engine.py"
+EVENTS = "pullmedic/kube/events.py"
+HANDLERS = "pullmedic/app/handlers.py"
 KOPF_OBSERVATION = "kopf/_core/reactor/observation.py"
 KOPF_REFERENCES = "kopf/_cogs/structs/references.py"
 
@@ -67,7 +67,7 @@ def need(where: str, *evidence: tuple[str, str]) -> Need:
     return Need(where, evidence)
 
 
-PODWATCH = "pullmedic/podwatch.py"
+PODWATCH = "pullmedic/kube/podwatch.py"
 PODS_LIST = (PODWATCH, r"await self\.source\.list_page\(")
 PODS_WATCH = (PODWATCH, r"watch=\"true\"")
 PODS_PATH = (PODWATCH, r"PODS = \"/api/v1/pods\"")
@@ -85,7 +85,7 @@ def _row(kind: str, fact: str) -> str:
 def _path(kind: str, path: str) -> tuple[str, str]:
     """Evidence that requests for ``kind`` go to ``path``: its row in the table of kinds
     (group/version and plural), checked here against the paths the client really builds."""
-    from pullmedic.kube import PATHS
+    from pullmedic.kube.client import PATHS
 
     assert PATHS[kind] == path, (kind, PATHS[kind], path)
     m = re.fullmatch(r"/apis?/(.+?)(?:/namespaces/\{ns\})?/(\w+)/\{name\}", path)
@@ -193,8 +193,8 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     **{
         (group, plural, "list"): need(
             f"audit.Auditor.workloads: list {plural} to check their images",
-            ("pullmedic/audit.py", r"await self\.kube\.list\(kind"),
-            ("pullmedic/audit.py", r"AUDITED_KINDS = tuple\(COLLECTIONS\)"),
+            ("pullmedic/control/audit.py", r"await self\.kube\.list\(kind"),
+            ("pullmedic/control/audit.py", r"AUDITED_KINDS = tuple\(COLLECTIONS\)"),
             (KUBE, r"COLLECTIONS = \{name: .* for name in AUDITED\}"),
             (KINDS, rf"Kind\(\s*\"{kind}\",\s*\"{group}/v1\",\s*\"{plural}\""),
             (KINDS, _row(kind, "audited=True")),
@@ -359,7 +359,7 @@ def test_no_secret_enumeration() -> None:
     assert secret_verbs == {"get", "create", "patch"}
 
 
-LEADERSHIP = "pullmedic/leadership.py"
+LEADERSHIP = "pullmedic/kube/leadership.py"
 ROLE_JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
     ("coordination.k8s.io", "leases", verb): need(
         f"leadership.LeaseElector: {verb} the Lease (--leader-elect)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullmedic.reference import (
+from pullmedic.core.reference import (
     ImageReference,
     InvalidReference,
     is_valid_digest,

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from pullmedic import runner
+from pullmedic.app import runner
 
 
 def parse(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv: str) -> argparse.Namespace:

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from pullmedic.runner import _ordinal, add_arguments, settings_from
-from pullmedic.sharding import Shard
+from pullmedic.app.runner import _ordinal, add_arguments, settings_from
+from pullmedic.core.sharding import Shard
 
 
 def parse(*argv: str) -> argparse.Namespace:

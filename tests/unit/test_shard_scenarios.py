@@ -10,8 +10,8 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from pullmedic.engine import Engine
-from pullmedic.sharding import HANDOFF_LABEL, Shard
+from pullmedic.control.engine import Engine
+from pullmedic.core.sharding import HANDOFF_LABEL, Shard
 from tests.unit.fakekube import FakeKube, FakeProber
 from tests.unit.test_engine_scenarios import (
     BAD,

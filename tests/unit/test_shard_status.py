@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pullmedic.accounting import merge_parts
-from pullmedic.engine import Engine
+from pullmedic.control.engine import Engine
+from pullmedic.core.accounting import merge_parts
 from tests.unit.test_engine_scenarios import (
     BAD,
     FAST,

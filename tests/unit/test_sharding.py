@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pullmedic.sharding import (
+from pullmedic.core.sharding import (
     HANDOFF_LABEL,
     Shard,
     fnv1a64,
@@ -93,7 +93,7 @@ def test_every_uid_is_in_exactly_one_shard_and_of_names_it(count: int) -> None:
     ],
 )
 def test_slice_edges(h: int, count: int, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pullmedic.sharding.fnv1a64", lambda _: h)
+    monkeypatch.setattr("pullmedic.core.sharding.fnv1a64", lambda _: h)
     s = Shard(0, count)
     assert s.of("x") == index
     assert s.peer(index).holds("x")

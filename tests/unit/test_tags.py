@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullmedic.tags import (
+from pullmedic.core.tags import (
     ClosestMatch,
     HighestPatch,
     SemverRange,

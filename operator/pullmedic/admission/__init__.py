@@ -1,0 +1,1 @@
+"""The admission webhook: serves the core admission rules over HTTPS."""

@@ -1,0 +1,1 @@
+"""The control loops: grouping pods into decisions, scheduling, remediation, status, audit."""

@@ -1,0 +1,403 @@
+"""PullPolicy / ClusterPullPolicy as typed values: parsing, validation, matching, precedence.
+
+The CRD schema rejects malformed shapes at the apiserver; this module checks what a schema
+cannot express and reports it as text for a ``Ready=False`` condition.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pullmedic.core.keyring import normalize_key
+from pullmedic.core.tags import SemverRange
+
+GROUP = "pullmedic.dev"
+VERSION = "v1alpha1"
+NAMESPACED_KIND = "PullPolicy"
+CLUSTER_KIND = "ClusterPullPolicy"
+PROTECTED_NAMESPACES = frozenset({"kube-system"})
+
+
+class Mode(StrEnum):
+    OBSERVE = "Observe"
+    SUGGEST = "Suggest"
+    REMEDIATE = "Remediate"
+
+
+class AdmissionMode(StrEnum):
+    OFF = "Off"  # installing changes nothing
+    WARN = "Warn"  # admission warnings (kubectl prints them); always admitted
+    DENY = "Deny"  # refuse what never recovers by itself; warn for the rest
+    MUTATE = "Mutate"  # rewrite to a verified mirror when the registry cannot serve
+
+
+class TagStrategy(StrEnum):
+    HIGHEST_PATCH = "HighestPatch"
+    SEMVER_RANGE = "SemverRange"
+    CLOSEST_MATCH = "ClosestMatch"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return labels.get(self.key) not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        return False
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """Kubernetes label selector semantics; the empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.expressions
+        )
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Mirror:
+    registry: str
+    mirror: str
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A moved repository: ``from`` is a glob over the image name (``*`` one path segment,
+    ``**`` any), ``to`` the new name with ``$1``... for what the stars matched."""
+
+    from_: str
+    to: str
+
+    def pattern(self) -> re.Pattern[str]:
+        out = ""
+        i = 0
+        while i < len(self.from_):
+            if self.from_.startswith("**", i):
+                out += "(.+?)"
+                i += 2
+            elif self.from_[i] == "*":
+                out += "([^/]+)"
+                i += 1
+            else:
+                out += re.escape(self.from_[i])
+                i += 1
+        return re.compile(out + r"\Z")
+
+    def apply(self, name: str) -> str | None:
+        m = self.pattern().match(name)
+        if m is None:
+            return None
+        return re.sub(r"\$(\d+)", lambda g: m.group(int(g.group(1))), self.to)
+
+    def problem(self) -> str | None:
+        stars = self.pattern().groups
+        refs = [int(n) for n in re.findall(r"\$(\d+)", self.to)]
+        if any(n < 1 or n > stars for n in refs):
+            return f"{self.to!r} refers to a capture {self.from_!r} does not have"
+        if not self.from_ or not self.to:
+            return "from and to are both required"
+        return None
+
+
+@dataclass(frozen=True)
+class TagCorrection:
+    enabled: bool = True
+    strategy: TagStrategy = TagStrategy.HIGHEST_PATCH
+    range: str | None = None
+    allow_major_change: bool = False
+    allow_latest: bool = False
+    pin_digest: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str
+    name: str
+    namespace: str | None
+    mode: Mode = Mode.SUGGEST
+    priority: int = 0
+    generation: int = 0
+    uid: str = ""
+    pod_selector: LabelSelector = field(default_factory=LabelSelector)
+    namespace_selector: LabelSelector | None = None
+    namespaces: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    tags: TagCorrection = field(default_factory=TagCorrection)
+    credentials_enabled: bool = True
+    secrets: tuple[SecretRef, ...] = ()
+    node_registries: tuple[str, ...] = ()  # nodes authenticate here themselves
+    mirrors: tuple[Mirror, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
+    recreate_pods: bool = True
+    patch_bare_pods: bool = True
+    gitops_direct_patch: bool = False
+    remediations_per_hour: int = 60
+    admission: AdmissionMode = AdmissionMode.OFF
+    audit: bool = False  # check running workloads' images would still pull
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.kind == CLUSTER_KIND
+
+    @property
+    def key(self) -> str:
+        return (
+            f"{self.kind}/{self.namespace}/{self.name}"
+            if self.namespace
+            else (f"{self.kind}/{self.name}")
+        )
+
+    def selects_namespace(
+        self, namespace: str, labels: Mapping[str, str] | None, operator_namespace: str | None
+    ) -> bool:
+        if not self.is_cluster:
+            return namespace == self.namespace
+        if namespace in self.namespaces:
+            return True
+        if namespace in PROTECTED_NAMESPACES or namespace == operator_namespace:
+            return False
+        if self.namespaces and self.namespace_selector is None:
+            return False
+        return (self.namespace_selector or LabelSelector()).matches(labels)
+
+    def selects_image(self, canonical: str, familiar: str) -> bool:
+        def hit(globs: Iterable[str]) -> bool:
+            return any(
+                fnmatch.fnmatchcase(canonical, g) or fnmatch.fnmatchcase(familiar, g) for g in globs
+            )
+
+        if self.exclude and hit(self.exclude):
+            return False
+        return not self.include or hit(self.include)
+
+    def applies(
+        self,
+        *,
+        namespace: str,
+        namespace_labels: Mapping[str, str] | None,
+        pod_labels: Mapping[str, str] | None,
+        image: str,
+        familiar_image: str,
+        operator_namespace: str | None = None,
+    ) -> bool:
+        return (
+            self.selects_namespace(namespace, namespace_labels, operator_namespace)
+            and self.pod_selector.matches(pod_labels)
+            and self.selects_image(image, familiar_image)
+        )
+
+    def moved_to(self, names: Sequence[str]) -> tuple[Alternative, str] | None:
+        """The first alternative matching any spelling of the image name (canonical,
+        familiar), and the new name."""
+        for alt in self.alternatives:
+            for n in names:
+                new = alt.apply(n)
+                if new:
+                    return alt, new
+        return None
+
+    def mirror_for(self, registry: str) -> str | None:
+        for m in self.mirrors:
+            if m.registry == registry:
+                return m.mirror
+        return None
+
+
+def precedence(p: Policy) -> tuple[int, int, str]:
+    """Namespaced before cluster-wide, then higher priority, then name for determinism."""
+    return (0 if not p.is_cluster else 1, -p.priority, p.key)
+
+
+def choose(policies: Sequence[Policy], **match: Any) -> Policy | None:
+    """The one policy that governs a failure, or None (observe only)."""
+    hits = [p for p in policies if p.applies(**match)]
+    return min(hits, key=precedence) if hits else None
+
+
+class PolicyError(ValueError):
+    """A policy that parsed as a schema but cannot be used; the message is for status."""
+
+
+def _selector(raw: Any, where: str, problems: list[str]) -> LabelSelector:
+    if raw is None:
+        return LabelSelector()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where} must be an object")
+        return LabelSelector()
+    ml = raw.get("matchLabels") or {}
+    exprs: list[Requirement] = []
+    for i, e in enumerate(raw.get("matchExpressions") or []):
+        op = e.get("operator")
+        values = tuple(str(v) for v in (e.get("values") or []))
+        if op in ("In", "NotIn") and not values:
+            problems.append(f"{where}.matchExpressions[{i}]: operator {op} needs values")
+        if op in ("Exists", "DoesNotExist") and values:
+            problems.append(f"{where}.matchExpressions[{i}]: operator {op} takes no values")
+        exprs.append(Requirement(str(e.get("key", "")), str(op), values))
+    return LabelSelector(tuple(sorted((str(k), str(v)) for k, v in ml.items())), tuple(exprs))
+
+
+def _check_glob(g: str) -> str | None:
+    if any(c.isspace() for c in g):
+        return f"image glob {g!r} contains whitespace"
+    if g.count("[") != g.count("]"):
+        return f"image glob {g!r} has an unbalanced bracket"
+    return None
+
+
+def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
+    """Build a Policy from a custom resource body; problems say what makes it unusable."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    kind = str(body.get("kind") or NAMESPACED_KIND)
+    problems: list[str] = []
+    cluster = kind == CLUSTER_KIND
+    own_ns = None if cluster else str(meta.get("namespace") or "")
+
+    sel = spec.get("selector") or {}
+    images = sel.get("images") or {}
+    include = tuple(str(g) for g in images.get("include") or ())
+    exclude = tuple(str(g) for g in images.get("exclude") or ())
+    for g in include + exclude:
+        if (msg := _check_glob(g)) is not None:
+            problems.append(msg)
+
+    tc = spec.get("tagCorrection") or {}
+    try:
+        strategy = TagStrategy(tc.get("strategy", TagStrategy.HIGHEST_PATCH))
+    except ValueError:
+        problems.append(f"tagCorrection.strategy {tc.get('strategy')!r} is not known")
+        strategy = TagStrategy.HIGHEST_PATCH
+    rng = tc.get("range")
+    if strategy is TagStrategy.SEMVER_RANGE:
+        if not rng:
+            problems.append("tagCorrection.strategy SemverRange needs tagCorrection.range")
+        else:
+            try:
+                SemverRange(str(rng))  # the same parser the prober ranks tags with
+            except ValueError as exc:
+                problems.append(
+                    f"tagCorrection.range {rng!r} is not a semver constraint like '^1.4' ({exc})"
+                )
+
+    creds = spec.get("credentials") or {}
+    secrets: list[SecretRef] = []
+    for i, s in enumerate(creds.get("secrets") or []):
+        ns = s.get("namespace")
+        if not cluster and ns not in (None, own_ns):
+            problems.append(
+                f"credentials.secrets[{i}] names namespace {ns!r}: a PullPolicy may only use "
+                f"secrets of its own namespace {own_ns!r} (use a ClusterPullPolicy)"
+            )
+            continue
+        if cluster and not ns:
+            problems.append(f"credentials.secrets[{i}] needs a namespace in a ClusterPullPolicy")
+            continue
+        secrets.append(SecretRef(str(ns or own_ns), str(s.get("name", ""))))
+    node_registries = tuple(str(r) for r in creds.get("nodeRegistries") or ())
+    for i, r in enumerate(node_registries):
+        try:
+            normalize_key(r)
+        except ValueError as exc:
+            problems.append(f"credentials.nodeRegistries[{i}]: {exc}")
+
+    mirrors: list[Mirror] = []
+    seen: set[str] = set()
+    for i, m in enumerate(spec.get("mirrors") or []):
+        reg, mir = str(m.get("registry", "")), str(m.get("mirror", ""))
+        if reg == mir:
+            problems.append(f"mirrors[{i}]: a registry cannot be its own mirror")
+        if reg in seen:
+            problems.append(f"mirrors[{i}]: registry {reg!r} has more than one mirror")
+        seen.add(reg)
+        mirrors.append(Mirror(reg, mir))
+
+    alternatives: list[Alternative] = []
+    for i, a in enumerate(spec.get("alternatives") or []):
+        alt = Alternative(str(a.get("from", "")), str(a.get("to", "")))
+        if (msg := alt.problem()) is not None:
+            problems.append(f"alternatives[{i}]: {msg}")
+            continue
+        alternatives.append(alt)
+
+    try:
+        mode = Mode(spec.get("mode", Mode.SUGGEST))
+    except ValueError:
+        problems.append(f"mode {spec.get('mode')!r} is not Observe, Suggest or Remediate")
+        mode = Mode.OBSERVE
+
+    try:
+        admission = AdmissionMode((spec.get("admission") or {}).get("mode", AdmissionMode.OFF))
+    except ValueError:
+        problems.append("admission.mode must be Off, Warn, Deny or Mutate")
+        admission = AdmissionMode.OFF
+
+    recovery = spec.get("recovery") or {}
+    policy = Policy(
+        kind=kind,
+        name=str(meta.get("name", "")),
+        namespace=own_ns,
+        mode=mode,
+        priority=int(spec.get("priority", 0)),
+        generation=int(meta.get("generation", 0) or 0),
+        uid=str(meta.get("uid", "")),
+        pod_selector=_selector(sel.get("podSelector"), "selector.podSelector", problems),
+        namespace_selector=(
+            _selector(sel.get("namespaceSelector"), "selector.namespaceSelector", problems)
+            if cluster and sel.get("namespaceSelector") is not None
+            else None
+        ),
+        namespaces=tuple(str(n) for n in sel.get("namespaces") or ()) if cluster else (),
+        include=include,
+        exclude=exclude,
+        tags=TagCorrection(
+            enabled=bool(tc.get("enabled", True)),
+            strategy=strategy,
+            range=str(rng) if rng else None,
+            allow_major_change=bool(tc.get("allowMajorChange", False)),
+            allow_latest=bool(tc.get("allowLatest", False)),
+            pin_digest=bool(tc.get("pinDigest", False)),
+        ),
+        credentials_enabled=bool(creds.get("enabled", True)),
+        secrets=tuple(secrets),
+        node_registries=node_registries,
+        mirrors=tuple(mirrors),
+        alternatives=tuple(alternatives),
+        recreate_pods=bool(recovery.get("recreatePods", True)),
+        patch_bare_pods=bool(recovery.get("patchBarePods", True)),
+        gitops_direct_patch=bool((spec.get("gitops") or {}).get("allowDirectPatch", False)),
+        remediations_per_hour=int((spec.get("rateLimit") or {}).get("remediationsPerHour", 60)),
+        admission=admission,
+        audit=bool((spec.get("audit") or {}).get("enabled", False)),
+    )
+    return policy, problems

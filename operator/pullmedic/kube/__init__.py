@@ -1,0 +1,1 @@
+"""The Kubernetes edge: the API client, pod watch, leadership, Events, lookups, the actuator."""

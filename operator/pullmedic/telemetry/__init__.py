@@ -1,0 +1,1 @@
+"""Prometheus metrics: the one module every layer may report to."""
