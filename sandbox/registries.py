@@ -193,3 +193,39 @@ def start_registries(workdir: Path, *, max_tags: int = 100, timeout: float = 30.
         raise
     open_, basic, bearer, mirror = started
     return RegistrySet(open_, basic, bearer, mirror, token_url=token_url, token_server=tokens)
+
+
+def start_ggcr(
+    workdir: Path, name: str, *, users: dict[str, str] | None = None, timeout: float = 30.0
+) -> Registry:
+    """go-containerregistry's in-memory registry (sandbox/ggcr), open or behind Basic auth.
+
+    A second implementation, so the prober's conclusions can be told apart from
+    distribution's habits (which status for a missing repository, which headers a HEAD
+    carries).
+    """
+    root = Path(workdir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    users = dict(users or {})
+    if len(users) > 1:
+        raise ValueError("the ggcr wrapper knows one Basic user")
+    for _attempt in range(5):  # free_port() can race with another process
+        port = free_port()
+        argv = [str(binary("ggcr")), "-addr", f"127.0.0.1:{port}"]
+        env = dict(os.environ)
+        for user, password in users.items():
+            argv += ["-user", user]
+            env["GGCR_PASSWORD"] = password
+        log_path = root / "registry.log"
+        proc = procs.spawn(argv, log_path, env=env, cwd=root)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            ok = _wait_ready(proc, url, log_path, timeout)
+        except BaseException:
+            procs.stop(proc)
+            raise
+        if ok:
+            push = next(iter(users.items())) if users else None
+            return Registry(name, f"127.0.0.1:{port}", url, push, users, root, log_path, proc)
+        procs.stop(proc)
+    raise RuntimeError(f"registry {name} failed to start; see {root / 'registry.log'}")

@@ -629,6 +629,10 @@ class Prober:
     ) -> tuple[str | None, bool]:
         key = digest or ref.manifest_ref
         got = fetched.get(key) or await sess.get_manifest(key)
+        if got.status == 404 and digest:
+            # The tag answered with this digest, the digest is gone: a dangling tag (a
+            # stale cache, or a registry that deletes manifests but not their tags).
+            return f"the manifest {digest} its tag points at is missing (404)", True
         if got.status != 200:
             return None, False
         if digest and not _digest_matches(got.body, digest):
