@@ -53,3 +53,25 @@ def test_a_service_link_variable_is_a_usage_error_that_says_so(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--metrics-port" in err and "enableServiceLinks: false" in err
+
+
+def test_webhook_tls_self_needs_the_operator_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = parse(monkeypatch, {}, "--webhook-port=9443", "--webhook-tls=self")
+    with pytest.raises(ValueError, match="operator-namespace"):
+        runner.settings_from(args)
+
+
+def test_webhook_tls_self_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = parse(
+        monkeypatch,
+        {"PULLMEDIC_WEBHOOK_TLS": "self"},
+        "--webhook-port=9443",
+        "--operator-namespace=ops",
+        "--webhook-cert-validity=120",
+        "--webhook-address=127.0.0.1",
+    )
+    tls = runner.settings_from(args).webhook.tls
+    assert tls is not None and tls.namespace == "ops" and tls.secret == "pullmedic-webhook-tls"
+    assert tls.addresses == ("127.0.0.1",) and tls.check_interval() == 12.0
+    files = parse(monkeypatch, {"PULLMEDIC_WEBHOOK_TLS": "files"}, "--webhook-port=9443")
+    assert runner.settings_from(files).webhook.tls is None

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pullmedic.admission.tls import TLSSettings
 from pullmedic.control.remediation import Diagnoser
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
@@ -57,6 +58,7 @@ class WebhookSettings:
     budget: float = 1.5  # seconds of probing per request; the webhook timeout is 2 s
     default_platform: str = "linux/amd64"
     operator_namespace: str | None = None
+    tls: TLSSettings | None = None  # the operator keeps its own certificates (no files)
 
 
 class AdmissionWebhook:
@@ -213,6 +215,10 @@ class AdmissionWebhook:
         if not isinstance(body, dict):
             return web.json_response({"error": "not an AdmissionReview"}, status=400)
         return web.json_response(await self.review(body))
+
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
 
     async def start(self) -> None:
         self.load_certs()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
 
+from pullmedic.admission.tls import SelfManagedTLS
 from pullmedic.admission.webhook import AdmissionWebhook, WebhookSettings
 from pullmedic.control.engine import Engine
 from pullmedic.control.health import HealthServer
@@ -72,6 +73,21 @@ def configure(settings: kopf.OperatorSettings, watch: WatchTimeouts) -> None:
     settings.persistence.diffbase_storage = NoDiffBase()
 
 
+def _own_certificates(tls: SelfManagedTLS, hook: AdmissionWebhook) -> Callable[[], Awaitable[None]]:
+    """The webhook-tls loop: keep the Secret, the caBundle and the files current; the
+    server starts once it has a certificate (until then the API server's failurePolicy
+    Ignore admits everything)."""
+
+    async def tick() -> None:
+        await tls.ensure()
+        if not hook.started:
+            await hook.start()
+        else:
+            await hook.reload_certs()
+
+    return tick
+
+
 def build_registry(
     make_engine: Callable[[], Engine],
     *,
@@ -100,12 +116,21 @@ def build_registry(
         engine = make_engine()
         holder["engine"] = engine
         if webhook is not None:
+            served = webhook
+            tls = SelfManagedTLS(engine.kube, webhook.tls) if webhook.tls else None
+            if tls is not None:
+                served = replace(webhook, cert_file=tls.cert_file, key_file=tls.key_file)
             hook = AdmissionWebhook(
-                engine.remediator.prober, engine.inventory, engine.remediator.lookups, webhook
+                engine.remediator.prober, engine.inventory, engine.remediator.lookups, served
             )
-            engine.supervisor.every("webhook-certs", 30.0, hook.reload_certs)
-            await hook.start()
             holder["webhook"] = hook
+            if tls is None:  # files (cert-manager): reloaded when they change
+                engine.supervisor.every("webhook-certs", 30.0, hook.reload_certs)
+                await hook.start()
+            else:
+                engine.supervisor.every(
+                    "webhook-tls", tls.s.check_interval(), _own_certificates(tls, hook)
+                )
         engine.start()
         if health is not None:
             server = HealthServer(engine.liveness, engine.readiness)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import kopf
 from kubernetes import client, config
 
+from pullmedic.admission.tls import TLSSettings
 from pullmedic.admission.webhook import WebhookSettings
 from pullmedic.app.handlers import WatchTimeouts, build_registry
 from pullmedic.control.audit import AuditSettings
@@ -211,6 +212,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--webhook-key", default=env("PULLMEDIC_WEBHOOK_KEY", "/etc/pullmedic/webhook/tls.key")
     )
     p.add_argument(
+        "--webhook-tls",
+        choices=("files", "self"),
+        default=env("PULLMEDIC_WEBHOOK_TLS", "files"),
+        help="files: serve --webhook-cert/--webhook-key (cert-manager writes them); self: "
+        "keep a CA and serving certificate in --webhook-tls-secret and the caBundle of "
+        "--webhook-configuration current (needs --operator-namespace)",
+    )
+    p.add_argument("--webhook-tls-secret", default="pullmedic-webhook-tls")
+    p.add_argument(
+        "--webhook-service",
+        default="pullmedic-webhook",
+        help="the Service the API server calls (names in the serving certificate)",
+    )
+    p.add_argument("--webhook-configuration", default="pullmedic")
+    p.add_argument(
+        "--webhook-cert-validity",
+        type=float,
+        default=90 * 86400.0,
+        help="seconds a serving certificate is valid (--webhook-tls=self); renewed when a "
+        "third is left",
+    )
+    p.add_argument(
+        "--webhook-address",
+        action="append",
+        default=[],
+        help="an IP address the API server calls the webhook at (an IP SAN; repeatable)",
+    )
+    p.add_argument(
         "--webhook-budget",
         type=float,
         default=1.5,
@@ -274,6 +303,22 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def _webhook_tls(args: argparse.Namespace) -> TLSSettings | None:
+    if args.webhook_tls != "self":
+        return None
+    if not args.operator_namespace:
+        raise ValueError("--webhook-tls=self needs --operator-namespace (where its Secret is)")
+    return TLSSettings(
+        namespace=args.operator_namespace,
+        secret=args.webhook_tls_secret,
+        service=args.webhook_service,
+        configuration=args.webhook_configuration,
+        serving_validity=args.webhook_cert_validity,
+        addresses=tuple(args.webhook_address),
+        directory=os.path.dirname(args.webhook_cert),  # written here, read by the server
+    )
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     """Raises ValueError (a usage error) for values the operator cannot use."""
     _, problems = NodeRegistries.parse(args.node_credentials_for)
@@ -309,6 +354,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             budget=args.webhook_budget,
             default_platform=args.default_platform,
             operator_namespace=args.operator_namespace,
+            tls=_webhook_tls(args),
         ),
         kube=Timeouts(read=args.api_timeout, total=max(60.0, 3 * args.api_timeout)),
         watch=WatchTimeouts(

@@ -108,6 +108,13 @@ KINDS: Mapping[str, Kind] = {
         Kind("Event", "v1", "events"),
         Kind("Node", "v1", "nodes", namespaced=False, kubectl="node"),
         Kind("Lease", "coordination.k8s.io/v1", "leases"),
+        # The webhook's own configuration: its caBundle, with --webhook-tls=self.
+        Kind(
+            "MutatingWebhookConfiguration",
+            "admissionregistration.k8s.io/v1",
+            "mutatingwebhookconfigurations",
+            namespaced=False,
+        ),
         Kind("PullPolicy", "pullmedic.dev/v1alpha1", "pullpolicies", kubectl="pullpolicy"),
         Kind(
             "ClusterPullPolicy",

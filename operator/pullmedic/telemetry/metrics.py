@@ -81,6 +81,16 @@ ADMISSIONS = Counter(
     ["decision"],
     registry=REGISTRY,
 )
+WEBHOOK_CERT_RENEWALS = Counter(
+    "pullmedic_webhook_certificate_renewals_total",
+    "Webhook certificates the operator issued itself (--webhook-tls=self).",
+    registry=REGISTRY,
+)
+WEBHOOK_CERT_EXPIRY = Gauge(
+    "pullmedic_webhook_certificate_expiry_timestamp_seconds",
+    "When the webhook's serving certificate expires (Unix time; --webhook-tls=self).",
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "pullmedic_leader",
     "1 on the replica that holds the Lease and acts; 0 on standbys.",
