@@ -33,9 +33,9 @@ from bench.common import table  # noqa: E402
 from pullmedic.control.audit import Auditor, AuditSettings  # noqa: E402
 from pullmedic.kube.client import RestKube, Timeouts, configure  # noqa: E402
 from pullmedic.kube.lookups import Lookups  # noqa: E402
+from pullmedic.probe.config import ClientConfig  # noqa: E402
 from pullmedic.probe.netguard import AddressPolicy, guarded_transport  # noqa: E402
 from pullmedic.probe.prober import Prober  # noqa: E402
-from pullmedic.probe.registry import ClientConfig  # noqa: E402
 from sandbox.cluster import start_cluster, wait_ready  # noqa: E402
 from sandbox.images import delete_tag, push_image  # noqa: E402
 from sandbox.registries import start_registries  # noqa: E402

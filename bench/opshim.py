@@ -5,7 +5,7 @@ in what they do) and appends JSON lines to ``$BENCH_TRACE``:
 
 * ``api``: every Kubernetes API call the operator makes itself (method, path, status,
   duration, the failure group it was made for);
-* ``reg``: every registry request (kind as ``pullmedic.probe.registry.request_kind`` counts it,
+* ``reg``: every registry request (kind as ``bench.request_kinds.request_kind`` counts it,
   host, path, a salted hash of the Authorization header so credentials can be told apart
   without being recorded, status, duration);
 * ``seen``: a pod first entering the engine (the operator noticed its pull failure);
@@ -63,10 +63,12 @@ def _wall(mono: float) -> float:
 
 
 def install(trace: Trace) -> None:
+    from bench.request_kinds import request_kind
     from pullmedic.control import engine, remediation
     from pullmedic.kube import actuator
-    from pullmedic.kube.client import client as kube
-    from pullmedic.probe import netguard, prober, registry
+    from pullmedic.kube import client as kube
+    from pullmedic.probe import client, netguard, prober
+    from pullmedic.probe.config import ClientConfig
 
     salt = secrets.token_bytes(16)
 
@@ -111,7 +113,7 @@ def install(trace: Trace) -> None:
             finally:
                 trace.write(
                     k="reg",
-                    kind=registry.request_kind(request.method, request.url),
+                    kind=request_kind(request.method, request.url),
                     m=request.method,
                     host=request.url.netloc.decode(),
                     p=request.url.path,
@@ -123,7 +125,7 @@ def install(trace: Trace) -> None:
         async def aclose(self) -> None:
             await self.inner.aclose()
 
-    orig_rc_init = registry.RegistryClient.__init__
+    orig_rc_init = client.RegistryClient.__init__
 
     def _rc_init(
         self: Any,
@@ -132,12 +134,12 @@ def install(trace: Trace) -> None:
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        cfg = config or registry.ClientConfig()
+        cfg = config or ClientConfig()
         if transport is None:
             transport = netguard.guarded_transport(cfg.address_policy, verify=cfg.verify_tls)
         orig_rc_init(self, cfg, RecordingTransport(transport), *args, **kwargs)
 
-    registry.RegistryClient.__init__ = _rc_init  # type: ignore[method-assign]
+    client.RegistryClient.__init__ = _rc_init  # type: ignore[method-assign]
 
     # -- diagnoses -----------------------------------------------------------------------
     orig_diagnose = prober.Prober.diagnose

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.request_kinds import CountingTransport
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
+from pullmedic.probe.config import ClientConfig
+from pullmedic.probe.integrity import IntegrityKey
 from pullmedic.probe.netguard import AddressPolicy, guarded_transport
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import ClientConfig, CountingTransport
 from sandbox.damage import delete_blob, delete_manifest, manifest
 from sandbox.images import push_image
 from sandbox.registries import RegistrySet, start_registries
@@ -108,9 +110,8 @@ async def test_cached_verification_is_shared_by_diagnoses(regs: RegistrySet) -> 
     image = f"{regs.open.host}/shared/app:1.0"
     await p.diagnose(image, EMPTY, AMD64)
     before = counting.counts["blob"]
-    p._diag_cache.clear()  # a new diagnosis (other pod, other policy) of the same image
-    p._probe_cache.clear()
-    p._platform_cache.clear()
+    # A new diagnosis (other pod, other policy) of the same image: only the verdict stays.
+    p.cache.discard(lambda key, _value: not isinstance(key, IntegrityKey))
     await p.diagnose(image, EMPTY, AMD64)
     assert counting.counts["blob"] - before == 1  # the config read again; no blob HEADs
     await p.aclose()

@@ -15,19 +15,17 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from bench.request_kinds import CountingTransport
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.keyring import Keyring, PullSecret
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection, TagStrategy
+from pullmedic.probe.challenges import parse_challenges
+from pullmedic.probe.client import RegistryClient
+from pullmedic.probe.config import ClientConfig
+from pullmedic.probe.credentials import RegistryCredential
 from pullmedic.probe.netguard import AddressPolicy, guarded_transport
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import (
-    ClientConfig,
-    CountingTransport,
-    RegistryClient,
-    RegistryCredential,
-    parse_challenges,
-)
 from sandbox.damage import manifest
 from sandbox.faultproxy import FaultProxy
 from sandbox.images import push_image

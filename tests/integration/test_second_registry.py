@@ -20,9 +20,9 @@ import pytest
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.keyring import Keyring, PullSecret
 from pullmedic.core.platforms import Platform
+from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import ClientConfig
 from sandbox.images import delete_tag, push_image
 from sandbox.registries import BASIC_USERS, Registry, start_ggcr, start_registries
 

@@ -1,4 +1,7 @@
-"""WWW-Authenticate, Link, error-body and URL-redaction parsing (pure helpers of registry.py)."""
+"""WWW-Authenticate, Link, error-body, Retry-After, token-claim and URL-redaction parsing.
+
+The registry edge's pure helpers, each from the module that owns it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,12 @@ import json
 
 import pytest
 
-from pullmedic.probe.registry import (
-    Challenge,
-    parse_challenges,
-    parse_error_codes,
-    parse_link_next,
-    parse_retry_after,
-    redact_url,
-    token_grants,
-)
+from pullmedic.probe.challenges import Challenge, parse_challenges
+from pullmedic.probe.errors import parse_error_codes
+from pullmedic.probe.hostgate import parse_retry_after
+from pullmedic.probe.taglist import parse_link_next
+from pullmedic.probe.tokens import token_grants
+from pullmedic.probe.urls import redact_url
 
 
 def _c(scheme: str, **params: str) -> Challenge:

@@ -27,9 +27,9 @@ from pullmedic.core.keyring import (
     SecretProblem,
 )
 from pullmedic.core.platforms import Platform
+from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import ClientConfig
 
 EXIT_OK = 0
 EXIT_DIAGNOSED = 1

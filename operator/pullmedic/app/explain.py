@@ -29,9 +29,9 @@ from pullmedic.core import kinds
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.records import CIRCUIT_ANNOTATION
 from pullmedic.kube.client import KubeError, RestKube
+from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import ClientConfig
 
 __all__ = ["ExplainError", "Report", "add_parser", "explain", "parse_target", "render"]
 

@@ -23,9 +23,9 @@ from pullmedic.core.sharding import Shard
 from pullmedic.kube.client import RestKube, Timeouts, configure
 from pullmedic.kube.leadership import LeaseSettings
 from pullmedic.kube.podwatch import ApiSource, PodWatchSettings
+from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
-from pullmedic.probe.registry import ClientConfig
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")

@@ -1,0 +1,150 @@
+"""One probe of one image reference with one credential: the steps, in the kubelet's order.
+
+Ping and authenticate, HEAD the manifest (free: it answers whether the reference exists
+and its digest), then only what the answer calls for: the error body of a 403, the tag
+list after a 404, the platforms and the image's pieces after a 200.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pullmedic.core.diagnosis import Evidence, Observation
+from pullmedic.core.keyring import Credential
+from pullmedic.core.platforms import Platform
+from pullmedic.core.reference import ImageReference
+from pullmedic.probe.client import RegistryClient
+from pullmedic.probe.credential_order import registry_credential
+from pullmedic.probe.errors import HostBackingOff, ProbeError
+from pullmedic.probe.integrity import IntegrityCheck
+from pullmedic.probe.platform_check import Found, PlatformCheck
+from pullmedic.probe.session import RepositorySession
+from pullmedic.probe.taglist import list_tags
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe with one credential: the observation plus the tag list if it was read."""
+
+    observation: Observation
+    tags: tuple[str, ...] = ()
+    tags_complete: bool = False
+
+
+class ImageProbe:
+    """Runs the steps of one probe; each answer is written into the observation's fields."""
+
+    def __init__(
+        self, client: RegistryClient, platforms: PlatformCheck, integrity: IntegrityCheck
+    ) -> None:
+        self.client = client
+        self.platforms = platforms
+        self.integrity = integrity
+        self.probes = 0
+
+    async def __call__(
+        self, ref: ImageReference, cred: Credential | None, platform: Platform
+    ) -> ProbeResult:
+        self.probes += 1
+        rec: list[Evidence] = []
+        rcred = registry_credential(cred)
+        sess = self.client.session(ref.registry_host, ref.path, rcred, rec)
+        f: dict[str, object] = {
+            "image": str(ref),
+            "registry_host": ref.registry_host,
+            "repository": ref.path,
+            "manifest_ref": ref.manifest_ref,
+            "is_digest": ref.digest is not None,
+            "credential": rcred.label if rcred else None,
+            "wanted_platform": str(platform),
+            "observed_at": time.time(),
+        }
+        tags: tuple[str, ...] = ()
+        complete = False
+        try:
+            tags, complete = await self._steps(ref, sess, platform, f)
+        except ProbeError as exc:
+            f.update(failure=exc.kind, failure_step=exc.step, failure_detail=exc.detail)
+        except HostBackingOff as exc:
+            f.update(rate_limited=True, retry_after=round(exc.remaining, 1))
+        obs = Observation(evidence=tuple(rec), **f)  # type: ignore[arg-type]
+        return ProbeResult(obs, tags, complete)
+
+    async def _steps(
+        self,
+        ref: ImageReference,
+        sess: RepositorySession,
+        platform: Platform,
+        f: dict[str, object],
+    ) -> tuple[tuple[str, ...], bool]:
+        if not await self._authenticate(sess, f):
+            return (), False
+        head = await sess.head_manifest(ref.manifest_ref)
+        f["manifest_status"] = head.status
+        if head.status == 429:
+            _rate_limited(f, head.retry_after, head.headers, "manifest")
+            return (), False
+        if head.status == 403:
+            # HEAD has no body; the error code (DENIED...) needs a GET.
+            got = await sess.get_manifest(ref.manifest_ref)
+            f["manifest_codes"] = got.error_codes
+            return (), False
+        if head.status == 404:
+            listing = await list_tags(sess)
+            f["tags_status"] = listing.status
+            f["tags_codes"] = listing.error_codes
+            if listing.status == 429:
+                _rate_limited(f, listing.retry_after, {}, "tags")
+            return listing.tags, listing.complete
+        if head.status != 200:
+            return (), False
+        f["digest"] = head.digest
+        f["media_type"] = head.media_type
+        image = Found(ref, sess, head.digest, head.media_type, platform)
+        plats, matched = await self.platforms(image)
+        f["available_platforms"] = plats
+        f["platform_matched"] = matched
+        if matched is not False:  # unknown too: a config that cannot be read may be gone
+            problem, checked = await self.integrity(image)
+            f["integrity_problem"] = problem
+            f["integrity_checked"] = checked
+        return (), False
+
+    @staticmethod
+    async def _authenticate(sess: RepositorySession, f: dict[str, object]) -> bool:
+        """Ping and token; whether the probe can go on to the manifest."""
+        auth = await sess.prepare()
+        f["auth_scheme"] = auth.scheme
+        f["ping_status"] = auth.ping.status
+        if auth.ping.status == 429:
+            _rate_limited(f, auth.ping.retry_after, auth.ping.headers, "ping")
+            return False
+        if auth.ping.status >= 500:
+            f.update(
+                failure="5xx",
+                failure_step="ping",
+                failure_detail=f"/v2/ answered {auth.ping.status}",
+            )
+            return False
+        if auth.token is not None:
+            f["token_status"] = auth.token.status
+            f["token_realm"] = auth.token.realm
+            f["token_grants_pull"] = auth.token.grants_pull
+            if auth.token.status == 429:
+                _rate_limited(f, auth.token.retry_after, {}, "token")
+                return False
+            if auth.token.status != 200:
+                return False
+        return auth.ping.status in (200, 401)
+
+
+def _rate_limited(
+    f: dict[str, object], retry_after: float | None, headers: Mapping[str, str], step: str
+) -> None:
+    f.update(rate_limited=True, retry_after=retry_after, failure_step=step)
+    if headers.get("ratelimit-limit"):
+        f["ratelimit_limit"] = headers["ratelimit-limit"]
+    if headers.get("ratelimit-remaining"):
+        f["ratelimit_remaining"] = headers["ratelimit-remaining"]
