@@ -8,15 +8,9 @@ from typing import Any
 
 import pytest
 
-from pullmedic.core.diagnosis import (
-    Cause,
-    Diagnosis,
-    Evidence,
-    Fix,
-    Observation,
-    conclude,
-    node_view,
-)
+from pullmedic.core.conclusion import conclude, node_view
+from pullmedic.core.diagnosis import Cause, Diagnosis, Evidence, Fix
+from pullmedic.core.observation import Observation
 
 BASE: dict[str, Any] = {
     "image": "reg.example/team/app:1.2.3",

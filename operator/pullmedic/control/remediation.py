@@ -23,6 +23,7 @@ from pullmedic.core import backoff, reference
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, outcome, summary
 from pullmedic.core.circuit import CircuitBreaker
+from pullmedic.core.conclusion import held_by_node, node_view
 from pullmedic.core.decision import (
     alternative_candidate,
     failure_of,
@@ -34,7 +35,7 @@ from pullmedic.core.decision import (
     mirror_candidate,
 )
 from pullmedic.core.detection import parse_time
-from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
+from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
 from pullmedic.core.grouping import Group, Groups, PodState
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem

@@ -22,18 +22,18 @@ from typing import Generic, TypeVar
 
 import httpx
 
+from pullmedic.core.conclusion import conclude
 from pullmedic.core.diagnosis import (
     CREDENTIAL_CAUSES,
     Cause,
     Diagnosis,
     Evidence,
     Fix,
-    Observation,
-    conclude,
     merge_evidence,
     secret_evidence,
 )
 from pullmedic.core.keyring import Credential, Keyring, SecretProblem
+from pullmedic.core.observation import Observation
 from pullmedic.core.platforms import Platform, best_match
 from pullmedic.core.policy import TagCorrection, TagStrategy
 from pullmedic.core.reference import ImageReference, InvalidReference, parse

@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from pullmedic.core.diagnosis import Evidence, FailureKind
+from pullmedic.core.diagnosis import Evidence
+from pullmedic.core.observation import FailureKind
 from pullmedic.core.platforms import is_attestation
 from pullmedic.probe.netguard import (
     AddressPolicy,
