@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
 from pullmedic.core.grouping import PodState, trim
 from pullmedic.core.keyring import Keyring, PullSecret, SecretProblem
 from pullmedic.core.kinds import kubectl_name
-from pullmedic.core.planning import ObjectRef, plan
+from pullmedic.core.planning import plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import CLUSTER_KIND, Mode, Policy
 from pullmedic.core.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, RemediationRecord

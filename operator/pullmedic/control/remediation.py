@@ -22,6 +22,7 @@ from pullmedic.control.scheduler import Postpone
 from pullmedic.core import backoff, reference
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, outcome, summary
+from pullmedic.core.actions import ActionType, Failure, ObjectRef, Plan, Result
 from pullmedic.core.circuit import CircuitBreaker
 from pullmedic.core.decision import (
     alternative_candidate,
@@ -40,7 +41,7 @@ from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
 from pullmedic.core.kinds import ANNOTATABLE
 from pullmedic.core.nodeview import held_by_node, node_view
-from pullmedic.core.planning import MOVE_CAUSES, ActionType, Failure, ObjectRef, Plan, Result, plan
+from pullmedic.core.planning import MOVE_CAUSES, plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.records import (
     CIRCUIT_ANNOTATION,

@@ -12,15 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from pullmedic.core import records
-from pullmedic.core.planning import (
-    MANAGED_SECRET_LABEL,
-    SOURCE_ANNOTATION,
-    Action,
-    ActionType,
-    ObjectRef,
-    Plan,
-    Result,
-)
+from pullmedic.core.actions import Action, ActionType, ObjectRef, Plan, Result
+from pullmedic.core.planning import MANAGED_SECRET_LABEL, SOURCE_ANNOTATION
 from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
