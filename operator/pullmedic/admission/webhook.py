@@ -23,7 +23,6 @@ from aiohttp import web
 
 from pullmedic.control.remediation import Diagnoser
 from pullmedic.core import policy as pol
-from pullmedic.core import reference
 from pullmedic.core.admission import (
     MIRROR_FIXES,
     Answer,
@@ -39,6 +38,7 @@ from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
+from pullmedic.core.selection import choose
 from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 
@@ -131,18 +131,11 @@ class AdmissionWebhook:
         return decide(view, checked)
 
     def _policy(self, ns: str, view: PodSpecView, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
+        return choose(
+            self.inv,
             namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
             pod_labels=view.labels,
-            image=canonical,
-            familiar_image=familiar,
+            image=image,
             operator_namespace=self.s.operator_namespace,
         )
 

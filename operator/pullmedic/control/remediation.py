@@ -51,6 +51,7 @@ from pullmedic.core.records import (
     same_time,
     stamp,
 )
+from pullmedic.core.selection import choose
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.kube.events import Outbox
@@ -203,18 +204,11 @@ class Remediator:
         return node_view(d, kubelet_message, ref.registry_host) if nodes.provide(ref) else d
 
     def _choose(self, pod: Mapping[str, Any], ns: str, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
+        return choose(
+            self.inv,
             namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
             pod_labels=(pod["metadata"].get("labels") or {}),
-            image=canonical,
-            familiar_image=familiar,
+            image=image,
             operator_namespace=self.operator_namespace,
         )
 
