@@ -24,7 +24,6 @@ from aiohttp import web
 from pullmedic.control.remediation import Diagnoser
 from pullmedic.core import policy as pol
 from pullmedic.core.admission import (
-    MIRROR_FIXES,
     Answer,
     Checked,
     ContainerImage,
@@ -34,7 +33,7 @@ from pullmedic.core.admission import (
     to_check,
 )
 from pullmedic.core.decision import mirror_candidate
-from pullmedic.core.diagnosis import Cause, Diagnosis
+from pullmedic.core.diagnosis import MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
@@ -147,7 +146,7 @@ class AdmissionWebhook:
     ) -> Checked:
         d = await self._within(c.image, keyring, p, deadline)
         mirror = None
-        if d is not None and p.admission is pol.AdmissionMode.MUTATE and d.cause in MIRROR_FIXES:
+        if d is not None and p.admission is pol.AdmissionMode.MUTATE and d.cause in MIRROR_CAUSES:
             mirror = await self._mirror(c.image, p, keyring, deadline)
         return Checked(c, d, p.admission, mirror)
 

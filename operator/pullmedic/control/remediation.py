@@ -35,7 +35,7 @@ from pullmedic.core.decision import (
     mirror_candidate,
 )
 from pullmedic.core.detection import parse_time
-from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
+from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.grouping import Group, Groups, PodState
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
@@ -59,9 +59,6 @@ from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")
-
-# Causes a copy of the same image elsewhere fixes (verified whole there first).
-MIRROR_CAUSES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
 
 
 class Diagnoser(Protocol):

@@ -42,6 +42,9 @@ class Cause(StrEnum):
 CREDENTIAL_CAUSES = frozenset(
     {Cause.AuthenticationRequired, Cause.CredentialsRejected, Cause.NotFoundOrPrivate}
 )
+# Causes a copy of the same image elsewhere fixes (verified whole there first): remediation
+# switches to a mirror for them, admission's Mutate mode rewrites to one.
+MIRROR_CAUSES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
 
 
 @dataclass(frozen=True)
