@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from pullmedic.app.inspection import ExplainError, Report, RestLists, gather
+from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core import kinds
 from pullmedic.core.actions import Action, ActionType, ObjectRef
 from pullmedic.core.diagnosis import Cause, Fix
@@ -78,24 +79,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         api = kconfig.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=args.kubeconfig, context=args.context
         )
-        namespace = args.namespace
-        if not namespace:
-            contexts, ctx = kconfig.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-            if args.context:
-                ctx = next((c for c in contexts if c["name"] == args.context), ctx)
-            namespace = (ctx.get("context") or {}).get("namespace") or "default"
+        namespace = args.namespace or context_namespace(args.kubeconfig, args.context)
     except (kconfig.ConfigException, OSError) as exc:
         print(f"pullmedic: error: kubeconfig: {exc}", file=sys.stderr)
         return 2
     probe = None
     if not args.no_probe:
-        probe = ClientConfig(
-            connect_timeout=min(args.timeout, 5.0),
-            read_timeout=args.timeout,
-            operation_timeout=args.timeout * 3,
-            insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-            address_policy=addresses,
-        )
+        probe = probe_config(args, addresses)
     try:
         report = explain(api, namespace, kind, name, probe)
     except (ExplainError, KubeError) as exc:
