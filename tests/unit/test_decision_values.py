@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from pullmedic.core.actions import Failure, ObjectRef
 from pullmedic.core.decision import fingerprint as _fingerprint
 from pullmedic.core.decision import template_pull_secrets as _template_pull_secrets
 from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
 from pullmedic.core.kinds import pod_spec_of as _template_spec
-from pullmedic.core.planning import Failure, ObjectRef, plan
+from pullmedic.core.planning import plan
 from pullmedic.core.policy import parse
 from pullmedic.core.records import RemediationRecord
 

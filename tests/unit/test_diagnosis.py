@@ -8,15 +8,10 @@ from typing import Any
 
 import pytest
 
-from pullmedic.core.diagnosis import (
-    Cause,
-    Diagnosis,
-    Evidence,
-    Fix,
-    Observation,
-    conclude,
-    node_view,
-)
+from pullmedic.core.conclusion import conclude
+from pullmedic.core.diagnosis import Cause, Diagnosis, Evidence, Fix
+from pullmedic.core.nodeview import node_view
+from pullmedic.core.observation import Observation
 
 BASE: dict[str, Any] = {
     "image": "reg.example/team/app:1.2.3",
@@ -293,6 +288,41 @@ def test_rules(name: str, observation: Observation, cause: Cause, confidence: st
     assert (d.cause, d.confidence) == (cause, confidence), d.summary
     assert d.summary and d.summary.endswith(".")
     assert "\n" not in d.summary
+
+
+# Observations that two phases would answer: the more certain phase must win.
+PHASE_ORDER: list[tuple[str, Observation, Cause]] = [
+    (
+        "reference before reachability",
+        obs(invalid_reason="bad", failure="dns"),
+        Cause.InvalidReference,
+    ),
+    ("blocked before rate limit", obs(failure="blocked", rate_limited=True), Cause.BlockedAddress),
+    ("rate limit before failure", obs(rate_limited=True, failure="reset"), Cause.RateLimited),
+    ("failure before token", obs(failure="dns", token_status=401), Cause.RegistryUnreachable),
+    (
+        "token before manifest",
+        obs(token_status=401, credential=CRED, manifest_status=503),
+        Cause.CredentialsRejected,
+    ),
+    (
+        "failing manifest before anything it says",
+        obs(auth_scheme="basic", credential=CRED, manifest_status=500, platform_matched=False),
+        Cause.RegistryUnreachable,
+    ),
+    (
+        "platform before integrity",
+        obs(manifest_status=200, platform_matched=False, integrity_problem="layer 1 missing"),
+        Cause.PlatformMismatch,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "observation", "cause"), PHASE_ORDER, ids=[c[0] for c in PHASE_ORDER]
+)
+def test_phase_order(name: str, observation: Observation, cause: Cause) -> None:
+    assert conclude(observation).cause is cause
 
 
 def test_not_found_wording_is_honest_without_grant() -> None:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from pullmedic.app.cli import build_parser
-from pullmedic.app.explain import ExplainError, Report, parse_target, render
-from pullmedic.app.explaining import RestLists, last_remediation
+from pullmedic.app.explain import parse_target, render
+from pullmedic.app.inspection import ExplainError, Report, RestLists, last_remediation
+from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.records import REMEDIATION_ANNOTATION
 
 
@@ -158,3 +159,26 @@ async def test_list_reads_use_selectors() -> None:
             [("fieldSelector", "involvedObject.kind=Deployment,involvedObject.name=web")],
         ),
     ]
+
+
+def available(image: str) -> Diagnosis:
+    return Diagnosis(image, Cause.ImageAvailable, "high", "It pulls.")
+
+
+@pytest.mark.parametrize(
+    ("diagnoses", "commands", "to_fix"),
+    [
+        # Nothing planned and every image pulls now: recreate the pod, as planning says it.
+        ([available("r/x:1")], [], "To fix: the image pulls now; kubectl -n shop delete pod web-1"),
+        ([available("r/x:1")], ["kubectl -n shop delete pod web-1 web-2"], "To fix:\n  kubectl"),
+        ([Diagnosis("r/x:1", Cause.TagNotFound, "high", "Gone.")], [], None),
+        ([], [], None),
+    ],
+)
+def test_to_fix(diagnoses: list[Diagnosis], commands: list[str], to_fix: str | None) -> None:
+    r = Report("shop", "web-1", "Pending", "n1", None, diagnoses=diagnoses, commands=commands)
+    text = render(r)
+    if to_fix is None:
+        assert "To fix" not in text
+    else:
+        assert to_fix in text

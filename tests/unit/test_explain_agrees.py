@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from pullmedic.app.explain import render
-from pullmedic.app.explaining import ExplainError, Report, gather
+from pullmedic.app.inspection import ExplainError, Report, gather
 from pullmedic.core.detection import PULL_REASONS, stuck_containers
 from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
 from pullmedic.kube.client import KubeError
@@ -201,7 +201,7 @@ async def test_every_reason_the_operator_detects_is_stuck_for_explain(
     operator = [(s.kind, s.name, s.image, s.reason) for s in stuck_containers(pod)]
     assert operator == [(field, "app", IMAGE, reason)]
     assert [(s["kind"], s["container"], s["image"], s["reason"]) for s in report.stuck] == operator
-    assert [d["cause"] for d in report.diagnoses] == [operator_cause(world)]
+    assert [str(d.cause) for d in report.diagnoses] == [operator_cause(world)]
     assert "PullDiagnosed" in {e["reason"] for e in report.operator_events}
     text = render(report)
     assert "No container is stuck" not in text
@@ -211,7 +211,7 @@ async def test_every_reason_the_operator_detects_is_stuck_for_explain(
 @pytest.mark.parametrize("cause", list(Cause), ids=str)
 async def test_every_cause_same_as_the_operator_and_the_same_command(cause: Cause) -> None:
     world, report = await both("containers", "ImagePullBackOff", sample(cause))
-    assert [d["cause"] for d in report.diagnoses] == [operator_cause(world)] == [str(cause)]
+    assert [str(d.cause) for d in report.diagnoses] == [operator_cause(world)] == [str(cause)]
     suggested = operator_commands(world)
     if report.commands:
         assert suggested is not None and suggested.startswith(" && ".join(report.commands))
@@ -277,8 +277,8 @@ async def test_an_undecodable_pull_secret_is_named_by_both(
     async with Prober(transport=httpx.MockTransport(no_network)) as prober:
         report = await gather(world.kube, FakeLists(world.kube), NS, "Pod", "web-1", prober)
     (diag,) = report.diagnoses
-    assert diag["cause"] == "MalformedSecret"
-    notes = [e.get("note", "") for e in diag["evidence"]]
+    assert diag.cause is Cause.MalformedSecret
+    notes = [e.note for e in diag.evidence]
     assert any(f"{NS}/regcred" in n and wrong in n for n in notes), notes
     assert report.credentials["read"] == ["regcred"]
     assert report.commands == []  # a broken secret is fixed by its owner, never by a copy

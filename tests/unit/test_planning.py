@@ -10,9 +10,10 @@ import pytest
 
 from pullmedic.core import planning
 from pullmedic.core import policy as pol
+from pullmedic.core.actions import ActionType as A
+from pullmedic.core.actions import Failure, ObjectRef
 from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.core.planning import ActionType as A
-from pullmedic.core.planning import Failure, ObjectRef
+from pullmedic.core.kubectl import command
 
 NS = "team-a"
 POD = ObjectRef("Pod", NS, "web-7d9c-abcde", "uid-1")
@@ -325,8 +326,8 @@ def test_patch_paths_and_kubectl() -> None:
     )
     (act,) = plan.actions
     assert act.container_path == "/spec/template/spec/initContainers/1/image"
-    assert act.kubectl().startswith("kubectl -n team-a patch deployment web --type=json")
-    assert "nginx:1.27.3" in act.kubectl()
+    assert command(act).startswith("kubectl -n team-a patch deployment web --type=json")
+    assert "nginx:1.27.3" in command(act)
     cron = planning.plan(
         failure(workload=ObjectRef("CronJob", NS, "n"), stuck_pods=(POD,)),
         diag(Cause.TagNotFound, TAG_FIX),
@@ -346,7 +347,7 @@ def test_template_secret_path_and_kubectl() -> None:
     )
     (act,) = plan.actions
     assert act.container_path == "/spec/template/spec/imagePullSecrets/-"
-    assert '"name": "regcred"' in act.kubectl()
+    assert '"name": "regcred"' in command(act)
 
 
 def test_pin_digest() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from pullmedic.core import policy as pol
+from pullmedic.core import selection
+from pullmedic.core.inventory import Inventory
 
 
 def body(kind: str = "PullPolicy", ns: str | None = "team-a", **spec: Any) -> dict[str, Any]:
@@ -72,7 +74,8 @@ def match(
     image: str = "docker.io/library/nginx:1.27",
     operator_ns: str | None = "pullmedic",
 ) -> bool:
-    return p.applies(
+    return selection.applies(
+        p,
         namespace=ns,
         namespace_labels=ns_labels,
         pod_labels=pod_labels,
@@ -143,17 +146,75 @@ def test_precedence_namespaced_first_then_priority() -> None:
     cluster_hi, _ = pol.parse(body("ClusterPullPolicy", None, priority=999))
     ns_lo, _ = pol.parse(body(priority=-5))
     ns_hi, _ = pol.parse({**body(priority=10), "metadata": {"name": "q", "namespace": "team-a"}})
-    kw = dict(
-        namespace="team-a",
-        namespace_labels={},
-        pod_labels={},
-        image="docker.io/library/nginx:1",
-        familiar_image="nginx:1",
-        operator_namespace=None,
+
+    def choose(*policies: pol.Policy) -> pol.Policy | None:
+        inv = Inventory(policies={p.key: p for p in policies})
+        return selection.choose(
+            inv, namespace="team-a", pod_labels={}, image="nginx:1", operator_namespace=None
+        )
+
+    assert choose(cluster_hi, ns_lo, ns_hi) is ns_hi
+    assert choose(ns_hi, ns_lo, cluster_hi) is ns_hi
+    assert choose(cluster_hi) is cluster_hi
+    assert choose() is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "image", "namespaces", "chosen"),
+    [
+        ("PullPolicy", {"selector": {"images": {"include": ["nginx:*"]}}}, "nginx:1", {}, True),
+        (
+            "PullPolicy",
+            {"selector": {"images": {"include": ["nginx:*"]}}},
+            "docker.io/library/nginx:1",  # the familiar spelling matches
+            {},
+            True,
+        ),
+        (
+            "PullPolicy",
+            {"selector": {"images": {"include": ["docker.io/library/*"]}}},
+            "nginx:1",  # the canonical spelling matches
+            {},
+            True,
+        ),
+        (
+            "PullPolicy",
+            {"selector": {"images": {"include": ["Bad/*"]}}},
+            "Bad/Name:1",  # does not parse: matched as written
+            {},
+            True,
+        ),
+        ("PullPolicy", {"selector": {"images": {"exclude": ["nginx*"]}}}, "nginx:1", {}, False),
+        (
+            "ClusterPullPolicy",
+            {"selector": {"namespaceSelector": {"matchLabels": {"env": "dev"}}}},
+            "nginx:1",
+            {"team-a": {"env": "dev"}},  # the namespace's labels come from the inventory
+            True,
+        ),
+        (
+            "ClusterPullPolicy",
+            {"selector": {"namespaceSelector": {"matchLabels": {"env": "dev"}}}},
+            "nginx:1",
+            {},
+            False,
+        ),
+    ],
+)
+def test_choose_for_an_image(
+    kind: str,
+    spec: dict[str, Any],
+    image: str,
+    namespaces: dict[str, dict[str, str]],
+    chosen: bool,
+) -> None:
+    p, problems = pol.parse(body(kind, "team-a", **spec))
+    assert problems == []
+    inv = Inventory(policies={p.key: p}, namespaces=namespaces)
+    got = selection.choose(
+        inv, namespace="team-a", pod_labels={}, image=image, operator_namespace="pullmedic"
     )
-    assert pol.choose([cluster_hi, ns_lo, ns_hi], **kw) is ns_hi
-    assert pol.choose([cluster_hi], **kw) is cluster_hi
-    assert pol.choose([], **kw) is None
+    assert (got is p) is chosen
 
 
 def test_node_registries_match_like_the_kubelets_match_images() -> None:

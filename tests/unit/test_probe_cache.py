@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pullmedic.core.diagnosis import Observation
+from pullmedic.core.observation import Observation
 from pullmedic.probe import cache as cache_module
 from pullmedic.probe.cache import Cache, CacheKey
 from pullmedic.probe.credential_order import choose

@@ -24,9 +24,7 @@ from aiohttp import web
 from pullmedic.admission.tls import TLSSettings
 from pullmedic.control.remediation import Diagnoser
 from pullmedic.core import policy as pol
-from pullmedic.core import reference
 from pullmedic.core.admission import (
-    MIRROR_FIXES,
     Answer,
     Checked,
     ContainerImage,
@@ -36,10 +34,11 @@ from pullmedic.core.admission import (
     to_check,
 )
 from pullmedic.core.decision import mirror_candidate
-from pullmedic.core.diagnosis import Cause, Diagnosis
+from pullmedic.core.diagnosis import MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
+from pullmedic.core.selection import choose
 from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 
@@ -133,18 +132,11 @@ class AdmissionWebhook:
         return decide(view, checked)
 
     def _policy(self, ns: str, view: PodSpecView, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
+        return choose(
+            self.inv,
             namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
             pod_labels=view.labels,
-            image=canonical,
-            familiar_image=familiar,
+            image=image,
             operator_namespace=self.s.operator_namespace,
         )
 
@@ -156,7 +148,7 @@ class AdmissionWebhook:
     ) -> Checked:
         d = await self._within(c.image, keyring, p, deadline)
         mirror = None
-        if d is not None and p.admission is pol.AdmissionMode.MUTATE and d.cause in MIRROR_FIXES:
+        if d is not None and p.admission is pol.AdmissionMode.MUTATE and d.cause in MIRROR_CAUSES:
             mirror = await self._mirror(c.image, p, keyring, deadline)
         return Checked(c, d, p.admission, mirror)
 

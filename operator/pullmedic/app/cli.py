@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pullmedic.app import explain, runner
+from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.keyring import (
     DOCKERCFG_KEY,
@@ -27,7 +28,6 @@ from pullmedic.core.keyring import (
     SecretProblem,
 )
 from pullmedic.core.platforms import Platform
-from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
 
@@ -170,16 +170,6 @@ def _keyring(files: Sequence[str]) -> tuple[Keyring, list[SecretProblem]]:
     return Keyring.from_secrets([_pull_secret_from_file(f) for f in files])
 
 
-def _probe_config(args: argparse.Namespace, addresses: AddressPolicy) -> ClientConfig:
-    return ClientConfig(
-        connect_timeout=min(args.timeout, 5.0),
-        read_timeout=args.timeout,
-        operation_timeout=args.timeout * 3,
-        insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-        address_policy=addresses,
-    )
-
-
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run one diagnosis and print it; the exit code says pullable (0) or not (1)."""
     try:
@@ -198,7 +188,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         secret = _pull_secret_from_file(path)
         kr, _ = Keyring.from_secrets([secret])
         candidates[secret.ref] = kr
-    config = _probe_config(args, policy)
+    config = probe_config(args, policy)
 
     async def run() -> Diagnosis:
         async with Prober(config) as prober:
@@ -238,11 +228,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else args.namespace
     if namespace is None and not args.all_namespaces:
         try:
-            _, ctx = kconfig.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-            namespace = (ctx.get("context") or {}).get("namespace") or "default"
+            namespace = context_namespace(args.kubeconfig)
         except (kconfig.ConfigException, OSError) as exc:
             raise UsageError(f"kubeconfig: {exc}") from None
-    probe = _probe_config(args, addresses)
+    probe = probe_config(args, addresses)
 
     async def run() -> list[dict[str, str]]:
         kube = RestKube(runner.api_client(args.kubeconfig, Timeouts(), 4), workers=4)

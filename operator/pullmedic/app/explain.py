@@ -6,7 +6,7 @@ Events), what the operator did or suggested (its Events, the workload's
 ``pullmedic.dev/last-remediation`` and ``pullmedic.dev/circuit`` annotations) and,
 unless ``--no-probe``, a diagnosis made here with the same prober the operator uses.
 When RBAC forbids reading the pod's pull secrets the probe is anonymous, and says so.
-What it reads and concludes is the operator's own code (:mod:`pullmedic.app.explaining`);
+What it reads and concludes is the operator's own code (:mod:`pullmedic.app.inspection`);
 this module is the command line and the text.
 """
 
@@ -18,22 +18,23 @@ import json
 import sys
 from typing import Any
 
-from pullmedic.app.explaining import (
-    CONTAINER_LABELS,
-    ExplainError,
-    Report,
-    RestLists,
-    gather,
-)
+from pullmedic.app.inspection import ExplainError, Report, RestLists, gather
+from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core import kinds
-from pullmedic.core.diagnosis import Cause
+from pullmedic.core.actions import Action, ActionType, ObjectRef
+from pullmedic.core.diagnosis import Cause, Fix
+from pullmedic.core.kubectl import command
 from pullmedic.core.records import CIRCUIT_ANNOTATION
 from pullmedic.kube.client import KubeError, RestKube
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober
 
-__all__ = ["ExplainError", "Report", "add_parser", "explain", "parse_target", "render"]
+CONTAINER_LABELS = {
+    "containers": "Container",
+    "initContainers": "Init container",
+    "ephemeralContainers": "Ephemeral container",
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -78,24 +79,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         api = kconfig.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=args.kubeconfig, context=args.context
         )
-        namespace = args.namespace
-        if not namespace:
-            contexts, ctx = kconfig.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-            if args.context:
-                ctx = next((c for c in contexts if c["name"] == args.context), ctx)
-            namespace = (ctx.get("context") or {}).get("namespace") or "default"
+        namespace = args.namespace or context_namespace(args.kubeconfig, args.context)
     except (kconfig.ConfigException, OSError) as exc:
         print(f"pullmedic: error: kubeconfig: {exc}", file=sys.stderr)
         return 2
     probe = None
     if not args.no_probe:
-        probe = ClientConfig(
-            connect_timeout=min(args.timeout, 5.0),
-            read_timeout=args.timeout,
-            operation_timeout=args.timeout * 3,
-            insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
-            address_policy=addresses,
-        )
+        probe = probe_config(args, addresses)
     try:
         report = explain(api, namespace, kind, name, probe)
     except (ExplainError, KubeError) as exc:
@@ -145,11 +135,10 @@ def render(r: Report) -> str:
         if s["message"]:
             lines.append(f"  kubelet: {s['message']}")
     for d in r.diagnoses:
-        lines.append(f"Cause: {d['cause']} ({d['confidence']} confidence): {d['summary']}")
-        for e in d["evidence"]:
-            lines.append(f"  evidence: {_evidence_line(e)}")
-        if d["fix"]:
-            lines.append(f"  verified fix: {_fix_line(d['fix'])}")
+        lines.append(f"Cause: {d.cause} ({d.confidence} confidence): {d.summary}")
+        lines.extend(f"  evidence: {e.line()}" for e in d.evidence)
+        if d.fix:
+            lines.append(f"  verified fix: {_fix_line(d.fix)}")
     if r.credentials:
         c = r.credentials
         if c["forbidden"]:
@@ -189,25 +178,15 @@ def render(r: Report) -> str:
     if r.commands:
         lines.append("To fix:")
         lines.extend(f"  {c}" for c in r.commands)
-    elif r.diagnoses and all(d["cause"] == str(Cause.ImageAvailable) for d in r.diagnoses):
-        lines.append(f"To fix: the image pulls now; kubectl -n {r.namespace} delete pod {r.pod}")
+    elif r.diagnoses and all(d.cause is Cause.ImageAvailable for d in r.diagnoses):
+        pod = ObjectRef("Pod", r.namespace, r.pod)
+        recreate = Action(ActionType.RECREATE_PODS, pod, "recreate the pod", pods=(pod,))
+        lines.append(f"To fix: the image pulls now; {command(recreate)}")
     return "\n".join(lines)
 
 
-def _evidence_line(e: dict[str, Any]) -> str:
-    """As Evidence.line, from its JSON form."""
-    parts = [str(e["kind"]), f"{e.get('method', '')} {e.get('url', '')}".strip()]
-    if e.get("status") is not None:
-        parts.append(f"-> {e['status']}")
-    parts.append(",".join(e.get("errorCodes") or ()))
-    if e.get("credential"):
-        parts.append(f"[as {e['credential']}]")
-    if e.get("note"):
-        parts.append(f"({e['note']})")
-    return " ".join(p for p in parts if p)
-
-
-def _fix_line(f: dict[str, Any]) -> str:
-    if f["kind"] == "secret":
-        return f"add pull secret {f.get('secret')}: {f['reason']}"
-    return f"use image {f.get('image')}: {f['reason']}"
+def _fix_line(f: Fix) -> str:
+    """The fix in explain's words (the operator's Events use :meth:`Fix.line`)."""
+    if f.kind == "secret":
+        return f"add pull secret {f.secret}: {f.reason}"
+    return f"use image {f.image}: {f.reason}"

@@ -23,10 +23,10 @@ from pullmedic.control.remediation import Diagnoser
 from pullmedic.control.reporting import Reporter
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.admission import pod_spec_of
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
-from pullmedic.core.planning import ObjectRef
 from pullmedic.core.platforms import Platform
 from pullmedic.kube.client import COLLECTIONS, KubeApi, KubeError
 from pullmedic.kube.lookups import Lookups

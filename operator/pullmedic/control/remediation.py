@@ -22,6 +22,7 @@ from pullmedic.control.scheduler import Postpone
 from pullmedic.core import backoff, reference
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, outcome, summary
+from pullmedic.core.actions import ActionType, Failure, ObjectRef, Plan, Result
 from pullmedic.core.circuit import CircuitBreaker
 from pullmedic.core.decision import (
     alternative_candidate,
@@ -34,12 +35,13 @@ from pullmedic.core.decision import (
     mirror_candidate,
 )
 from pullmedic.core.detection import parse_time
-from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, held_by_node, node_view
+from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.grouping import Group, Groups, PodState
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
 from pullmedic.core.kinds import ANNOTATABLE
-from pullmedic.core.planning import MOVE_CAUSES, ActionType, Failure, ObjectRef, Plan, Result, plan
+from pullmedic.core.nodeview import held_by_node, node_view
+from pullmedic.core.planning import MOVE_CAUSES, plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.records import (
     CIRCUIT_ANNOTATION,
@@ -49,6 +51,7 @@ from pullmedic.core.records import (
     same_time,
     stamp,
 )
+from pullmedic.core.selection import choose
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.kube.events import Outbox
@@ -56,9 +59,6 @@ from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")
-
-# Causes a copy of the same image elsewhere fixes (verified whole there first).
-MIRROR_CAUSES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
 
 
 class Diagnoser(Protocol):
@@ -201,18 +201,11 @@ class Remediator:
         return node_view(d, kubelet_message, ref.registry_host) if nodes.provide(ref) else d
 
     def _choose(self, pod: Mapping[str, Any], ns: str, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
+        return choose(
+            self.inv,
             namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
             pod_labels=(pod["metadata"].get("labels") or {}),
-            image=canonical,
-            familiar_image=familiar,
+            image=image,
             operator_namespace=self.operator_namespace,
         )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pullmedic.core import backoff
 from pullmedic.core import policy as pol
+from pullmedic.core.actions import Failure, ObjectRef, Plan
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.kinds import KINDS
-from pullmedic.core.planning import Failure, ObjectRef, Plan
 from pullmedic.kube import events
 from pullmedic.kube.client import KubeApi
 

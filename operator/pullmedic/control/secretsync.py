@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from pullmedic.control.reporting import Reporter
 from pullmedic.core import policy as pol
+from pullmedic.core.actions import Action, ActionType, ObjectRef
 from pullmedic.core.inventory import Inventory
-from pullmedic.core.planning import Action, ActionType, ObjectRef
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeError
 from pullmedic.telemetry import metrics

@@ -17,11 +17,11 @@ from pullmedic.control.reporting import Reporter
 from pullmedic.core import backoff
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, merge_parts, now_iso
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.detection import parse_time
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.grouping import Groups, PodState
 from pullmedic.core.inventory import Inventory
-from pullmedic.core.planning import ObjectRef
 from pullmedic.core.records import REMEDIATION_ANNOTATION, RemediationRecord, same_time, stamp
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.telemetry import metrics

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pullmedic.core import backoff
+from pullmedic.core.actions import ActionType, ObjectRef, Plan, Result
 from pullmedic.core.grouping import PodState
-from pullmedic.core.planning import ActionType, ObjectRef, Plan, Result
 
 APPLIED_OK = frozenset({"applied", "unchanged", "dry-run", "skipped"})
 RATE_WINDOW = 3600.0

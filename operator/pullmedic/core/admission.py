@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullmedic.core.diagnosis import Cause, Diagnosis
+from pullmedic.core import jsonpointer
+from pullmedic.core.diagnosis import MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.kinds import WITH_POD_SPEC
 from pullmedic.core.policy import AdmissionMode
 
@@ -25,8 +26,6 @@ CONTAINER_FIELDS = ("initContainers", "containers")
 NEVER_RECOVERS = frozenset(
     {Cause.InvalidReference, Cause.TagNotFound, Cause.DigestNotFound, Cause.RepositoryNotFound}
 )
-# A copy elsewhere fixes these (Mutate mode rewrites to a verified mirror).
-MIRROR_FIXES = frozenset({Cause.RegistryUnreachable, Cause.RateLimited, Cause.ImageIncomplete})
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ def decide(view: PodSpecView, checked: Sequence[Checked]) -> Answer:
     originals: dict[str, str] = {}
     for c in checked:
         d = c.diagnosis
-        if c.mode is not AdmissionMode.MUTATE or d is None or d.cause not in MIRROR_FIXES:
+        if c.mode is not AdmissionMode.MUTATE or d is None or d.cause not in MIRROR_CAUSES:
             continue
         if not c.mirror:
             continue
@@ -203,7 +202,7 @@ def decide(view: PodSpecView, checked: Sequence[Checked]) -> Answer:
         merged = {**_originals(view.annotations), **originals}
         value = json.dumps(merged, sort_keys=True)
         if view.annotations:
-            key = ORIGINAL_IMAGES.replace("~", "~0").replace("/", "~1")
+            key = jsonpointer.escape(ORIGINAL_IMAGES)
             patch.append({"op": "add", "path": f"/metadata/annotations/{key}", "value": value})
         else:
             patch.append(

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pullmedic.core.actions import ActionType, Failure, ObjectRef
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause
 from pullmedic.core.grouping import PodState
 from pullmedic.core.kinds import ANNOTATABLE
-from pullmedic.core.planning import ActionType, Failure, ObjectRef
 from pullmedic.core.records import (
     CIRCUIT_ANNOTATION,
     CIRCUIT_OPEN,

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pullmedic.core import reference
+from pullmedic.core.actions import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.core.detection import StuckContainer
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.grouping import PodState
 from pullmedic.core.kinds import pod_spec_of
-from pullmedic.core.planning import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.core.policy import Policy
 from pullmedic.core.records import RemediationRecord
 

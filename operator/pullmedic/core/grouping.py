@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.detection import (
     StuckContainer,
     controller_of,
@@ -20,7 +21,6 @@ from pullmedic.core.detection import (
     stuck_containers,
 )
 from pullmedic.core.diagnosis import Diagnosis
-from pullmedic.core.planning import ObjectRef
 
 GroupKey = tuple[str, str, str]  # (owner "Kind/ns/name", container, image)
 

@@ -7,23 +7,15 @@ actuator. Every branch here is a policy decision a platform engineer can read.
 from __future__ import annotations
 
 import hashlib
-import json
-import shlex
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from pullmedic.core.actions import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.core.detection import PULL_REASONS
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
-from pullmedic.core.kinds import KINDS, RECREATING, TEMPLATE_FIX, kubectl_name
+from pullmedic.core.kinds import KINDS, RECREATING, TEMPLATE_FIX
+from pullmedic.core.kubectl import command
 from pullmedic.core.policy import Mode, Policy, SecretRef
 
-GITOPS_LABELS = (
-    "app.kubernetes.io/managed-by=argocd",
-    "argocd.argoproj.io/instance",
-    "kustomize.toolkit.fluxcd.io/name",
-    "helm.toolkit.fluxcd.io/name",
-)
-GITOPS_ANNOTATIONS = ("argocd.argoproj.io/tracking-id", "argocd.argoproj.io/instance")
 MANAGED_SECRET_LABEL = "pullmedic.dev/managed"
 SOURCE_ANNOTATION = "pullmedic.dev/source"
 
@@ -34,138 +26,6 @@ MOVE_CAUSES = frozenset(
 
 # Views of the one table of kinds (kinds.py) that planning reads.
 TEMPLATE_PATHS = {name: KINDS[name].pod_spec for name in TEMPLATE_FIX}
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    kind: str
-    namespace: str
-    name: str
-    uid: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.kind}/{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One stuck container of one pod, with the owner chain already resolved."""
-
-    pod: ObjectRef
-    container: str
-    container_kind: str  # "containers" | "initContainers" | "ephemeralContainers"
-    container_index: int
-    image: str
-    reason: str
-    service_account: str
-    pod_pull_secrets: tuple[str, ...] = ()
-    workload: ObjectRef | None = None  # Deployment/StatefulSet/DaemonSet/CronJob, or Job
-    job: ObjectRef | None = None  # the Job between a CronJob and its pods
-    workload_container_index: int | None = None
-    workload_labels: tuple[tuple[str, str], ...] = ()
-    workload_annotations: tuple[tuple[str, str], ...] = ()
-    stuck_pods: tuple[ObjectRef, ...] = ()
-    # Pull secrets the owner's pod template lists itself (None: no template known). When
-    # it lists any, admission does not add the ServiceAccount's: the template must change.
-    template_pull_secrets: tuple[str, ...] | None = None
-
-    @property
-    def gitops_managed(self) -> bool:
-        labels = dict(self.workload_labels)
-        annotations = dict(self.workload_annotations)
-        for item in GITOPS_LABELS:
-            k, _, v = item.partition("=")
-            if k in labels and (not v or labels[k] == v):
-                return True
-        return any(a in annotations for a in GITOPS_ANNOTATIONS)
-
-
-class ActionType(StrEnum):
-    PATCH_WORKLOAD_IMAGE = "PatchWorkloadImage"
-    PATCH_POD_IMAGE = "PatchPodImage"
-    COPY_SECRET = "CopySecret"
-    ATTACH_PULL_SECRET = "AttachPullSecret"
-    ADD_TEMPLATE_PULL_SECRET = "AddTemplatePullSecret"
-    RECREATE_PODS = "RecreatePods"
-    REPORT = "Report"
-
-
-@dataclass(frozen=True)
-class Action:
-    type: ActionType
-    target: ObjectRef
-    summary: str
-    container: str = ""
-    container_path: str = ""  # JSON pointer of the container's image field
-    old_image: str = ""
-    new_image: str = ""
-    source: SecretRef | None = None
-    secret: str = ""
-    pods: tuple[ObjectRef, ...] = ()
-
-    @property
-    def mutating(self) -> bool:
-        return self.type is not ActionType.REPORT
-
-    def kubectl(self) -> str:
-        """The command a human could run instead (Suggest mode publishes it)."""
-        t = self.target
-        if self.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.PATCH_POD_IMAGE):
-            patch = [{"op": "replace", "path": self.container_path, "value": self.new_image}]
-            return (
-                f"kubectl -n {t.namespace} patch {kubectl_name(t.kind)} "
-                f"{t.name} --type=json -p {shlex.quote(json.dumps(patch))}"
-            )
-        if self.type is ActionType.COPY_SECRET and self.source is not None:
-            return (
-                f"kubectl -n {self.source.namespace} get secret {self.source.name} -o json | "
-                f'jq \'.metadata={{name:"{self.secret}",namespace:"{t.namespace}"}}\' | '
-                "kubectl apply -f -"
-            )
-        if self.type is ActionType.ADD_TEMPLATE_PULL_SECRET:
-            add = [{"op": "add", "path": self.container_path, "value": {"name": self.secret}}]
-            return (
-                f"kubectl -n {t.namespace} patch {kubectl_name(t.kind)} "
-                f"{t.name} --type=json -p {shlex.quote(json.dumps(add))}"
-            )
-        if self.type is ActionType.ATTACH_PULL_SECRET:
-            sa_patch = {"imagePullSecrets": [{"name": self.secret}]}
-            return (
-                f"kubectl -n {t.namespace} patch serviceaccount {t.name} --type=strategic "
-                f"-p {shlex.quote(json.dumps(sa_patch))}"
-            )
-        if self.type is ActionType.RECREATE_PODS:
-            names = " ".join(p.name for p in self.pods)
-            return f"kubectl -n {t.namespace} delete pod {names}"
-        return ""
-
-
-@dataclass(frozen=True)
-class Plan:
-    failure: Failure
-    cause: Cause
-    policy: str | None
-    mode: Mode
-    actions: tuple[Action, ...] = ()
-    apply: bool = False
-    note: str = ""
-    suggestions: tuple[str, ...] = field(default=())
-
-    @property
-    def fixable(self) -> bool:
-        return any(a.mutating for a in self.actions)
-
-    def render(self) -> str:
-        head = (
-            f"{self.failure.workload or self.failure.pod} container {self.failure.container}: "
-            f"{self.cause} -> {'apply' if self.apply else 'suggest'} ({self.mode}, "
-            f"policy {self.policy or 'none'})"
-        )
-        lines = [head]
-        lines += [f"  - {a.type}: {a.summary}" for a in self.actions]
-        if self.note:
-            lines.append(f"  note: {self.note}")
-        return "\n".join(lines)
 
 
 def managed_secret_name(source: SecretRef) -> str:
@@ -337,7 +197,7 @@ def plan(
     else:
         note = "no automatic remedy for this cause"
 
-    suggestions = tuple(a.kubectl() for a in actions if a.kubectl())
+    suggestions = tuple(c for c in map(command, actions) if c)
     apply = policy.mode is Mode.REMEDIATE and bool(actions)
     if apply and failure.gitops_managed and not policy.gitops_direct_patch:
         apply, note = False, "managed by GitOps: change the source repository instead"
@@ -429,13 +289,3 @@ def _credential_actions(
         if f.workload.kind in RECREATING or not f.stuck_pods
         else f"{f.workload.kind} pods are not recreated; its next pods get the secret"
     )
-
-
-@dataclass(frozen=True)
-class Result:
-    """What applying one action did; ``unknown`` when the answer was lost in transit."""
-
-    action: Action
-    outcome: str  # "applied" | "unchanged" | "skipped" | "failed" | "dry-run"
-    detail: str = ""
-    unknown: bool = False  # failed in transit: the server may have applied it

@@ -1,14 +1,14 @@
-"""PullPolicy / ClusterPullPolicy as typed values: parsing, validation, matching, precedence.
+"""PullPolicy / ClusterPullPolicy as typed values: parsing and validation.
 
 The CRD schema rejects malformed shapes at the apiserver; this module checks what a schema
-cannot express and reports it as text for a ``Ready=False`` condition.
+cannot express and reports it as text for a ``Ready=False`` condition. Which policy governs
+an image in a pod is :mod:`pullmedic.core.selection`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -190,32 +190,6 @@ class Policy:
             return False
         return (self.namespace_selector or LabelSelector()).matches(labels)
 
-    def selects_image(self, canonical: str, familiar: str) -> bool:
-        def hit(globs: Iterable[str]) -> bool:
-            return any(
-                fnmatch.fnmatchcase(canonical, g) or fnmatch.fnmatchcase(familiar, g) for g in globs
-            )
-
-        if self.exclude and hit(self.exclude):
-            return False
-        return not self.include or hit(self.include)
-
-    def applies(
-        self,
-        *,
-        namespace: str,
-        namespace_labels: Mapping[str, str] | None,
-        pod_labels: Mapping[str, str] | None,
-        image: str,
-        familiar_image: str,
-        operator_namespace: str | None = None,
-    ) -> bool:
-        return (
-            self.selects_namespace(namespace, namespace_labels, operator_namespace)
-            and self.pod_selector.matches(pod_labels)
-            and self.selects_image(image, familiar_image)
-        )
-
     def moved_to(self, names: Sequence[str]) -> tuple[Alternative, str] | None:
         """The first alternative matching any spelling of the image name (canonical,
         familiar), and the new name."""
@@ -231,17 +205,6 @@ class Policy:
             if m.registry == registry:
                 return m.mirror
         return None
-
-
-def precedence(p: Policy) -> tuple[int, int, str]:
-    """Namespaced before cluster-wide, then higher priority, then name for determinism."""
-    return (0 if not p.is_cluster else 1, -p.priority, p.key)
-
-
-def choose(policies: Sequence[Policy], **match: Any) -> Policy | None:
-    """The one policy that governs a failure, or None (observe only)."""
-    hits = [p for p in policies if p.applies(**match)]
-    return min(hits, key=precedence) if hits else None
 
 
 class PolicyError(ValueError):

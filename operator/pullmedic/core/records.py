@@ -8,8 +8,8 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
+from pullmedic.core.actions import Action, Plan
 from pullmedic.core.detection import parse_time
-from pullmedic.core.planning import Action, Plan
 
 REMEDIATION_ANNOTATION = "pullmedic.dev/last-remediation"
 CIRCUIT_ANNOTATION = "pullmedic.dev/circuit"

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pullmedic.core import jsonpointer
 from pullmedic.core.detection import controller_of
 
 HASH_SPACE = 1 << 64
@@ -118,7 +119,7 @@ def handoff_patch(pod: Mapping[str, Any], target: Shard) -> list[dict[str, Any]]
     meta = pod.get("metadata") or {}
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta.get("uid")}]
     if meta.get("labels"):
-        key = HANDOFF_LABEL.replace("~", "~0").replace("/", "~1")
+        key = jsonpointer.escape(HANDOFF_LABEL)
         ops.append({"op": "add", "path": f"/metadata/labels/{key}", "value": target.name})
     else:
         ops.append({"op": "add", "path": "/metadata/labels", "value": {HANDOFF_LABEL: target.name}})

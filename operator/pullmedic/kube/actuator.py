@@ -11,23 +11,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pullmedic.core import records
-from pullmedic.core.planning import (
-    MANAGED_SECRET_LABEL,
-    SOURCE_ANNOTATION,
-    Action,
-    ActionType,
-    ObjectRef,
-    Plan,
-    Result,
-)
+from pullmedic.core import jsonpointer, records
+from pullmedic.core.actions import Action, ActionType, ObjectRef, Plan, Result
+from pullmedic.core.planning import MANAGED_SECRET_LABEL, SOURCE_ANNOTATION
 from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
@@ -122,7 +111,7 @@ class Actuator:
                 {"op": "add", "path": "/metadata/annotations", "value": dict(values)},
             ]
         return [
-            {"op": "add", "path": f"/metadata/annotations/{_escape(k)}", "value": v}
+            {"op": "add", "path": f"/metadata/annotations/{jsonpointer.escape(k)}", "value": v}
             for k, v in values.items()
         ]
 

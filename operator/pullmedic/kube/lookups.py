@@ -10,10 +10,10 @@ from typing import Any
 
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.detection import controller_of
 from pullmedic.core.keyring import Keyring, PullSecret, SecretProblem
 from pullmedic.core.kinds import TEMPLATE_FIX
-from pullmedic.core.planning import ObjectRef
 from pullmedic.core.platforms import Platform
 from pullmedic.kube.client import KubeApi, KubeError
 

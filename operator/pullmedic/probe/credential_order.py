@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pullmedic.core.diagnosis import Observation
 from pullmedic.core.keyring import Credential
+from pullmedic.core.observation import Observation
 from pullmedic.probe.credentials import RegistryCredential
 
 

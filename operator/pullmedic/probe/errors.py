@@ -12,7 +12,7 @@ import ssl
 
 import httpx
 
-from pullmedic.core.diagnosis import FailureKind
+from pullmedic.core.observation import FailureKind
 from pullmedic.probe.netguard import BlockedAddress, ResolutionFailed
 
 

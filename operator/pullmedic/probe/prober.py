@@ -20,17 +20,17 @@ from typing import Any
 
 import httpx
 
+from pullmedic.core.conclusion import conclude
 from pullmedic.core.diagnosis import (
     CREDENTIAL_CAUSES,
     Cause,
     Diagnosis,
     Evidence,
-    Observation,
-    conclude,
     merge_evidence,
     secret_evidence,
 )
 from pullmedic.core.keyring import Credential, Keyring, SecretProblem
+from pullmedic.core.observation import Observation
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection
 from pullmedic.core.reference import ImageReference, InvalidReference, parse

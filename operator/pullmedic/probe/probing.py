@@ -11,8 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pullmedic.core.diagnosis import Evidence, Observation
+from pullmedic.core.diagnosis import Evidence
 from pullmedic.core.keyring import Credential
+from pullmedic.core.observation import Observation
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference
 from pullmedic.probe.client import RegistryClient

@@ -9,16 +9,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 
+from pullmedic.core.conclusion import conclude
 from pullmedic.core.diagnosis import (
     Cause,
     Diagnosis,
     Evidence,
     Fix,
-    Observation,
-    conclude,
     merge_evidence,
 )
 from pullmedic.core.keyring import Credential, Keyring
+from pullmedic.core.observation import Observation
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection, TagStrategy
 from pullmedic.core.reference import ImageReference

@@ -1,10 +1,11 @@
-"""What ``pullmedic explain`` finds out about one pod, through the operator's own code.
+"""What ``pullmedic explain`` reads about one pod and concludes, through the operator's code.
 
 Which containers are stuck is :mod:`detection`'s answer, the owner chain and the pull
 secrets come from :mod:`lookups`, the workload's record is read by :mod:`records` and the
-``kubectl`` command for a verified fix is :mod:`planning`'s: explain never says "not
-stuck" about a pod the operator is healing, nor prints a different command for its fix.
-Only reads, with the caller's own credentials.
+``kubectl`` command for a verified fix is :mod:`planning`'s (rendered by :mod:`kubectl`):
+explain never says "not stuck" about a pod the operator is healing, nor prints a
+different command for its fix. Only reads, with the caller's own credentials; the
+command line and the text are :mod:`pullmedic.app.explain`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pullmedic.core.actions import ObjectRef
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
 from pullmedic.core.grouping import PodState, trim
 from pullmedic.core.keyring import Keyring, PullSecret, SecretProblem
 from pullmedic.core.kinds import kubectl_name
-from pullmedic.core.planning import ObjectRef, plan
+from pullmedic.core.planning import plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import CLUSTER_KIND, Mode, Policy
 from pullmedic.core.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, RemediationRecord
@@ -32,11 +34,6 @@ DEFAULT_PLATFORM = "linux/amd64"
 # verified fix. The caller cannot read the policies; whether the operator may apply it is
 # what its own Events say.
 SUGGEST_ALL = Policy(kind=CLUSTER_KIND, name="explain", namespace=None, mode=Mode.SUGGEST)
-CONTAINER_LABELS = {
-    "containers": "Container",
-    "initContainers": "Init container",
-    "ephemeralContainers": "Ephemeral container",
-}
 
 
 class ExplainError(Exception):
@@ -59,7 +56,7 @@ class Report:
     circuit: str | None = None
     credentials: dict[str, Any] = field(default_factory=dict)
     platform: str = ""
-    diagnoses: list[dict[str, Any]] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +73,7 @@ class Report:
             "circuit": self.circuit,
             "credentials": self.credentials,
             "platform": self.platform,
-            "diagnoses": self.diagnoses,
+            "diagnoses": [d.to_dict() for d in self.diagnoses],
             "commands": self.commands,
         }
 
@@ -122,11 +119,6 @@ class RestLists:
     async def events(self, ns: str, kind: str, name: str) -> list[dict[str, Any]]:
         selector = f"involvedObject.kind={kind},involvedObject.name={name}"
         return await self._items(f"/api/v1/namespaces/{ns}/events", [("fieldSelector", selector)])
-
-
-def resource(kind: str) -> str:
-    """kubectl's name for a kind, as planning spells it in its commands."""
-    return kubectl_name(kind)
 
 
 def stuck_row(s: StuckContainer) -> dict[str, str]:
@@ -201,7 +193,7 @@ async def _pods_of(
         labels = selector.get("matchLabels") or {}
         pods = await lists.pods(ns, labels) if labels else []
     except KubeError as exc:
-        raise _why(exc, f"the pods of {resource(kind)} {ns}") from None
+        raise _why(exc, f"the pods of {kubectl_name(kind)} {ns}") from None
     pods.sort(key=lambda p: (not stuck_containers(p), _created(p)))
     return pods
 
@@ -312,13 +304,13 @@ async def gather(
     diagnoser nothing is probed (``--no-probe``)."""
     obj = await _read(kube, kind, ns, name)
     if obj is None:
-        raise ExplainError(f"{resource(kind)}/{name} not found in namespace {ns}")
+        raise ExplainError(f"{kubectl_name(kind)}/{name} not found in namespace {ns}")
     if kind == "Pod":
         pod = obj
     else:
         pods = await _pods_of(lists, ns, kind, obj)
         if not pods:
-            raise ExplainError(f"{resource(kind)}/{name} has no pods")
+            raise ExplainError(f"{kubectl_name(kind)}/{name} has no pods")
         pod = pods[0]
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     pod_name = str(meta.get("name", ""))
@@ -357,6 +349,6 @@ async def gather(
         for image in dict.fromkeys(s.image for s in stuck):
             d = await diagnoser.diagnose(image, keyring, platform, secret_problems=problems)
             found[image] = d
-            report.diagnoses.append(d.to_dict())
+            report.diagnoses.append(d)
         report.commands = commands(pod, stuck, owner, found)
     return report
