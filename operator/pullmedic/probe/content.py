@@ -28,10 +28,6 @@ class ContentStore:
     def __init__(self, max_bytes: int) -> None:
         self._cache = Cache(max(max_bytes, 0), enabled=max_bytes > 0, single_flight=False)
 
-    @property
-    def size(self) -> int:
-        return self._cache.size
-
     def get(self, host: str, digest: str) -> HttpResult | None:
         return self._cache.get(ContentKey(host, digest)) if is_digest(digest) else None
 

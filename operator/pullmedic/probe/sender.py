@@ -157,10 +157,6 @@ class RequestSender:
         # Requests sent, by (registry host, method): what benchmarks report as GETs.
         self.requests: Counter[tuple[str, str]] = Counter()
 
-    def sent(self, method: str) -> int:
-        """Requests sent with ``method`` to every host so far."""
-        return sum(n for (_, m), n in self.requests.items() if m == method)
-
     async def aclose(self) -> None:
         await self._http.aclose()
 
