@@ -110,6 +110,7 @@ def storm(
         insecure_hosts=frozenset(hosts),
         address_policy=AddressPolicy(("127.0.0.0/8",)),
         cache_auth=economy,
+        content_cache_bytes=ClientConfig.content_cache_bytes if economy else 0,
         per_host_rate=10_000.0,
         per_host_burst=10_000,
         per_host_concurrency=64,

@@ -95,6 +95,7 @@ async def storm(
         per_host_rate=5000.0,
         per_host_burst=5000,
         cache_auth=economy,
+        content_cache_bytes=ClientConfig.content_cache_bytes if economy else 0,
         read_timeout=30.0,
         operation_timeout=120.0,
     )

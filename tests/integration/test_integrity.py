@@ -113,7 +113,7 @@ async def test_cached_verification_is_shared_by_diagnoses(regs: RegistrySet) -> 
     # A new diagnosis (other pod, other policy) of the same image: only the verdict stays.
     p.cache.discard(lambda key, _value: not isinstance(key, IntegrityKey))
     await p.diagnose(image, EMPTY, AMD64)
-    assert counting.counts["blob"] - before == 1  # the config read again; no blob HEADs
+    assert counting.counts["blob"] - before == 1  # a HEAD for the kept config; no layer HEADs
     await p.aclose()
 
 

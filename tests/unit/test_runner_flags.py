@@ -25,6 +25,9 @@ def parse(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv: str) -> a
         ({"PULLMEDIC_METRICS_PORT": "9191"}, ("--metrics-port", "9292"), "metrics_port", 9292),
         ({"PULLMEDIC_API_TIMEOUT": "7.5"}, (), "api_timeout", 7.5),
         ({}, (), "audit_checks_per_host", 25),
+        ({}, (), "quota_reserve", 0.2),
+        ({"PULLMEDIC_QUOTA_RESERVE": "0.5"}, (), "quota_reserve", 0.5),
+        ({"PULLMEDIC_QUOTA_RESERVE": "0.5"}, ("--quota-reserve", "0"), "quota_reserve", 0.0),
         # A bad variable does not matter when the flag is given.
         (
             {"PULLMEDIC_LIVENESS_PORT": "tcp://10.0.0.9:8080"},
@@ -75,3 +78,17 @@ def test_webhook_tls_self_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tls.addresses == ("127.0.0.1",) and tls.check_interval() == 12.0
     files = parse(monkeypatch, {"PULLMEDIC_WEBHOOK_TLS": "files"}, "--webhook-port=9443")
     assert runner.settings_from(files).webhook.tls is None
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1", "fifth"])
+def test_the_quota_reserve_is_a_fraction(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit):
+        parse(monkeypatch, {}, "--quota-reserve", value)
+    assert "--quota-reserve" in capsys.readouterr().err
+
+
+def test_the_quota_reserve_reaches_the_registry_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = parse(monkeypatch, {}, "--quota-reserve", "0.35")
+    assert runner.settings_from(args).probe.quota_reserve == 0.35

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per-request timeout"
     )
+    diag.add_argument(
+        "--quota-reserve",
+        type=runner.quota_reserve,
+        default=0.2,
+        metavar="FRACTION",
+        help="no manifest GETs while a registry's quota is at or below this fraction",
+    )
     diag.set_defaults(func=cmd_diagnose)
 
     aud = sub.add_parser(
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--allow-address", action="append", default=[], metavar="CIDR|HOST")
     aud.add_argument("--json", action="store_true", help="one JSON object per image")
     aud.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    aud.add_argument("--quota-reserve", type=runner.quota_reserve, default=0.2, metavar="FRACTION")
     aud.set_defaults(func=cmd_audit)
 
     explain.add_parser(sub)

@@ -18,6 +18,7 @@ def probe_config(args: argparse.Namespace, addresses: AddressPolicy) -> ClientCo
         operation_timeout=args.timeout * 3,
         insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
         address_policy=addresses,
+        quota_reserve=getattr(args, "quota_reserve", 0.2),
     )
 
 

@@ -80,6 +80,14 @@ def _number(kind: type[int] | type[float], variable: str) -> Callable[[str], int
     return parse
 
 
+def quota_reserve(text: str) -> float:
+    """``--quota-reserve``: the fraction of a registry's pull quota kept for the nodes."""
+    value = _number(float, "PULLMEDIC_QUOTA_RESERVE")(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a fraction from 0 up to (not including) 1: {text!r}")
+    return float(value)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
     p.add_argument(
@@ -257,6 +265,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=env("PULLMEDIC_AUDIT_PERIOD", "10800"),
         help="audit: seconds between checks of one image, and the budget's window",
     )
+    p.add_argument(
+        "--quota-reserve",
+        type=quota_reserve,
+        default=env("PULLMEDIC_QUOTA_RESERVE", "0.2"),
+        metavar="FRACTION",
+        help="stop manifest GETs to a registry whose ratelimit-remaining is at or below this "
+        "fraction of its ratelimit-limit (the rest is the nodes'); HEAD is still sent",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report, never write")
 
 
@@ -344,6 +360,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         probe=ClientConfig(
             insecure_hosts=frozenset(h.lower() for h in args.insecure_registry),
             address_policy=AddressPolicy(tuple(args.allow_address)),
+            quota_reserve=args.quota_reserve,
         ),
         server=ServerSettings(args.metrics_port, args.liveness_port, args.bind),
         webhook=WebhookSettings(

@@ -45,9 +45,6 @@ class Cache:
         self.hits = 0
         self.misses = 0
 
-    def __len__(self) -> int:
-        return len(self._data)
-
     @property
     def size(self) -> int:
         return self._size

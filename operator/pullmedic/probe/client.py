@@ -1,8 +1,9 @@
 """The registry client the prober shares across diagnoses: it wires the edge's parts.
 
-One connection pool with per-host gates (:mod:`~pullmedic.probe.sender`), pings and
-tokens cached for every session (:mod:`~pullmedic.probe.auth`,
-:mod:`~pullmedic.probe.tokens`), and a session per repository and credential
+One connection pool with per-host gates and quotas (:mod:`~pullmedic.probe.sender`),
+pings and tokens cached for every session (:mod:`~pullmedic.probe.auth`,
+:mod:`~pullmedic.probe.tokens`), documents by digest for the life of the process
+(:mod:`~pullmedic.probe.content`), and a session per repository and credential
 (:mod:`~pullmedic.probe.session`).
 """
 
@@ -14,6 +15,7 @@ from pullmedic.core.diagnosis import Evidence
 from pullmedic.probe.auth import Pings, RegistryAuth
 from pullmedic.probe.cache import Cache
 from pullmedic.probe.config import ClientConfig
+from pullmedic.probe.content import ContentStore
 from pullmedic.probe.credentials import RegistryCredential
 from pullmedic.probe.sender import RequestSender
 from pullmedic.probe.session import RepositorySession
@@ -40,6 +42,7 @@ class RegistryClient:
         shared = Cache(AUTH_CACHE_ENTRIES, enabled=cfg.cache_auth, single_flight=cfg.cache_auth)
         self.pings = Pings(self.sender, shared)
         self.tokens = TokenService(self.sender, shared)
+        self.content = ContentStore(cfg.content_cache_bytes)
 
     async def aclose(self) -> None:
         await self.sender.aclose()
@@ -58,4 +61,4 @@ class RegistryClient:
         rec: list[Evidence],
     ) -> RepositorySession:
         auth = RegistryAuth(self.pings, self.tokens, host, repository, credential, rec)
-        return RepositorySession(self.sender, auth, rec)
+        return RepositorySession(self.sender, auth, rec, self.content)

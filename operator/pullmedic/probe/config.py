@@ -35,6 +35,11 @@ class ClientConfig:
     max_backoff_wait: float = 0.0
     ping_ttl: float = 300.0
     cache_auth: bool = True  # share pings and tokens; False only for naive baselines
+    # Manifests and configs read by digest, kept for the life of the process (0: none).
+    content_cache_bytes: int = 64 * MiB
+    # Manifest GETs stop while a host's ratelimit-remaining is at or below this fraction
+    # of its ratelimit-limit: the rest of the quota is the nodes' (HEAD is not counted).
+    quota_reserve: float = 0.2
 
     def is_insecure(self, host: str) -> bool:
         return host.lower() in self.insecure_hosts

@@ -91,6 +91,15 @@ def blobs_of(doc: object) -> list[Blob] | None:
     return out or None
 
 
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def is_digest(ref: str) -> bool:
+    """Whether a manifest reference is a digest this module can verify (not a tag)."""
+    algo, _, hexpart = ref.partition(":")
+    return len(hexpart) == _HEX_LENGTH.get(algo) and all(c in "0123456789abcdef" for c in hexpart)
+
+
 def digest_matches(body: bytes, digest: str) -> bool:
     """What containerd checks on every manifest it fetches; unknown algorithms pass."""
     algo, _, want = digest.partition(":")

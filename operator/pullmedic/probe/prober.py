@@ -5,7 +5,10 @@ have rate-limited their own clusters. So: results are cached by (reference, cred
 identity, platform) with a short TTL for failures; concurrent diagnoses of the same image
 share one in-flight probe (1,000 pods of one Deployment cost one set of requests); the
 registry client limits concurrency and rate per host and backs off on 429. HEAD is used
-wherever it answers the question; GET only for bodies (index, config, tag list).
+wherever it answers the question; GET only for bodies (index, config, tag list), and a
+body read by digest is never read again. Manifest GETs count against the nodes' pull
+quota on Docker Hub, so they stop while a host's quota is down to the nodes' reserve,
+and the diagnosis says what that left unchecked.
 
 Suggested fixes are verified before they are offered: a proposed tag must exist and
 carry the wanted platform; a proposed secret must authenticate and grant pull.
@@ -49,6 +52,7 @@ from pullmedic.probe.errors import HostBackingOff, ProbeError
 from pullmedic.probe.integrity import IntegrityCheck, IntegrityKey
 from pullmedic.probe.platform_check import PlatformCheck
 from pullmedic.probe.probing import ImageProbe, ProbeResult
+from pullmedic.probe.quota import Withheld
 from pullmedic.probe.suggestions import Suggestions
 from pullmedic.probe.taglist import list_tags
 
@@ -135,15 +139,16 @@ class Prober:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _ttl(self, obs: Observation) -> float:
-        if obs.manifest_status == 200 and obs.failure is None:
+    def _ttl(self, result: ProbeResult) -> float:
+        obs = result.observation
+        if obs.manifest_status == 200 and obs.failure is None and not result.quota_withheld:
             return self.pconfig.ok_ttl
         if obs.rate_limited and obs.retry_after:
             return max(self.pconfig.failure_ttl, min(obs.retry_after, self.pconfig.ok_ttl))
         return self.pconfig.failure_ttl
 
     def _diagnosis_ttl(self, d: Diagnosis) -> float:
-        if d.cause is Cause.ImageAvailable:
+        if d.cause is Cause.ImageAvailable and "quotaReserved" not in d.details:
             return self.pconfig.ok_ttl
         if d.cause is Cause.RateLimited:
             ra = d.details.get("retryAfterSeconds")
@@ -250,7 +255,7 @@ class Prober:
             secret_problems=tuple((p.secret, p.reason) for p in secret_problems),
             evidence=merge_evidence([r.observation.evidence for _, r in tried]),
         )
-        diag = conclude(obs)
+        diag = _with_quota_note(conclude(obs), chosen.quota_withheld)
         if not suggest:
             return diag
         tags_ok = tag_policy is None or tag_policy.enabled
@@ -275,7 +280,7 @@ class Prober:
             return await self._probe(ref, cred, platform)
 
         key = ProbeKey(str(ref), identity(cred), str(platform))
-        return await self.cache.load(key, run, lambda r: self._ttl(r.observation))
+        return await self.cache.load(key, run, self._ttl)
 
     async def tags(self, ref: ImageReference, cred: Credential | None) -> TagList:
         """The repository's tags (bounded pages) and the listing status; cached."""
@@ -292,6 +297,17 @@ class Prober:
         p = self.pconfig
         key = TagsKey(ref.registry_host, ref.path, identity(cred))
         return await self.cache.load(key, run, lambda r: p.ok_ttl if r[1] == 200 else p.failure_ttl)
+
+
+def _with_quota_note(diag: Diagnosis, withheld: Withheld | None) -> Diagnosis:
+    """Say that a check was skipped to leave the nodes their pulls, rather than go quiet."""
+    if withheld is None:
+        return diag
+    return dataclasses.replace(
+        diag,
+        summary=f"{diag.summary} Manifest reads from {withheld.host} withheld: {withheld.reason}.",
+        details={**diag.details, "quotaReserved": withheld.reason},
+    )
 
 
 def _successes_of(ref: ImageReference) -> Callable[[CacheKey[Any], object], bool]:

@@ -2,7 +2,8 @@
 
 Ping and authenticate, HEAD the manifest (free: it answers whether the reference exists
 and its digest), then only what the answer calls for: the error body of a 403, the tag
-list after a 404, the platforms and the image's pieces after a 200.
+list after a 404, the platforms and the image's pieces after a 200. A manifest GET
+withheld for the nodes' quota leaves what it would have answered unknown, and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pullmedic.probe.credential_order import registry_credential
 from pullmedic.probe.errors import HostBackingOff, ProbeError
 from pullmedic.probe.integrity import IntegrityCheck
 from pullmedic.probe.platform_check import Found, PlatformCheck
+from pullmedic.probe.quota import QuotaReserved, Withheld
 from pullmedic.probe.session import RepositorySession
 from pullmedic.probe.taglist import list_tags
 
@@ -32,6 +34,7 @@ class ProbeResult:
     observation: Observation
     tags: tuple[str, ...] = ()
     tags_complete: bool = False
+    quota_withheld: Withheld | None = None  # a manifest GET not sent, if one was not
 
 
 class ImageProbe:
@@ -64,14 +67,17 @@ class ImageProbe:
         }
         tags: tuple[str, ...] = ()
         complete = False
+        withheld: Withheld | None = None
         try:
             tags, complete = await self._steps(ref, sess, platform, f)
+        except QuotaReserved as exc:
+            withheld = exc.withheld
         except ProbeError as exc:
             f.update(failure=exc.kind, failure_step=exc.step, failure_detail=exc.detail)
         except HostBackingOff as exc:
             f.update(rate_limited=True, retry_after=round(exc.remaining, 1))
         obs = Observation(evidence=tuple(rec), **f)  # type: ignore[arg-type]
-        return ProbeResult(obs, tags, complete)
+        return ProbeResult(obs, tags, complete, withheld)
 
     async def _steps(
         self,

@@ -1,9 +1,11 @@
 """The one place registry requests are sent, as a few named steps.
 
-Each hop of a request: check the URL's scheme, scope the credential to its origin, pass
-the host's gate, exchange (capped body, typed failure), record evidence, and follow a
-redirect by hand (so ``Authorization`` never crosses origins and every hop is
-address-checked by the transport).
+Before the first hop, a manifest GET is held back while the host's pull quota is down
+to the nodes' reserve. Each hop of a request: check the URL's scheme, scope the
+credential to its origin, pass the host's gate, exchange (capped body, typed failure;
+counted by method, the quota headers read), record evidence, and follow a redirect by
+hand (so ``Authorization`` never crosses origins and every hop is address-checked by the
+transport).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
@@ -30,7 +33,9 @@ from pullmedic.probe.errors import (
 )
 from pullmedic.probe.hostgate import HostGate, HostGates, parse_retry_after
 from pullmedic.probe.netguard import guarded_transport
+from pullmedic.probe.quota import QuotaReserved, Quotas
 from pullmedic.probe.urls import Origin, origin, redact_url
+from pullmedic.telemetry import metrics
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -148,6 +153,9 @@ class RequestSender:
             headers={"User-Agent": cfg.user_agent},
         )
         self.gate = HostGates(cfg.per_host_concurrency, cfg.per_host_rate, cfg.per_host_burst)
+        self.quotas = Quotas(cfg.quota_reserve)
+        # Requests sent, by (registry host, method): what benchmarks report as GETs.
+        self.requests: Counter[tuple[str, str]] = Counter()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -157,6 +165,8 @@ class RequestSender:
         hop = _Hop(
             httpx.URL(request.url), request.method, request.data, request.auth_header is not None
         )
+        if request.kind == "manifest" and request.method == "GET":
+            self._check_quota(rec, request, hop)
         for n in range(self.config.max_redirects + 1):
             self._check_scheme(request, hop.url)
             headers = dict(request.headers)
@@ -173,6 +183,14 @@ class RequestSender:
                 return result
             hop = nxt
         raise ProbeError("protocol", request.kind, "redirect loop")  # pragma: no cover
+
+    def _check_quota(self, rec: list[Evidence], request: RegistryRequest, hop: _Hop) -> None:
+        """Withhold a manifest GET (QuotaReserved) while the host's quota is at the reserve."""
+        try:
+            self.quotas.check_get(request.registry_host)
+        except QuotaReserved as exc:
+            rec.append(_unanswered(request, hop, f"not sent: {exc.withheld.reason}", None))
+            raise
 
     def _check_scheme(self, request: RegistryRequest, url: httpx.URL) -> None:
         """Only http(s), and plain http only for a registry marked insecure."""
@@ -209,6 +227,8 @@ class RequestSender:
         headers: Mapping[str, str],
     ) -> HttpResult:
         """One HTTP exchange through the gate; a transport failure becomes a ProbeError."""
+        self.requests[(request.registry_host, hop.method)] += 1
+        metrics.REGISTRY_REQUESTS.labels(host=request.registry_host, method=hop.method).inc()
         try:
             async with gate, asyncio.timeout(self.config.operation_timeout):
                 # The overall cap also stops slow-drip bodies that never trip read_timeout.
@@ -220,6 +240,7 @@ class RequestSender:
             label = request.credential_label if hop.carry_auth else None
             rec.append(_unanswered(request, hop, f"{failure}: {detail}", label))
             raise ProbeError(failure, request.kind, detail) from None
+        self.quotas.observe(request.registry_host, result.headers)
         return result
 
     def _evidence(

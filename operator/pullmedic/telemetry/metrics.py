@@ -91,6 +91,24 @@ WEBHOOK_CERT_EXPIRY = Gauge(
     "When the webhook's serving certificate expires (Unix time; --webhook-tls=self).",
     registry=REGISTRY,
 )
+REGISTRY_REQUESTS = Counter(
+    "pullmedic_registry_requests_total",
+    "Requests sent to registries, by registry host and HTTP method (GET, HEAD, POST).",
+    ["host", "method"],
+    registry=REGISTRY,
+)
+REGISTRY_QUOTA_REMAINING = Gauge(
+    "pullmedic_registry_quota_remaining",
+    "Pulls the registry says are left in its window (ratelimit-remaining), by host.",
+    ["host"],
+    registry=REGISTRY,
+)
+REGISTRY_GETS_WITHHELD = Counter(
+    "pullmedic_registry_gets_withheld_total",
+    "Manifest GETs not sent because the host's pull quota is down to the nodes' reserve.",
+    ["host"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "pullmedic_leader",
     "1 on the replica that holds the Lease and acts; 0 on standbys.",
