@@ -26,8 +26,8 @@ from pullmedic.app.explaining import (
     gather,
 )
 from pullmedic.core import kinds
+from pullmedic.core.circuit import CIRCUIT_ANNOTATION
 from pullmedic.core.diagnosis import Cause
-from pullmedic.core.records import CIRCUIT_ANNOTATION
 from pullmedic.kube.client import KubeError, RestKube
 from pullmedic.probe.netguard import AddressPolicy
 from pullmedic.probe.prober import Prober

@@ -22,7 +22,7 @@ from pullmedic.control.scheduler import Postpone
 from pullmedic.core import backoff, reference
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, outcome, summary
-from pullmedic.core.circuit import CircuitBreaker
+from pullmedic.core.circuit import MARK, CircuitBreaker
 from pullmedic.core.decision import (
     alternative_candidate,
     failure_of,
@@ -41,14 +41,7 @@ from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
 from pullmedic.core.kinds import ANNOTATABLE
 from pullmedic.core.planning import MOVE_CAUSES, ActionType, Failure, ObjectRef, Plan, Result, plan
 from pullmedic.core.platforms import Platform
-from pullmedic.core.records import (
-    CIRCUIT_ANNOTATION,
-    CIRCUIT_OPEN,
-    REMEDIATION_ANNOTATION,
-    RemediationRecord,
-    same_time,
-    stamp,
-)
+from pullmedic.core.records import RECORD, RemediationRecord, same_time, stamp
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.kube.events import Outbox
@@ -455,7 +448,7 @@ class Remediator:
                     target.kind,
                     target.namespace,
                     target.name,
-                    Actuator.annotation_ops(wobj, {CIRCUIT_ANNOTATION: CIRCUIT_OPEN}),
+                    MARK.store(wobj),
                     dry_run=self.dry_run,
                 )
         await self.reporter.ineffective(target, f, cause)
@@ -484,9 +477,7 @@ class Remediator:
 
 def _record_on(f: Failure) -> RemediationRecord | None:
     """The record of the last fix, as the failing pod's workload carries it."""
-    return RemediationRecord.from_annotation(
-        dict(f.workload_annotations).get(REMEDIATION_ANNOTATION)
-    )
+    return RECORD.fetch(dict(f.workload_annotations))
 
 
 def _recorded(f: Failure, at: float) -> bool:

@@ -21,8 +21,9 @@ from pullmedic.core.detection import parse_time
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.grouping import Groups, PodState
 from pullmedic.core.inventory import Inventory
+from pullmedic.core.metadata import annotations_of
 from pullmedic.core.planning import ObjectRef
-from pullmedic.core.records import REMEDIATION_ANNOTATION, RemediationRecord, same_time, stamp
+from pullmedic.core.records import RECORD, same_time, stamp
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.telemetry import metrics
 
@@ -224,8 +225,7 @@ class PolicyStatus:
                     continue  # next tick
                 if st.take_inherited(workload) is None:
                     continue  # a decision took it meanwhile
-                ann = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-                rec = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
+                rec = RECORD.fetch(annotations_of(obj))
                 try:
                     since = parse_time(entry.get("since"))
                 except ValueError:

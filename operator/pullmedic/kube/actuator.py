@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pullmedic.core import records
 from pullmedic.core.planning import (
     MANAGED_SECRET_LABEL,
     SOURCE_ANNOTATION,
@@ -21,13 +20,10 @@ from pullmedic.core.planning import (
     Plan,
     Result,
 )
+from pullmedic.core.records import RECORD, RemediationRecord
 from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
@@ -99,32 +95,11 @@ class Actuator:
             {"op": "replace", "path": a.container_path, "value": a.new_image},
         ]
         if t.kind != "Pod":  # never annotate pods: they are not ours to mark
-            ops += self.annotation_ops(
-                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
-            )
+            ops += RECORD.store(obj, RemediationRecord.of(plan, a, at))
         await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
         return Result(
             a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
         )
-
-    @staticmethod
-    def annotation_ops(obj: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[str, Any]]:
-        """JSON patch ops setting annotations; creating the map tests the resourceVersion
-        so a concurrent writer's annotations are never replaced."""
-        meta = obj.get("metadata") or {}
-        if not meta.get("annotations"):
-            return [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta.get("resourceVersion"),
-                },
-                {"op": "add", "path": "/metadata/annotations", "value": dict(values)},
-            ]
-        return [
-            {"op": "add", "path": f"/metadata/annotations/{_escape(k)}", "value": v}
-            for k, v in values.items()
-        ]
 
     async def record(
         self, plan: Plan, a: Action, workload: ObjectRef, *, started: float | None = None
@@ -138,7 +113,7 @@ class Actuator:
             workload.kind,
             workload.namespace,
             workload.name,
-            self.annotation_ops(obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}),
+            RECORD.store(obj, RemediationRecord.of(plan, a, at)),
         )
 
     async def _copy_secret(self, a: Action) -> Result:
@@ -243,9 +218,7 @@ class Actuator:
         ]
         ops += [
             op
-            for op in self.annotation_ops(
-                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
-            )
+            for op in RECORD.store(obj, RemediationRecord.of(plan, a, at))
             if op["op"] != "test"  # the resourceVersion is tested above already
         ]
         await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
