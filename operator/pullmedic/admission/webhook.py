@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pullmedic.control.remediation import Diagnoser
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
 from pullmedic.core.admission import (

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullmedic.control.remediation import Diagnoser
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.control.reporting import Reporter
 from pullmedic.core import policy as pol
 from pullmedic.core import reference

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pullmedic.control.audit import Auditor, AuditSettings, PolicyAudit
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.control.health import HealthChecks, HealthSettings
-from pullmedic.control.remediation import Clocks, Diagnoser, Remediator
+from pullmedic.control.remediation import Clocks, Remediator
 from pullmedic.control.reporting import Reporter
 from pullmedic.control.scheduler import Scheduler, SchedulerSettings
 from pullmedic.control.secretsync import SecretSync

@@ -25,6 +25,10 @@ from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
 
+# The writes that carry the remediation record with the fix (one patch); the others' record
+# is written after them (``record``).
+RECORD_CARRIERS = frozenset({ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET})
+
 
 def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
     cur: Any = obj
