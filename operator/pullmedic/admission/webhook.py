@@ -23,7 +23,6 @@ from aiohttp import web
 
 from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core import policy as pol
-from pullmedic.core import reference
 from pullmedic.core.admission import (
     MIRROR_FIXES,
     Answer,
@@ -119,7 +118,7 @@ class AdmissionWebhook:
             return Answer()  # labels unknown: never guess which policy applies
         chosen: list[tuple[ContainerImage, pol.Policy]] = []
         for c in images:
-            p = self._policy(ns, view, c.image)
+            p = self.inv.choose(ns, view.labels, c.image, self.s.operator_namespace)
             if p is not None and p.admission is not pol.AdmissionMode.OFF:
                 chosen.append((c, p))
         if not chosen:
@@ -129,22 +128,6 @@ class AdmissionWebhook:
         keyring = await asyncio.wait_for(self._keyring(ns, view), self.s.budget)
         checked = await asyncio.gather(*(self._check(c, p, keyring, deadline) for c, p in chosen))
         return decide(view, checked)
-
-    def _policy(self, ns: str, view: PodSpecView, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
-            namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
-            pod_labels=view.labels,
-            image=canonical,
-            familiar_image=familiar,
-            operator_namespace=self.s.operator_namespace,
-        )
 
     async def _keyring(self, ns: str, view: PodSpecView) -> Keyring:
         return await self.lookups.template_keyring(ns, view.pull_secrets, view.service_account)

@@ -18,9 +18,9 @@ from enum import Enum
 
 from pullmedic.core.accounting import PolicyStats, outcome, summary
 from pullmedic.core.decision import fingerprint, is_follow_up, is_late_sibling, is_raced_sibling
-from pullmedic.core.detection import parse_time
 from pullmedic.core.grouping import Group, PodState
 from pullmedic.core.planning import ActionType, Failure, ObjectRef, Plan, Result
+from pullmedic.core.policystatus import since
 from pullmedic.core.records import RECORD, RemediationRecord, same_time
 from pullmedic.kube.actuator import RECORD_CARRIERS
 
@@ -94,13 +94,9 @@ class Fix:
         if st is None or self.role is Role.FOLLOW_UP:
             return
         entry = st.inherited.get(str(self.target))
-        if entry is not None and entry.get("cause") == str(p.cause):
-            try:
-                since = parse_time(entry.get("since"))
-            except ValueError:
-                since = None
-            if since is not None:
-                self.started, self.role = since, Role.CONTINUATION
+        began = since(entry) if entry is not None and entry.get("cause") == str(p.cause) else None
+        if began is not None:
+            self.started, self.role = began, Role.CONTINUATION
         if self.started not in st.remediations:
             st.reserve(self.started)
 

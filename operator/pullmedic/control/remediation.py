@@ -27,7 +27,7 @@ from pullmedic.control.diagnoser import (
 from pullmedic.control.fixes import Fix, Role, Writes
 from pullmedic.control.reporting import Reporter, remediated_message, suggestion_message
 from pullmedic.control.scheduler import Postpone
-from pullmedic.core import backoff, reference
+from pullmedic.core import backoff
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats
 from pullmedic.core.circuit import MARK, CircuitBreaker
@@ -113,7 +113,9 @@ class Remediator:
             return  # the namespace is being deleted: nothing there is worth a diagnosis
         workload, job, wobj = await self.lookups.owner_chain(pod)
         failure = failure_of(rep, sc, members, workload, job, wobj)
-        policy = self._choose(pod, ns, sc.image)
+        policy = self.inv.choose(
+            ns, pod["metadata"].get("labels") or {}, sc.image, self.operator_namespace
+        )
         for m in members:
             m.policy = policy.key if policy else None
 
@@ -163,22 +165,6 @@ class Remediator:
             policy = current
         await self._conclude(
             group, members, rep, failure, diagnosis, policy, wobj, mirror_image, alternative
-        )
-
-    def _choose(self, pod: Mapping[str, Any], ns: str, image: str) -> pol.Policy | None:
-        try:
-            ref = reference.parse(image)
-            canonical, familiar = str(ref), ref.familiar()
-        except reference.InvalidReference:
-            canonical = familiar = image
-        return pol.choose(
-            list(self.inv.policies.values()),
-            namespace=ns,
-            namespace_labels=self.inv.namespaces.get(ns, {}),
-            pod_labels=(pod["metadata"].get("labels") or {}),
-            image=canonical,
-            familiar_image=familiar,
-            operator_namespace=self.operator_namespace,
         )
 
     async def _conclude(

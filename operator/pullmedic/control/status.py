@@ -17,13 +17,12 @@ from pullmedic.control.reporting import Reporter
 from pullmedic.core import backoff
 from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats, now_iso
-from pullmedic.core.detection import parse_time
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.grouping import Groups, PodState
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.metadata import annotations_of
 from pullmedic.core.planning import ObjectRef
-from pullmedic.core.policystatus import Condition, StatusStore
+from pullmedic.core.policystatus import Condition, StatusStore, since
 from pullmedic.core.records import RECORD, same_time, stamp
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.telemetry import metrics
@@ -204,11 +203,8 @@ class PolicyStatus:
                 if st.take_inherited(workload) is None:
                     continue  # a decision took it meanwhile
                 rec = RECORD.fetch(annotations_of(obj))
-                try:
-                    since = parse_time(entry.get("since"))
-                except ValueError:
-                    since = None
-                if rec is None or since is None or not same_time(rec.at, since):
+                began = since(entry)
+                if rec is None or began is None or not same_time(rec.at, began):
                     continue
                 cause = entry.get("cause", rec.cause)
                 st.counts["remediated"] += 1

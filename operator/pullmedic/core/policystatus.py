@@ -22,6 +22,8 @@ from typing import (
     is_typeddict,
 )
 
+from pullmedic.core.detection import parse_time
+
 
 class Counts(TypedDict, total=False):
     detected: int
@@ -101,6 +103,14 @@ class PolicyStatus(Part, total=False):
     observedGeneration: int
     conditions: list[Condition]
     shards: dict[str, Part]
+
+
+def since(entry: PendingAction) -> float | None:
+    """When the journal entry's fix began (its record's time), or None when unreadable."""
+    try:
+        return parse_time(entry.get("since"))
+    except ValueError:
+        return None
 
 
 LAST_ACTIONS = 10  # kept, and published, per writer

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pullmedic.core.metadata import precondition
 from pullmedic.core.planning import (
     MANAGED_SECRET_LABEL,
     SOURCE_ANNOTATION,
@@ -98,12 +99,26 @@ class Actuator:
             {"op": "test", "path": a.container_path, "value": a.old_image},
             {"op": "replace", "path": a.container_path, "value": a.new_image},
         ]
-        if t.kind != "Pod":  # never annotate pods: they are not ours to mark
-            ops += RECORD.store(obj, RemediationRecord.of(plan, a, at))
+        await self._write_fix(plan, a, at, obj, ops)
+        return self._written(a, f"{a.old_image} -> {a.new_image}")
+
+    async def _write_fix(
+        self, plan: Plan, a: Action, at: float, obj: Mapping[str, Any], ops: list[dict[str, Any]]
+    ) -> None:
+        """One patch: the fix's ``ops`` and, on a workload, the fix's record, so the fix
+        never lands without it. Never on a pod: pods are not ours to mark."""
+        t = a.target
+        if t.kind != "Pod":
+            tested = precondition(obj, "resourceVersion") in ops  # covers the record's too
+            ops = ops + [
+                op
+                for op in RECORD.store(obj, RemediationRecord.of(plan, a, at))
+                if not (tested and op["op"] == "test")
+            ]
         await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
-        return Result(
-            a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
-        )
+
+    def _written(self, a: Action, detail: str) -> Result:
+        return Result(a, "dry-run" if self.dry_run else "applied", detail)
 
     async def record(
         self, plan: Plan, a: Action, workload: ObjectRef, *, started: float | None = None
@@ -159,17 +174,13 @@ class Actuator:
         if existing.get("data") == body["data"] and existing.get("type") == body["type"]:
             return Result(a, "unchanged", "copy is current")
         ops = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": existing["metadata"]["resourceVersion"],
-            },
+            precondition(existing, "resourceVersion"),
             {"op": "replace", "path": "/data", "value": body["data"]},
         ]
         await self.kube.json_patch(
             "Secret", a.target.namespace, a.secret, ops, dry_run=self.dry_run
         )
-        return Result(a, "dry-run" if self.dry_run else "applied", f"refreshed copy of {a.source}")
+        return self._written(a, f"refreshed copy of {a.source}")
 
     async def _attach(self, a: Action) -> Result:
         t = a.target
@@ -181,11 +192,7 @@ class Actuator:
             if any(r.get("name") == a.secret for r in refs):
                 return Result(a, "unchanged", "already attached")
             ops: list[dict[str, Any]] = [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": sa["metadata"]["resourceVersion"],
-                },
+                precondition(sa, "resourceVersion"),
                 {
                     "op": "add",
                     "path": "/imagePullSecrets/-" if refs else "/imagePullSecrets",
@@ -200,7 +207,7 @@ class Actuator:
                 if e.status in (409, 422):
                     continue  # someone else wrote it: read again
                 raise
-            return Result(a, "dry-run" if self.dry_run else "applied", f"attached {a.secret}")
+            return self._written(a, f"attached {a.secret}")
         return Result(a, "failed", "ServiceAccount kept changing")
 
     async def _add_template_secret(self, plan: Plan, a: Action, at: float) -> Result:
@@ -213,20 +220,11 @@ class Actuator:
         if any(isinstance(r, Mapping) and r.get("name") == a.secret for r in current):
             return Result(a, "unchanged", "already in the template")
         ops: list[dict[str, Any]] = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": obj["metadata"]["resourceVersion"],
-            },
+            precondition(obj, "resourceVersion"),
             {"op": "add", "path": a.container_path, "value": {"name": a.secret}},
         ]
-        ops += [
-            op
-            for op in RECORD.store(obj, RemediationRecord.of(plan, a, at))
-            if op["op"] != "test"  # the resourceVersion is tested above already
-        ]
-        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
-        return Result(a, "dry-run" if self.dry_run else "applied", f"added {a.secret}")
+        await self._write_fix(plan, a, at, obj, ops)
+        return self._written(a, f"added {a.secret}")
 
     async def _recreate(self, a: Action) -> Result:
         deleted = 0
