@@ -9,10 +9,10 @@ import pytest
 
 from pullmedic.core.accounting import PolicyStats
 from pullmedic.core.planning import ObjectRef
-from pullmedic.core.policystatus import StatusStore, parse_part
+from pullmedic.core.policystatus import Condition, StatusStore, parse_part
 from tests.unit.fakekube import merge_patch
 
-EMPTY = {
+EMPTY: dict[str, Any] = {
     "counts": {},
     "backoff": {},
     "lastActions": [],
@@ -78,3 +78,13 @@ def test_the_lead_also_writes_the_sum_of_all_parts() -> None:
     assert set(patch["shards"]) == {"1-of-2"}
     assert patch["counts"]["detected"] == 10 and patch["counts"]["stuck"] == 3
     assert patch["managedSecrets"] == [{"source": "src/cred", "copy": "ns/cred"}]
+
+
+def test_the_ready_condition_is_written_when_it_or_the_generation_changed() -> None:
+    cond: Condition = {"type": "Ready", "status": "True", "reason": "Accepted", "message": "m"}
+    written = merge_patch({}, StatusStore.ready({**cond, "lastTransitionTime": "t"}, 3))
+    assert not StatusStore.ready_changed(written, cond, 3)
+    assert StatusStore.ready_changed(written, cond, 4)
+    assert StatusStore.ready_changed(written, {**cond, "status": "False"}, 3)
+    assert StatusStore.ready_changed({"conditions": ["junk", 5]}, cond, 3)
+    assert StatusStore.ready_changed({}, cond, 3)

@@ -40,16 +40,6 @@ def ready_condition(policy: pol.Policy, problems: list[str]) -> Condition:
     }
 
 
-def condition_changed(body: Mapping[str, Any], cond: Condition, generation: int) -> bool:
-    status = body.get("status") or {}
-    old: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
-    )
-    return {k: old.get(k) for k in cond} != dict(cond) or status.get(
-        "observedGeneration"
-    ) != generation
-
-
 class PolicyStatus:
     JOURNAL_WAIT = 2.0  # a fix waits this long at most for a status write in flight
 
@@ -124,7 +114,7 @@ class PolicyStatus:
                 self.others_seen[policy.key] = others
                 st.dirty = True  # another shard's figures changed: write the sum again
         cond = ready_condition(policy, problems)
-        if self.lead() and condition_changed(body, cond, policy.generation):
+        if self.lead() and self.store.ready_changed(status, cond, policy.generation):
             cond["lastTransitionTime"] = now_iso()
             try:
                 async with self.lock(policy.key):

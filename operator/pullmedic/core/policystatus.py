@@ -231,6 +231,23 @@ class StatusStore:
         return dict.fromkeys(Part.__annotations__)
 
     @staticmethod
+    def ready_changed(status: Mapping[str, Any], condition: Condition, generation: int) -> bool:
+        """The status does not say ``condition`` for this generation of the spec yet (its
+        transition time aside: that is set only when this is true)."""
+        conditions = status.get("conditions")
+        old: Mapping[str, Any] = next(
+            (
+                c
+                for c in (conditions if isinstance(conditions, list) else ())
+                if isinstance(c, Mapping) and c.get("type") == condition["type"]
+            ),
+            {},
+        )
+        return {k: old.get(k) for k in condition} != dict(condition) or status.get(
+            "observedGeneration"
+        ) != generation
+
+    @staticmethod
     def ready(condition: Condition, generation: int) -> dict[str, Any]:
         """The patch publishing the Ready condition for a generation of the spec."""
         return {"observedGeneration": generation, "conditions": [condition]}
