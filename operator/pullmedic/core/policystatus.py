@@ -10,7 +10,8 @@ No ``from __future__ import annotations`` here: Python 3.11 honours ``NotRequire
 TypedDict's required keys only when the annotations are evaluated.
 """
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import (
     Any,
     NotRequired,
@@ -117,46 +118,64 @@ LAST_ACTIONS = 10  # kept, and published, per writer
 UNAVAILABLE_IMAGES = 100
 
 
-def _value(hint: Any, raw: Any) -> Any:
-    """``raw`` read as ``hint`` says, or None when it cannot be. Text fields take any value
-    spelled as text (as every version read them); list items that miss a required key, or
-    have it empty, are dropped; containers that are not containers read as empty."""
+Reader = Callable[[Any], Any]
+
+
+def _number(types: type | tuple[type, ...]) -> Reader:
+    return lambda raw: raw if isinstance(raw, types) else None
+
+
+def _container(hint: Any) -> bool:
+    return is_typeddict(hint) or get_origin(hint) in (list, dict)
+
+
+@functools.cache
+def _reader(hint: Any) -> Reader:
+    """How to read a value of type ``hint`` (built once per type: statuses are read on
+    every policy event). Readers return None for a value that cannot be one: text takes any
+    value spelled as text (as every version read it), containers that are not containers
+    read as empty, and list items missing a required key (or with it empty) are dropped."""
     if hint is str:
-        return str(raw)
+        return str
     if hint is int:
-        return raw if isinstance(raw, int) else None
+        return _number(int)
     if hint is float:
-        return raw if isinstance(raw, int | float) else None
+        return _number((int, float))
     if is_typeddict(hint):
-        src = raw if isinstance(raw, Mapping) else {}
-        out = {}
-        for key, sub in get_type_hints(hint).items():
-            if key in src or get_origin(sub) in (list, dict) or is_typeddict(sub):
-                v = _value(sub, src.get(key))
-                if v is not None:
-                    out[key] = v
-        return out
+        fields = [(k, _reader(t), _container(t)) for k, t in get_type_hints(hint).items()]
+
+        def typed(raw: Any) -> dict[str, Any]:
+            src = raw if isinstance(raw, Mapping) else {}
+            out = {}
+            for key, read, always in fields:
+                if key in src or always:
+                    v = read(src.get(key))
+                    if v is not None:
+                        out[key] = v
+            return out
+
+        return typed
     origin, args = get_origin(hint), get_args(hint)
     if origin is list:
-        return (
-            [_value(args[0], x) for x in raw if _whole(args[0], x)] if isinstance(raw, list) else []
-        )
+        item, need = _reader(args[0]), getattr(args[0], "__required_keys__", None)
+
+        def whole(x: Any) -> bool:
+            if need is None:
+                return item(x) is not None
+            return isinstance(x, Mapping) and all(x.get(k) for k in need)
+
+        return lambda raw: [item(x) for x in raw if whole(x)] if isinstance(raw, list) else []
     if origin is dict:
-        src = raw if isinstance(raw, Mapping) else {}
-        return {str(k): _value(args[1], v) for k, v in src.items()}
+        value = _reader(args[1])
+        return lambda raw: (
+            {str(k): value(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+        )
     raise TypeError(f"no reader for {hint!r}")  # a field type this parser does not know
-
-
-def _whole(hint: Any, raw: Any) -> bool:
-    """A list item worth keeping: an object with every required key set."""
-    if not is_typeddict(hint):
-        return _value(hint, raw) is not None
-    return isinstance(raw, Mapping) and all(raw.get(k) for k in hint.__required_keys__)
 
 
 def parse_part(raw: Any) -> Part:
     """What a status (or one shard's part of it) says, as far as it says it correctly."""
-    return cast(Part, _value(Part, raw))
+    return cast(Part, _reader(Part)(raw))
 
 
 def shard_parts(status: Mapping[str, Any]) -> Mapping[str, Any]:
