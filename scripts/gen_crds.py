@@ -258,6 +258,8 @@ def spec_schema(cluster: bool) -> dict[str, Any]:
     }
 
 
+# The status the operator writes: the shape is core/policystatus.py's TypedDicts (the one
+# description of it); tests/unit/test_crds.py checks this schema against them field by field.
 STATUS: dict[str, Any] = {
     "type": "object",
     "properties": {

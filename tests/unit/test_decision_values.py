@@ -15,7 +15,7 @@ from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
 from pullmedic.core.kinds import pod_spec_of as _template_spec
 from pullmedic.core.planning import plan
 from pullmedic.core.policy import parse
-from pullmedic.core.records import RemediationRecord
+from pullmedic.core.records import RECORD
 
 NS = "team-a"
 DEPLOY = ObjectRef("Deployment", NS, "web", "d")
@@ -27,7 +27,7 @@ POD = ObjectRef("Pod", NS, "web-1", "p1")
     [None, "", "not json", "[]", "42", '"text"', "{}", '{"time": 5}', '{"time": "yesterday"}'],
 )
 def test_hostile_annotations_give_no_record(raw: str | None) -> None:
-    assert RemediationRecord.from_annotation(raw) is None
+    assert RECORD.parse(raw) is None
 
 
 def test_record_round_trip() -> None:
@@ -41,7 +41,7 @@ def test_record_round_trip() -> None:
             "secret": None,
         }
     )
-    rec = RemediationRecord.from_annotation(raw)
+    rec = RECORD.parse(raw)
     assert rec is not None
     assert (rec.cause, rec.container, rec.new_image, rec.secret) == (
         "TagNotFound",
@@ -65,7 +65,7 @@ def test_record_keeps_the_previous_image_for_humans() -> None:
             "newImage": "r/x:1.2.3",
         }
     )
-    rec = RemediationRecord.from_annotation(raw)
+    rec = RECORD.parse(raw)
     assert rec is not None and rec.previous_image == "r/x:1.2.9"
     assert (rec.to_dict()["previousImage"], rec.to_dict()["newImage"]) == ("r/x:1.2.9", "r/x:1.2.3")
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from pullmedic.control.engine import Engine, EngineSettings
+from pullmedic.core.circuit import CIRCUIT_ANNOTATION
 from pullmedic.core.diagnosis import Cause, Diagnosis, Fix
-from pullmedic.core.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION
+from pullmedic.core.records import REMEDIATION_ANNOTATION
 from pullmedic.kube.client import KubeError
 from tests.unit.fakekube import FakeKube, FakeProber
 

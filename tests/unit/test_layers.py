@@ -80,7 +80,7 @@ def violations(layer: str, source: str) -> list[str]:
         ("control", "def f():\n    from pullmedic.app import cli\n", 1),
         ("control", "from pullmedic import engine\n", 1),
         ("app", "from pullmedic.control.engine import Engine\nimport kopf\n", 0),
-        ("admission", "from pullmedic.control.remediation import Diagnoser\n", 0),
+        ("admission", "from pullmedic.control.diagnoser import Diagnoser\n", 0),
         ("admission", "from pullmedic.app.runner import run\n", 1),
     ],
 )

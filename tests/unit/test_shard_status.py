@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pullmedic.control.engine import Engine
-from pullmedic.core.accounting import merge_parts
+from pullmedic.core.policystatus import merge_parts
 from tests.unit.test_engine_scenarios import (
     BAD,
     FAST,

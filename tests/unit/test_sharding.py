@@ -8,16 +8,17 @@ from typing import Any
 
 import pytest
 
+from pullmedic.core.metadata import labels_of
 from pullmedic.core.sharding import (
+    HANDOFF,
     HANDOFF_LABEL,
     Shard,
     fnv1a64,
     group_shard,
-    handed_to,
-    handoff_patch,
     handoff_target,
     owner_uid,
 )
+from pullmedic.kube.client import KubeError
 from tests.unit.fakekube import apply_json_patch
 
 # Go: h := fnv.New64a(); h.Write([]byte(s)); fmt.Printf("%016x", h.Sum64())
@@ -159,10 +160,29 @@ def test_unsharded_owns_everything() -> None:
 @pytest.mark.parametrize("labels", [{"app": "web"}, {}, None])
 def test_handoff_patch_labels_the_pod(labels: dict[str, str] | None) -> None:
     body = pod("u1", "rs", labels)
-    out = apply_json_patch(body, handoff_patch(body, Shard(3, 4)))
-    assert handed_to(out) == "3-of-4"
+    out = apply_json_patch(body, HANDOFF.store(body, Shard(3, 4)))
+    assert HANDOFF.fetch(labels_of(out)) == Shard(3, 4)
     assert out["metadata"]["labels"][HANDOFF_LABEL] == "3-of-4"
     assert {k: v for k, v in out["metadata"]["labels"].items() if k != HANDOFF_LABEL} == (
         labels or {}
     )
-    assert Shard(3, 4).handoff_selector() == f"{HANDOFF_LABEL}=3-of-4"
+    assert HANDOFF.selector(Shard(3, 4)) == f"{HANDOFF_LABEL}=3-of-4"
+    purged = apply_json_patch(out, HANDOFF.purge(out))
+    assert HANDOFF.fetch(labels_of(purged)) is None
+    assert labels_of(purged) == (labels or {})
+    assert HANDOFF.purge(purged) == []
+
+
+def test_the_handoff_patch_is_for_this_very_pod() -> None:
+    body = pod("u1", "rs", {"app": "web"})
+    other = {**body, "metadata": {**body["metadata"], "uid": "u2"}}
+    with pytest.raises(KubeError):
+        apply_json_patch(other, HANDOFF.store(body, Shard(1, 2)))
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "1-of-2 ", "01-of-2", "2-of-2", "1-of-0", "one-of-two", "-1-of-2", 7]
+)
+def test_a_label_that_names_no_shard_hands_to_none(value: object) -> None:
+    assert HANDOFF.fetch({HANDOFF_LABEL: value}) is None
+    assert HANDOFF.fetch({HANDOFF_LABEL: "1-of-2"}) == Shard(1, 2)

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from pullmedic.admission.tls import TLSSettings
-from pullmedic.control.remediation import Diagnoser
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core import policy as pol
 from pullmedic.core.admission import (
     Answer,

@@ -254,7 +254,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 items = await auditor.workloads(None if namespace is None else [namespace])
                 await auditor.run((i, None) for i in items)
                 return [
-                    auditor.findings[i.key].entry()
+                    {k: str(v) for k, v in auditor.findings[i.key].entry().items()}
                     | {
                         "namespace": i.workload.namespace,
                         "status": _status(auditor.findings[i.key].cause),

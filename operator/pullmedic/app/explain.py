@@ -22,9 +22,9 @@ from pullmedic.app.inspection import ExplainError, Report, RestLists, gather
 from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core import kinds
 from pullmedic.core.actions import Action, ActionType, ObjectRef
+from pullmedic.core.circuit import CIRCUIT_ANNOTATION
 from pullmedic.core.diagnosis import Cause, Fix
 from pullmedic.core.kubectl import command
-from pullmedic.core.records import CIRCUIT_ANNOTATION
 from pullmedic.kube.client import KubeError, RestKube
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy

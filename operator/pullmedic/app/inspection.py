@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pullmedic.core.actions import ObjectRef
+from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
@@ -24,7 +25,7 @@ from pullmedic.core.kinds import kubectl_name
 from pullmedic.core.planning import plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import CLUSTER_KIND, Mode, Policy
-from pullmedic.core.records import CIRCUIT_ANNOTATION, REMEDIATION_ANNOTATION, RemediationRecord
+from pullmedic.core.records import RECORD
 from pullmedic.kube.client import KubeApi, KubeError, RestKube
 from pullmedic.kube.lookups import Lookups
 
@@ -155,10 +156,10 @@ def commands(
 
 def last_remediation(annotations: Mapping[str, str]) -> dict[str, Any] | None:
     """The workload's record as the operator reads it; unreadable ones are shown raw."""
-    raw = annotations.get(REMEDIATION_ANNOTATION)
+    raw = annotations.get(RECORD.key)
     if not raw:
         return None
-    rec = RemediationRecord.from_annotation(raw)
+    rec = RECORD.parse(raw)
     return rec.to_dict() if rec is not None else {"raw": raw}
 
 
@@ -335,7 +336,7 @@ async def gather(
     if wobj is not None:
         annotations = (wobj.get("metadata") or {}).get("annotations") or {}
         report.last_remediation = last_remediation(annotations)
-        report.circuit = annotations.get(CIRCUIT_ANNOTATION)
+        report.circuit = CIRCUIT_OPEN if MARK.fetch(annotations) else None
     events.sort(key=_when)
     report.operator_events = [e for e in events if e["from"] == OPERATOR_COMPONENT]
     report.kubelet_events = [

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullmedic.control.remediation import Diagnoser
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.control.reporting import Reporter
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
@@ -28,6 +28,7 @@ from pullmedic.core.admission import pod_spec_of
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.platforms import Platform
+from pullmedic.core.policystatus import UnavailableImage
 from pullmedic.kube.client import COLLECTIONS, KubeApi, KubeError
 from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
@@ -92,7 +93,7 @@ class Finding:
     def pullable(self) -> bool:
         return self.cause == str(Cause.ImageAvailable)
 
-    def entry(self) -> dict[str, str]:
+    def entry(self) -> UnavailableImage:
         return {
             "workload": str(self.item.workload),
             "container": self.item.container,

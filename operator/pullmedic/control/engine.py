@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pullmedic.control.audit import Auditor, AuditSettings, PolicyAudit
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.control.health import HealthChecks, HealthSettings
-from pullmedic.control.remediation import Clocks, Diagnoser, Remediator
+from pullmedic.control.remediation import Clocks, Remediator
 from pullmedic.control.reporting import Reporter
 from pullmedic.control.scheduler import Scheduler, SchedulerSettings
 from pullmedic.control.secretsync import SecretSync
@@ -26,7 +27,7 @@ from pullmedic.core.detection import is_terminating, might_be_stuck, stuck_conta
 from pullmedic.core.grouping import Groups, PodState
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import NodeRegistries
-from pullmedic.core.sharding import Shard, group_shard, handoff_target
+from pullmedic.core.sharding import HANDOFF, Shard, group_shard, handoff_target
 from pullmedic.kube import events
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi
@@ -253,7 +254,7 @@ class Engine:
         self.supervisor.forever("pod-watch", self.pod_watch.run, silence=2 * s.read_timeout + 30)
         if not shard.sharded:
             return
-        h = replace(s, shard_selector="", label_selector=shard.handoff_selector())
+        h = replace(s, shard_selector="", label_selector=HANDOFF.selector(shard))
         self.handoff_watch = PodWatch(
             handoff_source or source,
             self._handed_event,

@@ -13,44 +13,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from pullmedic.control.diagnoser import (
+    Diagnoser,
+    as_the_node_sees_it,
+    verified_alternative,
+    verified_mirror,
+)
+from pullmedic.control.fixes import Fix, Role, Writes
 from pullmedic.control.reporting import Reporter, remediated_message, suggestion_message
 from pullmedic.control.scheduler import Postpone
-from pullmedic.core import backoff, reference
+from pullmedic.core import backoff
 from pullmedic.core import policy as pol
-from pullmedic.core.accounting import PolicyStats, outcome, summary
-from pullmedic.core.actions import ActionType, Failure, ObjectRef, Plan, Result
-from pullmedic.core.circuit import CircuitBreaker
+from pullmedic.core.accounting import PolicyStats
+from pullmedic.core.actions import Failure, ObjectRef, Plan
+from pullmedic.core.circuit import MARK, CircuitBreaker
 from pullmedic.core.decision import (
-    alternative_candidate,
     failure_of,
-    fingerprint,
-    is_follow_up,
-    is_late_sibling,
-    is_raced_sibling,
     main_action,
-    mirror_candidate,
 )
-from pullmedic.core.detection import parse_time
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.grouping import Group, Groups, PodState
 from pullmedic.core.inventory import Inventory
-from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
+from pullmedic.core.keyring import NodeRegistries
 from pullmedic.core.kinds import ANNOTATABLE
-from pullmedic.core.nodeview import held_by_node, node_view
+from pullmedic.core.nodeview import held_by_node
 from pullmedic.core.planning import MOVE_CAUSES, plan
-from pullmedic.core.platforms import Platform
-from pullmedic.core.records import (
-    CIRCUIT_ANNOTATION,
-    CIRCUIT_OPEN,
-    REMEDIATION_ANNOTATION,
-    RemediationRecord,
-    same_time,
-    stamp,
-)
+from pullmedic.core.records import RemediationRecord, stamp
 from pullmedic.core.selection import choose
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi, KubeError
@@ -59,21 +51,6 @@ from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")
-
-
-class Diagnoser(Protocol):
-    async def diagnose(
-        self,
-        image: str,
-        keyring: Keyring,
-        platform: Platform,
-        *,
-        suggest: bool = True,
-        candidate_keyrings: Mapping[str, Keyring] | None = None,
-        tag_policy: pol.TagCorrection | None = None,
-        secret_problems: Sequence[SecretProblem] = (),
-        distrust_available: bool = False,
-    ) -> Diagnosis: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +115,13 @@ class Remediator:
             return  # the namespace is being deleted: nothing there is worth a diagnosis
         workload, job, wobj = await self.lookups.owner_chain(pod)
         failure = failure_of(rep, sc, members, workload, job, wobj)
-        policy = self._choose(pod, ns, sc.image)
+        policy = choose(
+            self.inv,
+            namespace=ns,
+            pod_labels=pod["metadata"].get("labels") or {},
+            image=sc.image,
+            operator_namespace=self.operator_namespace,
+        )
         for m in members:
             m.policy = policy.key if policy else None
 
@@ -163,7 +146,9 @@ class Remediator:
                 distrust_available=True,
             )
             metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
-            diagnosis = self._as_the_node_sees_it(diagnosis, sc.image, sc.message, policy)
+            diagnosis = as_the_node_sees_it(
+                diagnosis, sc.image, sc.message, self.node_registries, policy
+            )
         if diagnosis.cause in CREDENTIAL_CAUSES and node.name and not node.holds(sc.image):
             node = await self.lookups.node(node.name, fresh=True)  # pulled since we looked?
         if node.holds(sc.image):
@@ -171,10 +156,12 @@ class Remediator:
 
         mirror_image = None
         if policy and diagnosis.cause in MIRROR_CAUSES:
-            mirror_image = await self._verified_mirror(sc.image, policy, keyring, platform)
+            mirror_image = await verified_mirror(self.prober, sc.image, policy, keyring, platform)
         alternative = None
         if policy and policy.alternatives and diagnosis.cause in MOVE_CAUSES:
-            alternative = await self._verified_alternative(sc.image, policy, keyring, platform)
+            alternative = await verified_alternative(
+                self.prober, sc.image, policy, keyring, platform
+            )
 
         if policy is not None:
             # The policy may have changed or gone while we probed (a kill switch to Observe).
@@ -184,29 +171,6 @@ class Remediator:
             policy = current
         await self._conclude(
             group, members, rep, failure, diagnosis, policy, wobj, mirror_image, alternative
-        )
-
-    def _as_the_node_sees_it(
-        self, d: Diagnosis, image: str, kubelet_message: str, policy: pol.Policy | None
-    ) -> Diagnosis:
-        if d.cause not in CREDENTIAL_CAUSES:
-            return d
-        try:
-            ref = reference.parse(image)
-        except reference.InvalidReference:
-            return d
-        nodes = self.node_registries
-        if policy is not None and policy.node_registries:
-            nodes = nodes | NodeRegistries.parse(policy.node_registries)[0]
-        return node_view(d, kubelet_message, ref.registry_host) if nodes.provide(ref) else d
-
-    def _choose(self, pod: Mapping[str, Any], ns: str, image: str) -> pol.Policy | None:
-        return choose(
-            self.inv,
-            namespace=ns,
-            pod_labels=(pod["metadata"].get("labels") or {}),
-            image=image,
-            operator_namespace=self.operator_namespace,
         )
 
     async def _conclude(
@@ -251,29 +215,10 @@ class Remediator:
             circuit_open=circuit,
             rate_limited=rate_limited,
         )
-        fp = fingerprint(p)
-        follow_up = is_follow_up(fp, group.applied, now - group.applied_at, self.window)
-        inherited = stats is not None and str(target) in stats.inherited
-        if not follow_up and p.apply and fp and not inherited:
-            # (An inherited journal entry is a fix to continue and count: below.)
-            record = _record_on(failure)
-            follow_up = is_late_sibling(p, record, members) or is_raced_sibling(
-                p, record, self.clocks.wall(), self.window
-            )
-        continuation = False
-        if p.apply and stats is not None and not follow_up:
-            # A fix a previous process began (its journal entry is in the status): finish
-            # it under its own time, so its record and Events are the same ones.
-            entry = stats.inherited.get(str(target))
-            if entry is not None and entry.get("cause") == str(p.cause):
-                try:
-                    since = parse_time(entry.get("since"))
-                except ValueError:
-                    since = None
-                if since is not None:
-                    slot, continuation = since, True
-        if p.apply and stats is not None and not follow_up and slot not in stats.remediations:
-            stats.reserve(slot)  # with no await since the check (a deferred fix holds its own)
+        fix = Fix.of(p, failure, members, stats, group, slot)
+        if p.apply:
+            # No await since the rate-limit check: the slot is reserved in time.
+            fix.choose_role(now - group.applied_at, self.window, self.clocks.wall)
         log.info(
             "plan %s", p.render(), extra={"cause": str(diagnosis.cause), "workload": str(target)}
         )
@@ -288,10 +233,8 @@ class Remediator:
             await self._open_circuit(failure, target, wobj, diagnosis.cause, stats, group)
             return
         if p.apply:
-            applied_at = group.applied_at
-            await self._apply(p, failure, members, stats, group, slot, follow_up, fp, continuation)
-            if group.applied_at != applied_at:  # this decision made the group's fix
-                group.fix_diagnosis, group.fixed_wall = diagnosis, slot
+            if await self._apply(fix):
+                group.fix_diagnosis, group.fixed_wall = diagnosis, fix.started
         elif policy is not None and policy.mode is not pol.Mode.OBSERVE and p.actions:
             await self._suggest(p, failure, stats, group)
         metrics.PLANS.labels(
@@ -305,118 +248,83 @@ class Remediator:
             ),
         ).inc()
 
-    async def _apply(
-        self,
-        p: Plan,
-        f: Failure,
-        members: list[PodState],
-        stats: PolicyStats | None,
-        group: Group,
-        started: float,
-        follow_up: bool,
-        fp: str,
-        continuation: bool = False,
-    ) -> None:
-        """A follow-up repeats an applied plan for late siblings: its writes (recreating
-        those pods) happen, but it is not a new remediation to count, record or announce.
-        A continuation finishes a fix an earlier process began: counted and announced once
-        (unless the status loop already did), never recorded twice."""
-        target = f.workload or f.pod
-        if not follow_up and not continuation and stats is not None and p.policy:
-            stats.intend(target, str(p.cause), stamp(started))
+    async def _apply(self, fix: Fix) -> bool:
+        """Write the fix, then account, record and announce it as its role says. True when
+        this decision made the group's fix (a follow-up only repeats its writes)."""
+        if fix.role is Role.NEW and fix.stats is not None and fix.plan.policy:
+            fix.stats.intend(fix.target, str(fix.plan.cause), stamp(fix.started))
             if self.journal is not None:
-                await self.journal(p.policy)  # on record before the first write
-        results = await self.actuator.apply(p, started=started)
-        if not follow_up and stats is not None and _record_outcome_unknown(results):
-            # A write's answer was lost (the connection reset or timed out): it may have
-            # landed. Neither failed nor done: the status loop resolves it from the record
-            # on the workload, as after a crash: counted and announced once if it is there.
-            stats.defer(target, self.clocks.monotonic())
-            log.warning(
-                "outcome of the fix of %s unknown (%s): resolving it from its record",
-                target,
-                summary(results),
-            )
-            return
-        # Account first: nothing after this point may make the plan run again unrecorded.
-        ok, wrote = outcome(results)
-        if follow_up and any(
-            r.outcome == "applied" and r.action.type is not ActionType.RECREATE_PODS
-            for r in results
-        ):
-            # Someone undid the fix (a GitOps sync, a human): this is a new remediation.
-            follow_up = False
-            if stats is not None:
-                stats.reserve(started)
+                await self.journal(fix.plan.policy)  # on record before the first write
+        writes = Writes(await self.actuator.apply(fix.plan, started=fix.started))
+        made = fix.settle(writes, self.clocks.monotonic)
+        if fix.role is Role.DEFERRED:
+            return False
         now = self.clocks.monotonic()
-        if wrote:
-            group.quiet = 0
-        if ok and (wrote or all(r.outcome == "unchanged" for r in results)) and not follow_up:
+        if writes.wrote:
+            fix.group.quiet = 0
+        if made:
             # The window counts from the fix, not from its follow-ups; a follow-up's own
             # fingerprint (a raced pod's recreation) must not replace the fix's.
-            group.applied_at = now
-            group.applied = fp
-        if continuation and stats is not None and stats.take_inherited(str(target)) is None:
-            follow_up = True  # the status loop counted and announced it meanwhile
-        # A continuation with nothing left to write: the process that began it did it all
-        # (its record is on the workload) but died before counting it. Count it now.
-        finished_before = (
-            continuation and not follow_up and ok and not wrote and _recorded(f, started)
-        )
-        main = main_action(p)
-        if wrote and not follow_up:
+            fix.group.applied_at, fix.group.applied = now, fix.fingerprint
+        saved = self._observe(fix, writes, now)
+        fix.account(writes, saved)
+        if fix.role is not Role.FOLLOW_UP:
+            await self._publish(fix, writes, saved)
+        return made
+
+    def _observe(self, fix: Fix, w: Writes, now: float) -> float:
+        """Remember a fix written for the circuit breaker, and report the writes' metrics;
+        returns the back-off seconds recreating pods saved."""
+        f, p = fix.failure, fix.plan
+        if w.wrote and fix.role is not Role.FOLLOW_UP:
+            main = main_action(p)
             self.circuit.remember(
-                target,
+                fix.target,
                 f.container,
                 RemediationRecord(
-                    started,
+                    fix.started,
                     str(p.cause),
                     f.container,
                     str(main.type),
                     main.new_image,
                     main.secret,
-                    frozenset(m.ref.uid for m in members),
-                    max(m.created for m in members),
+                    frozenset(m.ref.uid for m in fix.members),
+                    max(m.created for m in fix.members),
                 ),
             )
-        for r in results:
+        for r in w.results:
             metrics.ACTIONS.labels(action=str(r.action.type), outcome=r.outcome).inc()
-        if not follow_up:
-            metrics.TIME_TO_ACTION.observe(now - group.first_seen)
-        saved = 0.0
-        if any(
-            r.action.type is ActionType.RECREATE_PODS and r.outcome == "applied" for r in results
-        ):
-            saved = sum(backoff.saved_by_recreation(now - m.first_seen) for m in members)
-            metrics.SECONDS_SAVED.inc(saved)
-        text = summary(results)
-        if stats is not None and follow_up:
-            stats.saved += saved
-            stats.dirty = True
-        elif stats is not None:
-            if not wrote and not finished_before:
-                stats.release(started)  # nothing written: give the slot back
-            stats.applied(p, results, target, text, saved, written=finished_before)
-            stats.settle(target)
-        if follow_up:
-            return
+        if fix.role is not Role.FOLLOW_UP:
+            metrics.TIME_TO_ACTION.observe(now - fix.group.first_seen)
+        if not w.recreated:
+            return 0.0
+        saved = sum(backoff.saved_by_recreation(now - m.first_seen) for m in fix.members)
+        metrics.SECONDS_SAVED.inc(saved)
+        return saved
+
+    async def _publish(self, fix: Fix, w: Writes, saved: float) -> None:
+        """The record (image patches carry theirs; secret fixes and recreations get one
+        too), then the Event: remediated, or failed."""
+        f, p = fix.failure, fix.plan
         if (
             f.workload is not None
-            and wrote
+            and w.wrote
             and f.workload.kind in ANNOTATABLE
-            and not _carries_record(results)
-            and not (continuation and _recorded(f, started))
+            and not w.carry_record
+            and not (fix.role is Role.CONTINUATION and fix.recorded())
         ):
-            # Image patches carry their record; secret fixes and recreations get one too.
             with contextlib.suppress(KubeError):
-                await self.actuator.record(p, main, f.workload, started=started)
-        if wrote or finished_before:
+                await self.actuator.record(p, main_action(p), f.workload, started=fix.started)
+        if w.wrote or fix.role is Role.FINISHED:
             policy = self.inv.policies.get(p.policy) if p.policy else None
             await self.reporter.remediated(
-                target, policy, remediated_message(p, f, text, saved), key=stamp(started)
+                fix.target,
+                policy,
+                remediated_message(p, f, w.text, saved),
+                key=stamp(fix.started),
             )
-        elif not ok and group.fresh(f"failed:{p.cause}:{text}"):
-            await self.reporter.failed(target, p.cause, text)
+        elif not w.ok and fix.group.fresh(f"failed:{p.cause}:{w.text}"):
+            await self.reporter.failed(fix.target, p.cause, w.text)
 
     async def _suggest(self, p: Plan, f: Failure, stats: PolicyStats | None, group: Group) -> None:
         target = f.workload or f.pod
@@ -448,61 +356,7 @@ class Remediator:
                     target.kind,
                     target.namespace,
                     target.name,
-                    Actuator.annotation_ops(wobj, {CIRCUIT_ANNOTATION: CIRCUIT_OPEN}),
+                    MARK.store(wobj),
                     dry_run=self.dry_run,
                 )
         await self.reporter.ineffective(target, f, cause)
-
-    async def _verified_alternative(
-        self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
-    ) -> tuple[str, str] | None:
-        """The same tag (or digest) under a moved repository's new name, found whole for
-        the node's platform there; and the move, for the Event and the record."""
-        candidate = alternative_candidate(image, policy)
-        if candidate is None:
-            return None
-        new, move = candidate
-        d = await self.prober.diagnose(new, keyring, platform, suggest=False)
-        return (new, move) if d.cause is Cause.ImageAvailable else None
-
-    async def _verified_mirror(
-        self, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
-    ) -> str | None:
-        candidate = mirror_candidate(image, policy)
-        if candidate is None:
-            return None
-        d = await self.prober.diagnose(candidate, keyring, platform, suggest=False)
-        return candidate if d.cause is Cause.ImageAvailable else None
-
-
-def _record_on(f: Failure) -> RemediationRecord | None:
-    """The record of the last fix, as the failing pod's workload carries it."""
-    return RemediationRecord.from_annotation(
-        dict(f.workload_annotations).get(REMEDIATION_ANNOTATION)
-    )
-
-
-def _recorded(f: Failure, at: float) -> bool:
-    """The workload already carries the record of the fix made at ``at``."""
-    rec = _record_on(f)
-    return rec is not None and same_time(rec.at, at)
-
-
-def _record_outcome_unknown(results: Sequence[Result]) -> bool:
-    """The write that carries the fix's record lost its answer, and nothing before it
-    surely landed: only the workload's record can tell whether the fix was made. (When an
-    earlier write surely landed, the fix is accounted as written and the unknown tail as a
-    failure: its record is then written separately, as for any secret fix.)"""
-    return not any(r.outcome == "applied" for r in results) and any(
-        r.unknown
-        and r.action.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET)
-        for r in results
-    )
-
-
-def _carries_record(results: Sequence[Result]) -> bool:
-    return any(
-        r.action.type in (ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET)
-        and r.outcome == "applied"
-        for r in results
-    )

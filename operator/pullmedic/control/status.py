@@ -16,20 +16,21 @@ from typing import Any
 from pullmedic.control.reporting import Reporter
 from pullmedic.core import backoff
 from pullmedic.core import policy as pol
-from pullmedic.core.accounting import PolicyStats, merge_parts, now_iso
+from pullmedic.core.accounting import PolicyStats, now_iso
 from pullmedic.core.actions import ObjectRef
-from pullmedic.core.detection import parse_time
 from pullmedic.core.diagnosis import Cause
 from pullmedic.core.grouping import Groups, PodState
 from pullmedic.core.inventory import Inventory
-from pullmedic.core.records import REMEDIATION_ANNOTATION, RemediationRecord, same_time, stamp
+from pullmedic.core.metadata import annotations_of
+from pullmedic.core.policystatus import Condition, StatusStore, since
+from pullmedic.core.records import RECORD, same_time, stamp
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")
 
 
-def ready_condition(policy: pol.Policy, problems: list[str]) -> dict[str, Any]:
+def ready_condition(policy: pol.Policy, problems: list[str]) -> Condition:
     return {
         "type": "Ready",
         "status": "False" if problems else "True",
@@ -37,22 +38,6 @@ def ready_condition(policy: pol.Policy, problems: list[str]) -> dict[str, Any]:
         "message": "; ".join(problems) if problems else f"mode {policy.mode}",
         "observedGeneration": policy.generation,
     }
-
-
-def condition_changed(body: Mapping[str, Any], cond: Mapping[str, Any], generation: int) -> bool:
-    status = body.get("status") or {}
-    old: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
-    )
-    return {k: old.get(k) for k in cond} != dict(cond) or status.get(
-        "observedGeneration"
-    ) != generation
-
-
-def shard_parts(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    """status.shards of a sharded policy, by shard ("<I>-of-<N>"); empty when absent."""
-    shards = status.get("shards")
-    return shards if isinstance(shards, Mapping) else {}
 
 
 class PolicyStatus:
@@ -79,7 +64,7 @@ class PolicyStatus:
         # its own figures and journal under status.shards[part]; the ``lead`` (shard 0's)
         # also writes the conditions and the sum at the top level.
         self.lead = lead or acting
-        self.part = part
+        self.store = StatusStore(part)
         self.others_seen: dict[str, dict[str, Any]] = {}  # policy -> other shards' parts
         self.failed_writes = 0
         self.bodies: dict[str, Mapping[str, Any]] = {}
@@ -91,24 +76,10 @@ class PolicyStatus:
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    def own(self, status: Mapping[str, Any]) -> Mapping[str, Any]:
-        """This replica's figures in a status body: its shard's part when sharded."""
-        if not self.part:
-            return status
-        mine = shard_parts(status).get(self.part)
-        return mine if isinstance(mine, Mapping) else {}
-
     def payload(self, key: str, st: PolicyStats, stuck: int) -> dict[str, Any]:
         """The status patch for one policy: ours, in our shard's part when sharded."""
-        mine = st.status(stuck)
-        if not self.part:
-            return mine
-        out: dict[str, Any] = {"shards": {self.part: mine}}
-        if self.lead():
-            parts = dict(shard_parts((self.bodies.get(key) or {}).get("status") or {}))
-            parts[self.part] = mine
-            out.update(merge_parts(parts))
-        return out
+        seen = (self.bodies.get(key) or {}).get("status") or {}
+        return self.store.store(st.status(stuck), seen, lead=self.lead())
 
     async def write(self, p: pol.Policy, status: Mapping[str, Any]) -> None:
         kind = "ClusterPullPolicy" if p.is_cluster else "PullPolicy"
@@ -132,25 +103,22 @@ class PolicyStatus:
         new = policy.key not in self.inv.stats
         st = self.inv.stats.setdefault(policy.key, PolicyStats())
         status = body.get("status") or {}
+        mine = self.store.fetch(status)
         if new or not self.acting():
-            st.load(self.own(status))  # continue the figures already published
+            st.load(mine)  # continue the figures already published
             st.inherited_at = self.clock()
-        for item in self.own(status).get("managedSecrets") or ():
-            if isinstance(item, Mapping) and item.get("source") and item.get("copy"):
-                st.copies.add((str(item["source"]), str(item["copy"])))
-        if self.part and self.lead():
-            others = {k: v for k, v in shard_parts(status).items() if k != self.part}
+        st.adopt(mine["managedSecrets"])
+        if self.store.part and self.lead():
+            others = self.store.others(status)
             if others != self.others_seen.get(policy.key):
                 self.others_seen[policy.key] = others
                 st.dirty = True  # another shard's figures changed: write the sum again
         cond = ready_condition(policy, problems)
-        if self.lead() and condition_changed(body, cond, policy.generation):
+        if self.lead() and self.store.ready_changed(status, cond, policy.generation):
             cond["lastTransitionTime"] = now_iso()
             try:
                 async with self.lock(policy.key):
-                    await self.write(
-                        policy, {"observedGeneration": policy.generation, "conditions": [cond]}
-                    )
+                    await self.write(policy, self.store.ready(cond, policy.generation))
             except KubeError as e:
                 # The next event for this policy (kopf re-lists on reconnect) writes it.
                 log.warning("condition of %s not written: %s", policy.key, e)
@@ -224,13 +192,9 @@ class PolicyStatus:
                     continue  # next tick
                 if st.take_inherited(workload) is None:
                     continue  # a decision took it meanwhile
-                ann = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-                rec = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
-                try:
-                    since = parse_time(entry.get("since"))
-                except ValueError:
-                    since = None
-                if rec is None or since is None or not same_time(rec.at, since):
+                rec = RECORD.fetch(annotations_of(obj))
+                began = since(entry)
+                if rec is None or began is None or not same_time(rec.at, began):
                     continue
                 cause = entry.get("cause", rec.cause)
                 st.counts["remediated"] += 1

@@ -1,17 +1,27 @@
 """What each policy has done, as the numbers its status shows. Pure bookkeeping: outcomes
-in, counts, last actions, rate-limit slots and back-off figures out."""
+in, counts, last actions, rate-limit slots and back-off figures out, in the status format
+``policystatus`` owns."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from pullmedic.core import backoff
 from pullmedic.core.actions import ActionType, ObjectRef, Plan, Result
 from pullmedic.core.grouping import PodState
+from pullmedic.core.policystatus import (
+    LAST_ACTIONS,
+    Counts,
+    LastAction,
+    ManagedSecret,
+    Part,
+    PendingAction,
+    UnavailableImage,
+)
 
 APPLIED_OK = frozenset({"applied", "unchanged", "dry-run", "skipped"})
 RATE_WINDOW = 3600.0
@@ -22,7 +32,7 @@ class PolicyStats:
     counts: dict[str, int] = field(
         default_factory=lambda: {"detected": 0, "suggested": 0, "remediated": 0, "failed": 0}
     )
-    last_actions: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=10))
+    last_actions: deque[LastAction] = field(default_factory=lambda: deque(maxlen=LAST_ACTIONS))
     attempts: int = 0
     lost: float = 0.0
     saved: float = 0.0
@@ -33,10 +43,10 @@ class PolicyStats:
     # write and leaves once counted and announced. Entries a previous process left are
     # ``inherited``: the next decision for that workload continues them, or the status
     # loop resolves them from the workload's record.
-    journal: dict[str, dict[str, str]] = field(default_factory=dict)
-    inherited: dict[str, dict[str, str]] = field(default_factory=dict)
+    journal: dict[str, PendingAction] = field(default_factory=dict)
+    inherited: dict[str, PendingAction] = field(default_factory=dict)
     inherited_at: float = 0.0  # monotonic time they were loaded
-    audit: list[dict[str, str]] = field(default_factory=list)  # images that would not pull
+    audit: list[UnavailableImage] = field(default_factory=list)  # images that would not pull
 
     def intend(self, workload: ObjectRef, cause: str, since: str) -> None:
         self.journal[str(workload)] = {"workload": str(workload), "cause": cause, "since": since}
@@ -56,39 +66,33 @@ class PolicyStats:
             self.inherited_at = now
             self.dirty = True
 
-    def take_inherited(self, workload: str) -> dict[str, str] | None:
+    def take_inherited(self, workload: str) -> PendingAction | None:
         entry = self.inherited.pop(workload, None)
         if entry is not None:
             self.dirty = True
         return entry
 
-    def load(self, status: Mapping[str, Any]) -> None:
+    def load(self, part: Part) -> None:
         """Continue from what the status says (written by the previous leader, or by this
         process before a restart): counts never go back to zero on failover."""
-        counts = status.get("counts") or {}
-        for k in self.counts:
-            v = counts.get(k)
-            if isinstance(v, int) and v > self.counts[k]:
-                self.counts[k] = v
-        backoff_ = status.get("backoff") or {}
-        if isinstance(backoff_.get("pullAttempts"), int):
-            self.attempts = max(self.attempts, backoff_["pullAttempts"])
-        for name, attr in (("secondsLostWaiting", "lost"), ("secondsSavedByRecreation", "saved")):
-            v = backoff_.get(name)
-            if isinstance(v, int | float) and v > getattr(self, attr):
-                setattr(self, attr, float(v))
-        pending = status.get("pendingActions")
-        self.inherited = {}
-        for e in pending if isinstance(pending, list) else ():
-            if isinstance(e, Mapping) and e.get("workload") and e.get("since"):
-                w = str(e["workload"])
-                if w not in self.journal:
-                    self.inherited[w] = {str(k): str(v) for k, v in e.items()}
-        actions = status.get("lastActions")
-        if isinstance(actions, list) and not self.last_actions:
-            for a in actions[-(self.last_actions.maxlen or 10) :]:
-                if isinstance(a, Mapping):
-                    self.last_actions.append({str(k): str(v) for k, v in a.items()})
+        for k, n in part["counts"].items():
+            if k in self.counts and isinstance(n, int) and n > self.counts[k]:
+                self.counts[k] = n
+        b = part["backoff"]
+        self.attempts = max(self.attempts, b.get("pullAttempts", self.attempts))
+        self.lost = max(self.lost, float(b.get("secondsLostWaiting", self.lost)))
+        self.saved = max(self.saved, float(b.get("secondsSavedByRecreation", self.saved)))
+        self.inherited = {
+            e["workload"]: e
+            for e in part["pendingActions"]
+            if e.get("since") and e["workload"] not in self.journal
+        }
+        if not self.last_actions:
+            self.last_actions.extend(part["lastActions"][-LAST_ACTIONS:])
+
+    def adopt(self, copies: Iterable[ManagedSecret]) -> None:
+        """Secret copies the status lists (made by this policy before): keep them in sync."""
+        self.copies.update((m["source"], m["copy"]) for m in copies)
 
     # ---- rate limit ------------------------------------------------------------------
     def rate_limited(self, per_hour: int, now: float) -> bool:
@@ -168,9 +172,10 @@ class PolicyStats:
         self.attempts = max(self.attempts, attempts)
         self.dirty = True
 
-    def status(self, stuck: int) -> dict[str, Any]:
+    def status(self, stuck: int) -> Part:
+        journal = {**self.inherited, **self.journal}
         return {
-            "counts": {**self.counts, "stuck": stuck},
+            "counts": cast(Counts, {**self.counts, "stuck": stuck}),
             "backoff": {
                 "pullAttempts": self.attempts,
                 "secondsLostWaiting": round(self.lost, 1),
@@ -179,55 +184,8 @@ class PolicyStats:
             "lastActions": list(self.last_actions),
             "managedSecrets": [{"source": s, "copy": d} for s, d in sorted(self.copies)],
             "unavailableImages": list(self.audit),
-            "pendingActions": [
-                {**self.inherited, **self.journal}[w]
-                for w in sorted({**self.inherited, **self.journal})
-            ],
+            "pendingActions": [journal[w] for w in sorted(journal)],
         }
-
-
-def merge_parts(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The top-level status of a sharded policy: the sum of its shards' parts
-    (status.shards), each written by its own shard. Malformed parts count as empty."""
-    counts: dict[str, int] = {}
-    backoff_: dict[str, float] = {}
-    actions: list[dict[str, str]] = []
-    copies: set[tuple[str, str]] = set()
-    audit: list[dict[str, str]] = []
-    pending: dict[str, dict[str, str]] = {}
-    for name in sorted(parts):
-        part = parts[name]
-        if not isinstance(part, Mapping):
-            continue
-        for k, v in (part.get("counts") or {}).items():
-            if isinstance(v, int):
-                counts[str(k)] = counts.get(str(k), 0) + v
-        for k, v in (part.get("backoff") or {}).items():
-            if isinstance(v, int | float):
-                backoff_[str(k)] = backoff_.get(str(k), 0) + v
-        for key, into in (("lastActions", actions), ("unavailableImages", audit)):
-            items = part.get(key)
-            into.extend(
-                {str(a): str(b) for a, b in x.items()}
-                for x in (items if isinstance(items, list) else ())
-                if isinstance(x, Mapping)
-            )
-        for m in part.get("managedSecrets") or ():
-            if isinstance(m, Mapping) and m.get("source") and m.get("copy"):
-                copies.add((str(m["source"]), str(m["copy"])))
-        for e in part.get("pendingActions") or ():
-            if isinstance(e, Mapping) and e.get("workload"):
-                pending[str(e["workload"])] = {str(a): str(b) for a, b in e.items()}
-    actions.sort(key=lambda a: a.get("time", ""))
-    backoff_ = {k: round(v, 1) if isinstance(v, float) else v for k, v in backoff_.items()}
-    return {
-        "counts": counts,
-        "backoff": backoff_,
-        "lastActions": actions[-10:],
-        "managedSecrets": [{"source": a, "copy": b} for a, b in sorted(copies)],
-        "unavailableImages": audit[:100],
-        "pendingActions": [pending[w] for w in sorted(pending)],
-    }
 
 
 def outcome(results: Sequence[Result]) -> tuple[bool, bool]:

@@ -2,7 +2,8 @@
 
 Pure: the workload's annotations and this process's memory in, a verdict out. Owners the
 ClusterRole may annotate carry the state in annotations (surviving restarts; deleting the
-annotation re-arms); the rest are guarded in memory, keyed by uid.
+annotation re-arms); the rest are guarded in memory, keyed by uid. This module owns that
+annotation's format (``MARK``: fetch / store / purge, as for the remediation record).
 """
 
 from __future__ import annotations
@@ -14,26 +15,38 @@ from pullmedic.core.actions import ActionType, Failure, ObjectRef
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause
 from pullmedic.core.grouping import PodState
 from pullmedic.core.kinds import ANNOTATABLE
-from pullmedic.core.records import (
-    CIRCUIT_ANNOTATION,
-    CIRCUIT_OPEN,
-    REMEDIATION_ANNOTATION,
-    RemediationRecord,
-)
+from pullmedic.core.metadata import annotation_ops, annotations_of, remove_ops
+from pullmedic.core.records import RECORD, RemediationRecord
 
-# Owners whose metadata the ClusterRole lets pullmedic patch (records and circuit state).
+CIRCUIT_ANNOTATION = "pullmedic.dev/circuit"
+CIRCUIT_OPEN = "open"
 
 CircuitKey = tuple[str, str]
+
+
+class CircuitMark:
+    """The mark on a workload whose circuit is open: ``pullmedic.dev/circuit: open``. Any
+    other value, or none, is a closed circuit (deleting the annotation re-arms)."""
+
+    key = CIRCUIT_ANNOTATION
+
+    def fetch(self, annotations: Mapping[str, Any]) -> bool:
+        return annotations.get(self.key) == CIRCUIT_OPEN
+
+    def store(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """JSON patch ops marking ``obj`` open."""
+        return annotation_ops(obj, {self.key: CIRCUIT_OPEN})
+
+    def purge(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return remove_ops(obj, "annotations", self.key)
+
+
+MARK = CircuitMark()
 
 
 def circuit_key(target: ObjectRef, container: str) -> CircuitKey:
     # By uid: a recreated workload of the same name starts clean.
     return (f"{target}#{target.uid}", container)
-
-
-def annotations_of(wobj: Mapping[str, Any] | None) -> Mapping[str, str]:
-    ann = ((wobj or {}).get("metadata") or {}).get("annotations") or {}
-    return ann if isinstance(ann, Mapping) else {}
 
 
 class CircuitBreaker:
@@ -52,10 +65,10 @@ class CircuitBreaker:
     def already_open(
         self, wobj: Mapping[str, Any] | None, target: ObjectRef, container: str
     ) -> bool:
-        return (
-            circuit_key(target, container) in self.open_in_memory
-            or annotations_of(wobj).get(CIRCUIT_ANNOTATION) == CIRCUIT_OPEN
-        )
+        """The circuit is open: marked on the workload, or in memory where no mark can be."""
+        if target.kind in ANNOTATABLE:
+            return MARK.fetch(annotations_of(wobj))  # removing the annotation re-arms
+        return circuit_key(target, container) in self.open_in_memory
 
     def trip(self, target: ObjectRef, container: str) -> bool:
         """Mark open; True when the mark must be written on the workload."""
@@ -74,14 +87,10 @@ class CircuitBreaker:
         now: float,
     ) -> bool:
         """Open when a pod that already carries our fix fails again with the same cause."""
-        ann = annotations_of(wobj)
-        if target.kind in ANNOTATABLE:
-            if ann.get(CIRCUIT_ANNOTATION) == CIRCUIT_OPEN:
-                return True  # removing the annotation re-arms
-        elif circuit_key(target, f.container) in self.open_in_memory:
+        if self.already_open(wobj, target, f.container):
             return True
         rec = self.records.get((str(target), f.container))
-        from_ann = RemediationRecord.from_annotation(ann.get(REMEDIATION_ANNOTATION))
+        from_ann = RECORD.fetch(annotations_of(wobj))
         if (
             from_ann is not None
             and from_ann.container == f.container

@@ -1,19 +1,22 @@
-"""The one owner of what pullmedic persists on workloads: the remediation record and the
-circuit-breaker mark. Written by the actuator, read by the circuit breaker; both go
-through here so the format has a single definition."""
+"""The one owner of the remediation record: the ``pullmedic.dev/last-remediation``
+annotation (JSON) on a workload, everything a human needs to revert a fix and what the
+circuit breaker and a restarted operator read back. ``RECORD`` is its storage, in the
+style of kopf's progress storage: ``fetch`` reads a typed record, ``store`` and ``purge``
+return the JSON patch ops, which the kube edge applies. Nothing else parses the JSON."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pullmedic.core.actions import Action, Plan
 from pullmedic.core.detection import parse_time
+from pullmedic.core.metadata import annotation_ops, remove_ops
 
 REMEDIATION_ANNOTATION = "pullmedic.dev/last-remediation"
-CIRCUIT_ANNOTATION = "pullmedic.dev/circuit"
-CIRCUIT_OPEN = "open"
 
 
 @dataclass(frozen=True)
@@ -31,38 +34,27 @@ class RemediationRecord:
     # agreement between our clock and the apiserver's.
     old_pods: frozenset[str] = frozenset()
     old_created: float | None = None
-    # Read back from the annotation only: what a human needs to revert the change.
+    # Written for humans, read back for `explain`: what it takes to revert the change.
     previous_image: str = ""
+    policy: str | None = None
 
     @classmethod
-    def from_annotation(cls, raw: str | None) -> RemediationRecord | None:
-        if not raw:
-            return None
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(rec, dict):
-            return None  # anyone who can edit the workload can write this: trust nothing
-        at = rec.get("time")
-        try:
-            when = parse_time(at) if isinstance(at, str) else None
-        except ValueError:
-            when = None
-        if when is None:
-            return None
+    def of(cls, plan: Plan, a: Action, at: float) -> RemediationRecord:
+        """The record of action ``a`` of ``plan``, made at ``at`` (epoch seconds)."""
+        image = plan.failure.image
         return cls(
-            when,
-            str(rec.get("cause", "")),
-            str(rec.get("container", "")),
-            str(rec.get("action", "")),
-            str(rec.get("newImage") or ""),
-            str(rec.get("secret") or ""),
-            previous_image=str(rec.get("previousImage") or ""),
+            at,
+            str(plan.cause),
+            plan.failure.container,
+            str(a.type),
+            a.new_image or image,
+            a.secret,
+            previous_image=a.old_image or image,
+            policy=plan.policy,
         )
 
     def to_dict(self) -> dict[str, str]:
-        """The record as the annotation spells it (``explain --json`` shows it so)."""
+        """The record as ``explain --json`` shows it."""
         return {
             "time": stamp(self.at),
             "cause": self.cause,
@@ -74,6 +66,69 @@ class RemediationRecord:
         }
 
 
+class RecordAnnotation:
+    """The record's storage on the workload's annotations."""
+
+    key = REMEDIATION_ANNOTATION
+
+    def parse(self, raw: Any) -> RemediationRecord | None:
+        """The record an annotation value spells, or None (anyone who can edit the
+        workload can write it: trust nothing)."""
+        if not raw or not isinstance(raw, str):
+            return None
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(rec, dict):
+            return None
+        at = rec.get("time")
+        try:
+            when = parse_time(at) if isinstance(at, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            return None
+        return RemediationRecord(
+            when,
+            str(rec.get("cause", "")),
+            str(rec.get("container", "")),
+            str(rec.get("action", "")),
+            str(rec.get("newImage") or ""),
+            str(rec.get("secret") or ""),
+            previous_image=str(rec.get("previousImage") or ""),
+        )
+
+    def fetch(self, annotations: Mapping[str, Any]) -> RemediationRecord | None:
+        return self.parse(annotations.get(self.key))
+
+    def render(self, record: RemediationRecord) -> str:
+        """The annotation value (sorted keys, as every version wrote it)."""
+        return json.dumps(
+            {
+                "time": stamp(record.at),
+                "cause": record.cause,
+                "policy": record.policy,
+                "action": record.action,
+                "container": record.container,
+                "previousImage": record.previous_image,
+                "newImage": record.new_image,
+                "secret": record.secret or None,
+            },
+            sort_keys=True,
+        )
+
+    def store(self, obj: Mapping[str, Any], record: RemediationRecord) -> list[dict[str, Any]]:
+        """JSON patch ops writing the record on ``obj``."""
+        return annotation_ops(obj, {self.key: self.render(record)})
+
+    def purge(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return remove_ops(obj, "annotations", self.key)
+
+
+RECORD = RecordAnnotation()
+
+
 def stamp(at: float) -> str:
     """The record's time as written: microseconds, so it identifies one fix."""
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -81,20 +136,3 @@ def stamp(at: float) -> str:
 
 def same_time(a: float, b: float) -> bool:
     return abs(a - b) < 1e-3
-
-
-def render(plan: Plan, a: Action, at: float) -> str:
-    """The annotation value: everything a human needs to revert the change."""
-    return json.dumps(
-        {
-            "time": stamp(at),
-            "cause": str(plan.cause),
-            "policy": plan.policy,
-            "action": str(a.type),
-            "container": plan.failure.container,
-            "previousImage": a.old_image or plan.failure.image,
-            "newImage": a.new_image or plan.failure.image,
-            "secret": a.secret or None,
-        },
-        sort_keys=True,
-    )

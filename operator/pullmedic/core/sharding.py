@@ -10,22 +10,26 @@ uid), by the same hash, so every replica computes the same owner for every group
 talking to the others. A replica that watches a stuck pod of a group another shard owns
 hands the pod over with a label (``HANDOFF_LABEL: "<owner>-of-<n>"``); every shard also
 watches pods carrying its own label value, so the owner sees that pod like one of its own.
+This module owns that label's format (``HANDOFF``: fetch / store / purge); ``kube.handoff``
+applies its patches.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pullmedic.core import jsonpointer
 from pullmedic.core.detection import controller_of
+from pullmedic.core.metadata import precondition, remove_ops, set_ops
 
 HASH_SPACE = 1 << 64
 HANDOFF_LABEL = "pullmedic.dev/shard"
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _MASK = HASH_SPACE - 1
+_NAME = re.compile(r"([0-9]+)-of-([0-9]+)")
 
 
 def fnv1a64(value: str) -> int:
@@ -73,10 +77,6 @@ class Shard:
             return ""
         return f"shardRange(object.metadata.uid, '{_hex(self.start)}', '{_hex(self.end)}')"
 
-    def handoff_selector(self) -> str:
-        """The ``labelSelector`` of the pods other shards hand over to this one."""
-        return f"{HANDOFF_LABEL}={self.name}"
-
     def holds(self, uid: str) -> bool:
         """This shard's slice of the hash space contains ``uid``."""
         return not self.sharded or self.start <= fnv1a64(uid) < self.end
@@ -109,18 +109,35 @@ def handoff_target(shard: Shard, pod: Mapping[str, Any]) -> Shard | None:
     return None if owner == shard.index else shard.peer(owner)
 
 
-def handed_to(pod: Mapping[str, Any]) -> str:
-    """The hand-off label already on the pod ("" when none)."""
-    return str(((pod.get("metadata") or {}).get("labels") or {}).get(HANDOFF_LABEL) or "")
+class HandoffLabel:
+    """The hand-off label on a pod: ``HANDOFF_LABEL: "<index>-of-<count>"`` (``Shard.name``),
+    the shard the pod was handed to. Patches are on this very pod (a uid ``test``)."""
+
+    key = HANDOFF_LABEL
+
+    def fetch(self, labels: Mapping[str, Any]) -> Shard | None:
+        """The shard the label names; None when there is none or it names no shard."""
+        raw = labels.get(self.key)
+        m = _NAME.fullmatch(raw) if isinstance(raw, str) else None
+        if m is None:
+            return None
+        try:
+            shard = Shard(int(m[1]), int(m[2]))
+        except ValueError:
+            return None
+        return shard if shard.name == raw else None  # "01-of-4" is not shard 1's label
+
+    def store(self, pod: Mapping[str, Any], target: Shard) -> list[dict[str, Any]]:
+        """JSON patch ops labelling the pod for ``target``."""
+        return [precondition(pod, "uid"), *set_ops(pod, "labels", {self.key: target.name})]
+
+    def purge(self, pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+        ops = remove_ops(pod, "labels", self.key)
+        return [precondition(pod, "uid"), *ops] if ops else []
+
+    def selector(self, shard: Shard) -> str:
+        """The ``labelSelector`` of the pods handed to ``shard``."""
+        return f"{self.key}={shard.name}"
 
 
-def handoff_patch(pod: Mapping[str, Any], target: Shard) -> list[dict[str, Any]]:
-    """JSON patch: label the pod for ``target``, on this very pod (uid test)."""
-    meta = pod.get("metadata") or {}
-    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta.get("uid")}]
-    if meta.get("labels"):
-        key = jsonpointer.escape(HANDOFF_LABEL)
-        ops.append({"op": "add", "path": f"/metadata/labels/{key}", "value": target.name})
-    else:
-        ops.append({"op": "add", "path": "/metadata/labels", "value": {HANDOFF_LABEL: target.name}})
-    return ops
+HANDOFF = HandoffLabel()

@@ -11,12 +11,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pullmedic.core import jsonpointer, records
 from pullmedic.core.actions import Action, ActionType, ObjectRef, Plan, Result
+from pullmedic.core.metadata import precondition
 from pullmedic.core.planning import MANAGED_SECRET_LABEL, SOURCE_ANNOTATION
+from pullmedic.core.records import RECORD, RemediationRecord
 from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger(__name__)
+
+# The writes that carry the remediation record with the fix (one patch); the others' record
+# is written after them (``record``).
+RECORD_CARRIERS = frozenset({ActionType.PATCH_WORKLOAD_IMAGE, ActionType.ADD_TEMPLATE_PULL_SECRET})
 
 
 def _get_path(obj: Mapping[str, Any], pointer: str) -> Any:
@@ -87,33 +92,26 @@ class Actuator:
             {"op": "test", "path": a.container_path, "value": a.old_image},
             {"op": "replace", "path": a.container_path, "value": a.new_image},
         ]
-        if t.kind != "Pod":  # never annotate pods: they are not ours to mark
-            ops += self.annotation_ops(
-                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
-            )
-        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
-        return Result(
-            a, "dry-run" if self.dry_run else "applied", f"{a.old_image} -> {a.new_image}"
-        )
+        await self._write_fix(plan, a, at, obj, ops)
+        return self._written(a, f"{a.old_image} -> {a.new_image}")
 
-    @staticmethod
-    def annotation_ops(obj: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[str, Any]]:
-        """JSON patch ops setting annotations; creating the map tests the resourceVersion
-        so a concurrent writer's annotations are never replaced."""
-        meta = obj.get("metadata") or {}
-        if not meta.get("annotations"):
-            return [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": meta.get("resourceVersion"),
-                },
-                {"op": "add", "path": "/metadata/annotations", "value": dict(values)},
+    async def _write_fix(
+        self, plan: Plan, a: Action, at: float, obj: Mapping[str, Any], ops: list[dict[str, Any]]
+    ) -> None:
+        """One patch: the fix's ``ops`` and, on a workload, the fix's record, so the fix
+        never lands without it. Never on a pod: pods are not ours to mark."""
+        t = a.target
+        if t.kind != "Pod":
+            tested = precondition(obj, "resourceVersion") in ops  # covers the record's too
+            ops = ops + [
+                op
+                for op in RECORD.store(obj, RemediationRecord.of(plan, a, at))
+                if not (tested and op["op"] == "test")
             ]
-        return [
-            {"op": "add", "path": f"/metadata/annotations/{jsonpointer.escape(k)}", "value": v}
-            for k, v in values.items()
-        ]
+        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
+
+    def _written(self, a: Action, detail: str) -> Result:
+        return Result(a, "dry-run" if self.dry_run else "applied", detail)
 
     async def record(
         self, plan: Plan, a: Action, workload: ObjectRef, *, started: float | None = None
@@ -127,7 +125,7 @@ class Actuator:
             workload.kind,
             workload.namespace,
             workload.name,
-            self.annotation_ops(obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}),
+            RECORD.store(obj, RemediationRecord.of(plan, a, at)),
         )
 
     async def _copy_secret(self, a: Action) -> Result:
@@ -169,17 +167,13 @@ class Actuator:
         if existing.get("data") == body["data"] and existing.get("type") == body["type"]:
             return Result(a, "unchanged", "copy is current")
         ops = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": existing["metadata"]["resourceVersion"],
-            },
+            precondition(existing, "resourceVersion"),
             {"op": "replace", "path": "/data", "value": body["data"]},
         ]
         await self.kube.json_patch(
             "Secret", a.target.namespace, a.secret, ops, dry_run=self.dry_run
         )
-        return Result(a, "dry-run" if self.dry_run else "applied", f"refreshed copy of {a.source}")
+        return self._written(a, f"refreshed copy of {a.source}")
 
     async def _attach(self, a: Action) -> Result:
         t = a.target
@@ -191,11 +185,7 @@ class Actuator:
             if any(r.get("name") == a.secret for r in refs):
                 return Result(a, "unchanged", "already attached")
             ops: list[dict[str, Any]] = [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": sa["metadata"]["resourceVersion"],
-                },
+                precondition(sa, "resourceVersion"),
                 {
                     "op": "add",
                     "path": "/imagePullSecrets/-" if refs else "/imagePullSecrets",
@@ -210,7 +200,7 @@ class Actuator:
                 if e.status in (409, 422):
                     continue  # someone else wrote it: read again
                 raise
-            return Result(a, "dry-run" if self.dry_run else "applied", f"attached {a.secret}")
+            return self._written(a, f"attached {a.secret}")
         return Result(a, "failed", "ServiceAccount kept changing")
 
     async def _add_template_secret(self, plan: Plan, a: Action, at: float) -> Result:
@@ -223,22 +213,11 @@ class Actuator:
         if any(isinstance(r, Mapping) and r.get("name") == a.secret for r in current):
             return Result(a, "unchanged", "already in the template")
         ops: list[dict[str, Any]] = [
-            {
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": obj["metadata"]["resourceVersion"],
-            },
+            precondition(obj, "resourceVersion"),
             {"op": "add", "path": a.container_path, "value": {"name": a.secret}},
         ]
-        ops += [
-            op
-            for op in self.annotation_ops(
-                obj, {records.REMEDIATION_ANNOTATION: records.render(plan, a, at)}
-            )
-            if op["op"] != "test"  # the resourceVersion is tested above already
-        ]
-        await self.kube.json_patch(t.kind, t.namespace, t.name, ops, dry_run=self.dry_run)
-        return Result(a, "dry-run" if self.dry_run else "applied", f"added {a.secret}")
+        await self._write_fix(plan, a, at, obj, ops)
+        return self._written(a, f"added {a.secret}")
 
     async def _recreate(self, a: Action) -> Result:
         deleted = 0

@@ -1,7 +1,8 @@
 """Hand-off: a stuck pod this shard watches, of a failure group another shard owns.
 
-The pod gets the owner's hand-off label (sharding.HANDOFF_LABEL); the owner watches pods
-with its label value and so sees the pod's failure, recovery and deletion itself. Kept
+The pod gets the owner's hand-off label (``sharding.HANDOFF`` owns its format; this module
+applies its patches); the owner watches pods with its label value and so sees the pod's
+failure, recovery and deletion itself. Kept
 here: only the stuck pods still to be labelled (at most one entry per such pod). Only the
 acting replica of this shard writes; a standby keeps the list warm.
 """
@@ -13,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pullmedic.core.sharding import Shard, handed_to, handoff_patch
+from pullmedic.core.metadata import labels_of
+from pullmedic.core.sharding import HANDOFF, Shard
 from pullmedic.kube.client import KubeApi, KubeError
 
 log = logging.getLogger("pullmedic")
@@ -37,7 +39,7 @@ class HandOff:
     def note(self, pod: Mapping[str, Any], target: Shard | None) -> None:
         """A stuck pod of another shard's group (``target``), or None: forget it."""
         uid = str((pod.get("metadata") or {}).get("uid") or "")
-        if target is None or handed_to(pod) == target.name:
+        if target is None or HANDOFF.fetch(labels_of(pod)) == target:
             self.pending.pop(uid, None)
             return
         if uid in self.pending:
@@ -47,7 +49,7 @@ class HandOff:
             str(meta.get("namespace") or ""),
             str(meta.get("name") or ""),
             target,
-            handoff_patch(pod, target),
+            HANDOFF.store(pod, target),
         )
 
     def forget(self, uid: str) -> None:
