@@ -684,3 +684,39 @@ def test_webhook_overlay_can_never_block_the_cluster() -> None:
         if d["kind"] == "Certificate" and d["metadata"]["name"] == "pullmedic-webhook"
     ]
     assert "pullmedic-webhook.pullmedic-system.svc" in cert["spec"]["dnsNames"]
+
+
+def test_webhook_self_overlay_needs_no_cert_manager() -> None:
+    """The operator keeps its own certificates: no cert-manager object or annotation, a
+    writable mount where --webhook-cert points, and a role for its one configuration."""
+    docs = render(MANIFESTS / "overlays" / "webhook-self")
+    assert not [d for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    (cfg,) = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    assert "cert-manager.io/inject-ca-from" not in (cfg["metadata"].get("annotations") or {})
+    assert cfg["webhooks"][0]["failurePolicy"] == "Ignore"
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert "--webhook-tls=self" in c["args"] and "--webhook-port=9443" in c["args"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "webhook-tls")
+    assert not mount.get("readOnly")
+    volume = next(v for v in spec["volumes"] if v["name"] == "webhook-tls")
+    assert "emptyDir" in volume and "secret" not in volume
+    from pullmedic.app import cli, runner
+
+    args = cli.build_parser().parse_args(["run", *c["args"], "--operator-namespace", OPERATOR_NS])
+    tls = runner.settings_from(args).webhook.tls
+    assert tls is not None and tls.directory == mount["mountPath"]
+    assert tls.configuration == cfg["metadata"]["name"]
+    (role,) = [
+        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-tls")
+    ]
+    (rule,) = role["rules"]
+    assert rule["resources"] == ["mutatingwebhookconfigurations"]
+    assert rule["resourceNames"] == [cfg["metadata"]["name"]] and rule["verbs"] == ["get", "patch"]
+    (binding,) = [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["subjects"][0]["namespace"] == OPERATOR_NS
