@@ -26,7 +26,9 @@ build_kubernetes() {
   # One wrapper module per version for the control plane and the node: kube-apiserver,
   # kube-controller-manager, kube-scheduler, kubelet and kubectl. Only missing binaries are built.
   local out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-  local want="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl" missing="" c
+  # KUBE_COMMANDS narrows the set (the demo needs no kubectl; it is built when first used).
+  local want="${KUBE_COMMANDS:-kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl}"
+  local missing="" c
   for c in $want; do [ -x "$out/$c" ] || missing="$missing $c"; done
   [ -z "$missing" ] && return 0
   local src="$cache/src/kubernetes-$KUBERNETES_VERSION"; mkdir -p "$src"
@@ -77,6 +79,17 @@ build_registry() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
+# go-containerregistry's registry, a second implementation for the prober's tests
+# (sandbox/ggcr wraps it; its go.mod pins the module at GGCR_VERSION).
+build_ggcr() {
+  local out="$cache/bin/ggcr-$GGCR_VERSION"
+  [ -x "$out/ggcr" ] && return 0
+  grep -q "go-containerregistry $GGCR_VERSION" "$here/ggcr/go.mod" \
+    || { echo "sandbox/ggcr/go.mod does not pin $GGCR_VERSION" >&2; return 1; }
+  (cd "$here/ggcr" && go build -trimpath -ldflags "-s -w" -o "$out.tmp/ggcr" .)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 # helm, for the chart's tests (charts/pullmedic): lint and template need no cluster.
 build_helm() {
   local out="$cache/bin/helm-$HELM_VERSION"
@@ -88,7 +101,7 @@ build_helm() {
 }
 
 start=$(date +%s)
-for c in "${@:-etcd registry kubernetes pause helm}"; do
+for c in "${@:-etcd registry kubernetes pause helm ggcr}"; do
   for one in $c; do
     t0=$(date +%s); log "$one: start"
     "build_$one"

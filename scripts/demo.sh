@@ -3,5 +3,5 @@
 # show it healing them. `--keep` leaves the sandbox running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --demo
 PYTHONPATH="$PWD:$PWD/operator${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m sandbox.demo "$@"

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: Python venv with the operator and dev tools, and the sandbox's
 # pinned Go builds (cached in ~/.cache/pullmedic; a warm cache makes this a no-op).
+# `--demo` builds only what the demo runs (no kubectl, helm or test-only registries; each
+# is built the first time something needs it).
 set -euo pipefail
+components=""
+if [ "${1:-}" = "--demo" ]; then
+  components="etcd registry kubernetes pause"
+  export KUBE_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet"
+fi
 cd "$(dirname "$0")/.."
 command -v go >/dev/null || { echo "Go >= 1.26 is required (https://go.dev/doc/install)" >&2; exit 1; }
 # The sandbox's real node runs on Debian's containerd, runc, CNI plugins and busybox (the
@@ -40,6 +47,7 @@ if [ ! -d "${PULLMEDIC_CACHE:-$HOME/.cache/pullmedic}/bin" ]; then
   echo "[setup] first run: compiling the sandbox from Go modules (the longest step;" \
        "each component prints its time; later runs reuse the cache)" >&2
 fi
-bash sandbox/build.sh
+# shellcheck disable=SC2086
+bash sandbox/build.sh $components
 step "sandbox binaries ready" "$t0"
 step "setup done" "$setup_start"
