@@ -37,6 +37,7 @@ def binary(name: str) -> Path:
         "pause": f"pause-{v['PAUSE_VERSION']}",
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
+        "promtool": f"promtool-{v['PROMETHEUS_VERSION']}",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():
