@@ -137,6 +137,7 @@ def test_non_default_values_reach_the_flags_and_objects() -> None:
     (sm,) = kinds["ServiceMonitor"]
     svc = next(s for s in kinds["Service"] if s["metadata"]["name"].endswith("-metrics"))
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     (cpp,) = kinds["ClusterPullPolicy"]
     assert (cpp["metadata"]["name"], cpp["spec"]) == ("heal", {"mode": "Remediate"})
     (pp,) = kinds["PullPolicy"]
@@ -188,6 +189,33 @@ def test_a_malformed_pull_policy_key_fails_the_render() -> None:
     )
     assert out.returncode != 0
     assert "want NAMESPACE/NAME" in out.stderr
+
+
+def test_monitoring_renders_the_kustomize_alerts_and_dashboard() -> None:
+    """One value each turns on the PrometheusRule and the dashboard ConfigMap; the rule's
+    spec is the kustomize overlay's, the dashboard the same JSON."""
+    assert {"PrometheusRule", "ConfigMap"}.isdisjoint(by_kind(template()))
+    docs = template(
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kps",
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=grafana",
+        "metrics.grafanaDashboard.annotations.grafana_folder=Kubernetes",
+        release="edge",
+        ns="ops",
+    )
+    kinds = by_kind(docs)
+    (rule,) = kinds["PrometheusRule"]
+    assert (rule["metadata"]["name"], rule["metadata"]["namespace"]) == ("edge-pullmedic", "ops")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    overlay = REPO / "manifests" / "overlays" / "monitoring"
+    kustomize_rule = yaml.safe_load((overlay / "prometheusrule.yaml").read_text())
+    assert rule["spec"] == kustomize_rule["spec"]
+    (cm,) = kinds["ConfigMap"]
+    assert cm["metadata"]["namespace"] == "grafana"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Kubernetes"}
+    assert cm["data"]["pullmedic.json"] == (overlay / "pullmedic.json").read_text()
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
