@@ -104,6 +104,14 @@ def errors(value: Any, s: Schema, path: str = "") -> list[str]:
     return out
 
 
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Values as helm merges -f/--set over the chart's: maps key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 def test_the_defaults_are_valid() -> None:
     assert errors(values(), schema()) == []
 
@@ -123,13 +131,6 @@ def test_the_defaults_are_valid() -> None:
 )
 def test_the_validator_refuses_a_mistake(change: dict[str, Any], message: str) -> None:
     """Guards the test above (and shows what the schema refuses): each is one mistake."""
-
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = merge(base[k], v) if isinstance(v, dict) and k in base else v
-        return out
-
     found = errors(merge(values(), change), schema())
     assert len(found) == 1 and message in found[0], found
 
@@ -161,3 +162,14 @@ def test_schema_and_values_name_the_same_settings() -> None:
     assert s["additionalProperties"] is False
     in_schema = leaves(s) - {"global"}  # Helm's own, for a parent chart's shared values
     assert documented(values(), s) == in_schema
+
+
+def test_the_sandbox_install_passes_the_schema() -> None:
+    """The values tests/e2e/test_incluster.py installs the chart with (helm refuses them
+    before anything runs if the schema does not)."""
+    from sandbox import incluster
+
+    where = incluster.Placement("127.0.0.1", 6443, 18080, 19090, ("127.0.0.1:5000",))
+    chosen = incluster.helm_values("127.0.0.1:5000/pullmedic:0.1.0-0123456789ab", where)
+    chosen["helmTest"] = {"platform": "linux/amd64"}
+    assert errors(merge(values(), chosen), schema()) == []
