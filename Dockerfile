@@ -2,7 +2,14 @@
 #
 # pullmedic operator image.
 #
-#   docker build -t pullmedic:0.1.0 .        # or, without Docker: scripts/build-image.sh
+#   scripts/build-image.sh                   # buildah, reproducible (SOURCE_DATE_EPOCH)
+#   docker buildx build -t pullmedic:0.1.0 \
+#     --build-arg SOURCE_DATE_EPOCH="$(git log -1 --format=%ct)" \
+#     --output type=docker,rewrite-timestamp=true .
+#
+# Reproducible: the image's files and history carry SOURCE_DATE_EPOCH as their time (set
+# by the builder tool, as above), the bytecode embeds no mtime (compileall below), the
+# SBOM no date, and every dependency is the locked file.
 #
 # Both stages run Debian 12's own Python 3.11: the builder installs python3-venv on
 # debian:12-slim, the runtime is distroless python3-debian12 (made from the same Debian
@@ -15,8 +22,8 @@
 # reach a container registry: no digest could be looked up and verified here.
 
 # ---------------------------------------------------------------------------
-# builder: a venv with pullmedic and its dependencies, installed exactly the way the
-# test suite installs the project (`pip install .` from pyproject.toml).
+# builder: a venv with pullmedic and exactly the dependencies in requirements.lock
+# (versions and the hash of every file; scripts/lock.sh writes it), and the venv's SBOM.
 # ---------------------------------------------------------------------------
 FROM debian:12-slim AS builder
 
@@ -30,24 +37,48 @@ RUN apt-get update \
     && apt-get install --yes --no-install-recommends python3-venv=3.11.2-1+b1 \
     && rm -rf /var/lib/apt/lists/*
 
-RUN python3 -m venv /opt/venv
+# /opt/venv is the image's; /opt/sbom holds the SBOM tool and stays in the builder.
+RUN python3 -m venv /opt/venv \
+    && python3 -m venv /opt/sbom
 ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
-# Only what the package build needs: never sandbox/, tests/, bench/ (see .dockerignore).
+# The locks first (their layer is reused while only the sources change), then only what
+# the package build needs: never sandbox/, tests/, bench/ (see .dockerignore).
+COPY requirements.lock requirements-sbom.lock ./
+
+# Every dependency, and the build backend (setuptools), from the lock and nothing else:
+# --require-hashes refuses any file whose hash is not recorded there, and wheels only
+# (every locked package has wheels for linux/amd64 and linux/arm64: no compiler needed).
+# No bytecode yet: it is compiled once, reproducibly, below.
+RUN pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all: \
+       -r requirements.lock \
+    && /opt/sbom/bin/pip install --no-cache-dir --no-compile --require-hashes --only-binary=:all: \
+       -r requirements-sbom.lock
+
 COPY pyproject.toml README.md ./
 COPY operator/ ./operator/
 
-# Every dependency ships wheels for linux/amd64 and linux/arm64, so no compiler is needed.
-# pip byte-compiles while installing, so the read-only root filesystem at run time costs
-# nothing at start-up. pip (and the setuptools ensurepip seeded) is dropped from the venv
-# afterwards: nothing in the final image installs anything. The kubernetes client's
-# asyncio copy (kubernetes/aio, 68 MB with its bytecode) is removed: pullmedic and kopf
-# use the synchronous client only. The last command checks the entry point resolves.
-RUN pip install --no-cache-dir . \
+# pullmedic itself, offline, with the locked setuptools and no dependency resolution.
+# pip and setuptools are dropped from the venv afterwards: nothing in the final image
+# installs anything. The kubernetes client's asyncio copy (kubernetes/aio, 68 MB with its
+# bytecode) is removed: pullmedic and kopf use the synchronous client only. Then the
+# venv is byte-compiled, so the read-only root filesystem at run time costs nothing at
+# start-up: unchecked-hash .pyc files record no source mtime (two builds write the same
+# bytes) and are never re-validated (the image's sources never change). Then the entry
+# point must resolve, and the SBOM (CycloneDX JSON, no timestamp or random serial)
+# records every distribution left in the venv, with its version, inside the venv the
+# final image carries.
+RUN pip install --no-cache-dir --no-compile --no-deps --no-build-isolation --no-index . \
     && pip uninstall --yes setuptools pip \
     && rm -rf /opt/venv/lib/python3.11/site-packages/kubernetes/aio \
-    && pullmedic --help >/dev/null
+    && python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+       /opt/venv/lib/python3.11/site-packages \
+    && pullmedic --help >/dev/null \
+    && mkdir -p /opt/venv/share/doc/pullmedic \
+    && /opt/sbom/bin/cyclonedx-py environment --output-reproducible --of JSON \
+       --pyproject pyproject.toml -o /opt/venv/share/doc/pullmedic/sbom.cdx.json \
+       /opt/venv/bin/python
 
 # ---------------------------------------------------------------------------
 # final: the venv alone on a slim base, running as a non-root numeric user.
@@ -61,7 +92,8 @@ LABEL org.opencontainers.image.title="pullmedic" \
       org.opencontainers.image.description="Kubernetes operator that diagnoses and heals image pull failures" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.pullmedic.sbom="/opt/venv/share/doc/pullmedic/sbom.cdx.json"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -100,6 +100,20 @@ build_helm() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
+# promtool, for `promtool test rules` on the alerts (manifests/overlays/monitoring): not
+# part of the default set, built the first time a test asks for it. No service-discovery
+# plugins (remove_all_sd): rule tests never discover targets.
+build_promtool() {
+  local out="$cache/bin/promtool-$PROMETHEUS_VERSION"
+  [ -x "$out/promtool" ] && return 0
+  local rest="${PROMETHEUS_VERSION#v0.}" minor patch
+  minor="${rest%%.*}"; patch="${rest#*.}"
+  GOBIN="$out.tmp" go install -trimpath -tags remove_all_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.$((minor - 300)).$patch" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 start=$(date +%s)
 for c in "${@:-etcd registry kubernetes pause helm ggcr}"; do
   for one in $c; do

@@ -38,6 +38,7 @@ def binary(name: str) -> Path:
         "registry": f"registry-{v['DISTRIBUTION_VERSION']}",
         "helm": f"helm-{v['HELM_VERSION']}",
         "ggcr": f"ggcr-{v['GGCR_VERSION']}",
+        "promtool": f"promtool-{v['PROMETHEUS_VERSION']}",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():

@@ -8,19 +8,32 @@
 # Each base rootfs is cached in $PULLMEDIC_CACHE/images/ keyed by its recipe; the
 # operator image is rebuilt only when the build inputs change (tag pullmedic:<hash>).
 #
-#   scripts/build-image.sh [--tag NAME] [--isolation chroot|oci]   # prints the image id
+# Reproducible: SOURCE_DATE_EPOCH (default: the time of the last commit that changed the
+# build inputs) is the time of every layer's files and of the image's history (buildah
+# --timestamp); the Dockerfile writes no other time (bytecode without mtimes, an SBOM
+# without a date), so two builds of one commit give the same image id. --no-cache builds again from the bases, ignoring the
+# cached image and layers (the check of that, tests/integration/test_image.py).
+#
+#   scripts/build-image.sh [--tag NAME] [--isolation chroot|oci] [--no-cache]   # prints the image id
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${PULLMEDIC_CACHE:-$HOME/.cache/pullmedic}"
 tag="localhost/pullmedic:0.1.0"
 isolation="${BUILDAH_ISOLATION:-chroot}"
+fresh=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) tag="$2"; shift 2 ;;
     --isolation) isolation="$2"; shift 2 ;;
-    *) echo "usage: $0 [--tag NAME] [--isolation chroot|oci]" >&2; exit 2 ;;
+    --no-cache) fresh=1; shift ;;
+    *) echo "usage: $0 [--tag NAME] [--isolation chroot|oci] [--no-cache]" >&2; exit 2 ;;
   esac
 done
+# The time of the last commit that changed what the image is built from: a commit that
+# changes nothing in it keeps the same epoch, so the cached image stays the right one.
+epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct -- Dockerfile .dockerignore pyproject.toml \
+  README.md requirements.lock requirements-sbom.lock operator 2>/dev/null || true)}"
+epoch="${epoch:-0}"
 log() { printf '[image] %s\n' "$*" >&2; }
 
 need=()
@@ -85,11 +98,17 @@ base docker.io/library/debian:12-slim 0:0 "${slim_opts[@]}"
 base gcr.io/distroless/python3-debian12:nonroot 65532:65532 "${runtime_opts[@]}"
 
 # The build inputs: what the Dockerfile copies (as .dockerignore allows) and the recipe.
-inputs="$( { cat Dockerfile .dockerignore pyproject.toml README.md "$0";
+inputs="$( { echo "$epoch"; cat Dockerfile .dockerignore pyproject.toml README.md "$0" \
+    requirements.lock requirements-sbom.lock;
   find operator -name '*.py' -o -name py.typed | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16)"
 keyed="localhost/pullmedic:build-$inputs"
+nocache=()
+if [ "$fresh" = 1 ]; then
+  nocache=(--no-cache); keyed="localhost/pullmedic:fresh-$inputs"
+  bh rmi "$keyed" >/dev/null 2>&1 || true
+fi
 if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
-  log "building $keyed (isolation $isolation)"
+  log "building $keyed (isolation $isolation, SOURCE_DATE_EPOCH $epoch)"
   t1=$(date +%s)
   # pip reaches PyPI trusting this machine's CA bundle (which may hold a proxy's CA),
   # mounted beside the image's own bundle: apt's ca-certificates rewrites that one.
@@ -97,13 +116,14 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   printf '[global]\ncert = /run/pullmedic-build/ca.crt\n' > "$conf"
   vols=(-v /etc/ssl/certs/ca-certificates.crt:/run/pullmedic-build/ca.crt:ro
         -v "$conf:/etc/pip.conf:ro")
-  bh bud --quiet --pull=never --isolation "$isolation" --layers "${vols[@]}" \
+  bh bud --quiet --pull=never --isolation "$isolation" --layers "${nocache[@]}" "${vols[@]}" \
+    --timestamp "$epoch" \
     -f Dockerfile -t "$keyed" . >&2
   log "image built in $(( $(date +%s) - t1 )) s"
 fi
 bh tag "$keyed" "$tag"
 # Older builds of other inputs go (their layers stay as the build cache).
-bh images --format '{{.Name}}:{{.Tag}}' | awk -v k="$keyed" '$1 ~ /^localhost\/pullmedic:build-/ && $1 != k {print $1}' \
+bh images --format '{{.Name}}:{{.Tag}}' | awk -v k="-$inputs" '$1 ~ /^localhost\/pullmedic:(build|fresh)-/ && substr($1, length($1) - length(k) + 1) != k {print $1}' \
   | xargs -r buildah "${store[@]}" rmi >/dev/null 2>&1 || true
 size="$(bh images --format '{{.Name}}:{{.Tag}} {{.Size}}' | awk -v k="$keyed" '$1 == k {print $2, $3; exit}')"
 log "$tag ready in $(( $(date +%s) - t0 )) s (size $size uncompressed)"

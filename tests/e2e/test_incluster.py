@@ -12,6 +12,7 @@ broken Deployment on its own.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -241,6 +242,29 @@ def test_kubectl_apply_k_runs_the_image_and_heals(
     check_heals(sandbox.registries, core, apps, custom)
 
 
+def check_helm_test(helm: list[str], core: Any, release: str, namespace: str, image: str) -> None:
+    """`helm test`: the chart's hook pod runs `pullmedic diagnose` on the operator's own
+    image from inside the cluster (the node's network, the release's prober settings) and
+    succeeds because the image pulls; its log is the diagnosis. The pod stays after a run
+    (for its log): deleted here, so the operator's label selects no pod after uninstall."""
+    try:
+        out = subprocess.run(
+            [*helm, "test", release, "-n", namespace, "--logs", "--timeout", "180s"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespaced_pod(
+                f"{release}-pullmedic-test-diagnose", namespace, grace_period_seconds=0
+            )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Succeeded" in out.stdout, out.stdout
+    assert f"Image:      {image}" in out.stdout, out.stdout
+    assert "Cause:      ImageAvailable" in out.stdout, out.stdout
+
+
 def test_helm_install_runs_the_image_and_heals(
     sandbox: Any,
     image_ref: str,
@@ -253,7 +277,10 @@ def test_helm_install_runs_the_image_and_heals(
 ) -> None:
     where = incluster.Placement.for_sandbox(sandbox.cluster.api_url, hosts(sandbox))
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(incluster.helm_values(image_ref, where)))
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    chosen = incluster.helm_values(image_ref, where)
+    chosen["helmTest"] = {"platform": f"linux/{arch}"}  # the node's, for `helm test`
+    values.write_text(yaml.safe_dump(chosen))
     release = f"pm{uuid.uuid4().hex[:6]}"
     helm = [str(paths.binary("helm")), "--kubeconfig", str(sandbox.kubeconfig)]
     out = subprocess.run(
@@ -267,6 +294,7 @@ def test_helm_install_runs_the_image_and_heals(
     try:
         check_running_pod(core, coordination, namespace, selector, where, "pullmedic")
         check_heals(sandbox.registries, core, apps, custom)
+        check_helm_test(helm, core, release, namespace, image_ref)
     finally:
         subprocess.run(
             [*helm, "uninstall", release, "-n", namespace], capture_output=True, timeout=120

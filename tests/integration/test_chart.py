@@ -59,8 +59,15 @@ def test_helm_lint_is_clean() -> None:
     assert "0 chart(s) failed" in out
 
 
+def hooks(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+
+
 def test_default_render_is_the_operator_alone() -> None:
-    kinds = sorted(d["kind"] for d in template())
+    docs = template()
+    (hook,) = hooks(docs)  # `helm test`'s pod, not installed
+    assert (hook["kind"], hook["metadata"]["annotations"]["helm.sh/hook"]) == ("Pod", "test")
+    kinds = sorted(d["kind"] for d in docs if d is not hook)
     assert kinds == sorted(
         [
             "ServiceAccount",
@@ -137,6 +144,7 @@ def test_non_default_values_reach_the_flags_and_objects() -> None:
     (sm,) = kinds["ServiceMonitor"]
     svc = next(s for s in kinds["Service"] if s["metadata"]["name"].endswith("-metrics"))
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     (cpp,) = kinds["ClusterPullPolicy"]
     assert (cpp["metadata"]["name"], cpp["spec"]) == ("heal", {"mode": "Remediate"})
     (pp,) = kinds["PullPolicy"]
@@ -188,6 +196,106 @@ def test_a_malformed_pull_policy_key_fails_the_render() -> None:
     )
     assert out.returncode != 0
     assert "want NAMESPACE/NAME" in out.stderr
+
+
+def test_monitoring_renders_the_kustomize_alerts_and_dashboard() -> None:
+    """One value each turns on the PrometheusRule and the dashboard ConfigMap; the rule's
+    spec is the kustomize overlay's, the dashboard the same JSON."""
+    assert {"PrometheusRule", "ConfigMap"}.isdisjoint(by_kind(template()))
+    docs = template(
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kps",
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=grafana",
+        "metrics.grafanaDashboard.annotations.grafana_folder=Kubernetes",
+        release="edge",
+        ns="ops",
+    )
+    kinds = by_kind(docs)
+    (rule,) = kinds["PrometheusRule"]
+    assert (rule["metadata"]["name"], rule["metadata"]["namespace"]) == ("edge-pullmedic", "ops")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    overlay = REPO / "manifests" / "overlays" / "monitoring"
+    kustomize_rule = yaml.safe_load((overlay / "prometheusrule.yaml").read_text())
+    assert rule["spec"] == kustomize_rule["spec"]
+    (cm,) = kinds["ConfigMap"]
+    assert cm["metadata"]["namespace"] == "grafana"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Kubernetes"}
+    assert cm["data"]["pullmedic.json"] == (overlay / "pullmedic.json").read_text()
+
+
+def render_fails(*sets: str) -> str:
+    """`helm template` with these values must fail: its message."""
+    flags = [a for s in sets for a in ("--set", s)]
+    out = subprocess.run(
+        [str(paths.binary("helm")), "template", "x", str(CHART), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0, f"helm template {' '.join(sets)} rendered:\n{out.stdout}"
+    return out.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("replica=3", "replica"),
+        ("metrics.serviceMonitor.enable=true", "enable"),
+        ("webhook.certmanager.duration=1h", "certmanager"),
+        ("operator.logformat=plain", "logformat"),
+    ],
+)
+def test_a_misspelt_value_fails_with_the_schemas_message(value: str, named: str) -> None:
+    err = render_fails(value)
+    assert "schema" in err and named in err, err
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["operator.logFormat=yaml", "webhook.failurePolicy=ignore", "sharding.shards=0"],
+)
+def test_a_wrong_value_fails_with_the_schemas_message(value: str) -> None:
+    err = render_fails(value)
+    assert "schema" in err, err
+
+
+def test_helm_test_hook_diagnoses_an_image_as_the_nodes_would() -> None:
+    docs = template(
+        "image.repository=registry.example/pullmedic",
+        "image.tag=1.2.3",
+        "imagePullSecrets[0].name=regcred",
+        "hostNetwork=true",
+        "operator.insecureRegistries={reg.local:5000}",
+        "operator.allowAddresses={127.0.0.0/8}",
+        release="edge",
+        ns="ops",
+    )
+    (pod,) = hooks(docs)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["hostNetwork"] is True
+    assert spec["automountServiceAccountToken"] is False
+    (c,) = spec["containers"]
+    assert c["image"] == "registry.example/pullmedic:1.2.3"
+    assert c["command"] == ["pullmedic"]
+    assert c["args"][:2] == ["diagnose", "registry.example/pullmedic:1.2.3"]
+    for flag in (
+        "--pull-secret=/etc/pullmedic/pull-secrets/regcred/.dockerconfigjson",
+        "--insecure-registry=reg.local:5000",
+        "--allow-address=127.0.0.0/8",
+        "--platform=linux/amd64",
+    ):
+        assert flag in c["args"], (flag, c["args"])
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    secret = volumes[mounts["/etc/pullmedic/pull-secrets/regcred"]]["secret"]
+    assert secret == {"secretName": "regcred"}
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    other = hooks(template("helmTest.image=docker.io/library/busybox:1.36"))[0]
+    assert other["spec"]["containers"][0]["args"][1] == "docker.io/library/busybox:1.36"
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

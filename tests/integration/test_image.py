@@ -2,13 +2,16 @@
 
 buildah builds it (chroot isolation) on bases made from Debian 12 packages; the result is
 keyed by the hash of its inputs, so a second run reuses it. The checks read the built
-image's config and its mounted filesystem, and run the entry point in it.
+image's config and its mounted filesystem, and run the entry point in it; the venv is
+exactly requirements.lock, its SBOM lists every package, and a second build from scratch
+of the same commit is the same image.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -120,3 +123,78 @@ def test_the_entry_point_runs_as_that_user(rootfs: Path) -> None:
     # pip is gone for good: the interpreter cannot import it either.
     pip = chroot(rootfs, "/opt/venv/bin/python3", "-c", "import pip")
     assert pip.returncode != 0 and "No module named 'pip'" in pip.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Locked, recorded, reproducible
+# ---------------------------------------------------------------------------------------
+
+SBOM = Path("opt/venv/share/doc/pullmedic/sbom.cdx.json")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed(rootfs: Path) -> dict[str, str]:
+    """Distribution name -> version, from the venv's *.dist-info/METADATA."""
+    out = {}
+    site = rootfs / "opt" / "venv" / "lib" / "python3.11" / "site-packages"
+    for meta in site.glob("*.dist-info/METADATA"):
+        headers = meta.read_text(errors="replace").split("\n\n", 1)[0]
+        fields = dict(line.split(": ", 1) for line in headers.splitlines() if ": " in line[:40])
+        out[_canonical(fields["Name"])] = fields["Version"]
+    return out
+
+
+def test_the_sbom_lists_every_python_package_with_its_version(rootfs: Path) -> None:
+    doc = json.loads((rootfs / SBOM).read_text())
+    assert doc["bomFormat"] == "CycloneDX"
+    listed = {_canonical(c["name"]): c["version"] for c in doc.get("components", [])}
+    root = doc["metadata"]["component"]
+    listed.setdefault(_canonical(root["name"]), root.get("version", ""))
+    have = installed(rootfs)
+    assert "pullmedic" in have and "kopf" in have
+    assert have == {k: v for k, v in listed.items() if k in have}
+    assert not set(have) - set(listed), set(have) - set(listed)
+    assert not {"pip", "setuptools"} & set(listed)
+    # reproducible output: no generation time, no random serial number
+    assert "serialNumber" not in doc and "timestamp" not in doc["metadata"]
+
+
+def test_the_venv_is_what_requirements_lock_pins(rootfs: Path) -> None:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if m:
+            pins[_canonical(m[1])] = m[2]
+    have = installed(rootfs)
+    have.pop("pullmedic")
+    assert have == {k: v for k, v in pins.items() if k != "setuptools"}
+
+
+def test_bytecode_records_no_mtime(rootfs: Path) -> None:
+    """.pyc files are unchecked-hash ones (PEP 552 flags word 1): their source's hash,
+    not its mtime, so they are the same in every build; and every module has one."""
+    site = rootfs / "opt" / "venv" / "lib" / "python3.11" / "site-packages"
+    pycs = sorted(site.rglob("*.pyc"))
+    assert pycs
+    for pyc in pycs:
+        flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+        assert flags == 1, pyc
+    assert (site / "pullmedic" / "app" / "__pycache__" / "cli.cpython-311.pyc").exists()
+
+
+def test_two_builds_of_one_commit_are_the_same_image(image: str) -> None:
+    """Rebuilt from the bases with no cached layer: the same image id (config digest,
+    so the same layers, history and times)."""
+    first = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", image)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh"), "--no-cache", "--tag", f"{TAG}-again"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    again = out.stdout.strip().splitlines()[-1]
+    assert again == first, f"{again} != {first}"

@@ -1,6 +1,7 @@
 """The deployment manifests against a real kube-apiserver.
 
-- kustomize renders the base and the ServiceMonitor overlay;
+- kustomize renders the base, the ServiceMonitor overlay and the monitoring overlay
+  (alerts and dashboard, the chart's own files);
 - every rendered object, and both example policies, pass server-side dry-run (schema,
   strict field validation, admission) — the CRDs, the namespace and the RBAC objects are
   applied for real first;
@@ -377,6 +378,26 @@ def test_servicemonitor_overlay_renders(base: list[Doc]) -> None:
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == svc["spec"]["ports"][0]["name"]
     assert endpoint["path"] == "/metrics"
+    # pullmedic_image_unavailable's own `namespace` label (the workload's) wins.
+    assert endpoint["honorLabels"] is True
+
+
+def test_monitoring_overlay_adds_the_alerts_and_the_dashboard() -> None:
+    docs = render(MANIFESTS / "overlays" / "monitoring")
+    assert sorted(json.dumps(d, sort_keys=True) for d in render(OVERLAY)) == sorted(
+        json.dumps(d, sort_keys=True)
+        for d in docs
+        if d["kind"] not in ("PrometheusRule", "ConfigMap")
+    )
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["namespace"] == OPERATOR_NS
+    chart_rules = REPO / "charts" / "pullmedic" / "files" / "pullmedic.rules.yaml"
+    assert rule["spec"] == yaml.safe_load(chart_rules.read_text())
+    dashboard = one(docs, "ConfigMap", "pullmedic-dashboard")
+    assert dashboard["metadata"]["namespace"] == OPERATOR_NS
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    chart_dashboard = REPO / "charts" / "pullmedic" / "dashboards" / "pullmedic.json"
+    assert dashboard["data"] == {"pullmedic.json": chart_dashboard.read_text()}
 
 
 # ---------------------------------------------------------------------------------------

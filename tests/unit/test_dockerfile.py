@@ -1,8 +1,12 @@
-"""The operator image: hadolint-clean, built with the same `pip install .` the tests use.
+"""The operator image: hadolint-clean, locked, reproducible, with an SBOM.
 
 No Docker engine is needed: hadolint lints the Dockerfile, a small parser checks its
 stages, and the build context (as .dockerignore leaves it) is turned into a wheel to show
-the COPY steps carry everything `pip install .` needs and nothing else.
+the COPY steps carry everything `pip install .` needs and nothing else. The dependencies
+come only from requirements.lock (pinned, every file's hash; scripts/lock.sh), the builder
+records a CycloneDX SBOM of the venv in the venv, and nothing in the build records a time
+but SOURCE_DATE_EPOCH, so two builds of one commit are the same
+(tests/integration/test_image.py builds twice and compares).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,15 @@ OCI_LABELS = (
     "org.opencontainers.image.licenses",
 )
 # What the builder may copy in: the package build inputs only.
-BUILD_INPUTS = {"pyproject.toml", "README.md", "operator/"}
+BUILD_INPUTS = {
+    "pyproject.toml",
+    "README.md",
+    "operator/",
+    "requirements.lock",
+    "requirements-sbom.lock",
+}
+LOCKS = ("requirements.lock", "requirements-sbom.lock")
+SBOM = "/opt/venv/share/doc/pullmedic/sbom.cdx.json"
 NEVER_IN_CONTEXT = ("sandbox/", "tests/", "bench/", "scripts/", ".venv/", ".git/")
 
 
@@ -191,16 +204,143 @@ def test_two_stages_on_debian_12_python() -> None:
     assert pins, "python3-venv must be pinned to Debian 12's version"
 
 
-def test_builder_installs_the_project_with_pip_install_dot() -> None:
+def pip_installs(stage: Stage) -> list[tuple[list[str], str]]:
+    """(options, target) of every `pip install` in the stage's RUN commands."""
+    runs = " && ".join(i.args for i in stage.all("RUN"))
+    found = re.findall(r"pip install((?: +--?[\w-]+(?:=\S+)?)*) +(\S+)", runs)
+    return [(opts.split(), target) for opts, target in found]
+
+
+def test_builder_installs_dependencies_only_from_the_lock() -> None:
+    """Everything from a lock with hashes, wheels only; then pullmedic itself with no
+    index and no resolution, so nothing unlocked can reach the image."""
     builder = stages()[0]
+    installs = pip_installs(builder)
+    assert installs, "no pip install in the builder"
+    for options, target in installs:
+        assert "--no-cache-dir" in options
+        assert "-e" not in options and "--editable" not in options
+        if target == ".":
+            assert {"--no-deps", "--no-index", "--no-build-isolation"} <= set(options), options
+        else:
+            assert options[-1] == "-r" and target in LOCKS, (options, target)
+            assert {"--require-hashes", "--only-binary=:all:"} <= set(options), options
+    targets = [target for _, target in installs]
+    assert sorted(targets) == sorted([*LOCKS, "."]), targets
     runs = " && ".join(i.args for i in builder.all("RUN"))
-    installs = re.findall(r"pip install((?: +--?[\w-]+(?:=\S+)?)*) +(\S+)", runs)
-    assert installs, f"no pip install in the builder: {runs}"
-    assert [target for _, target in installs] == ["."], installs
-    options = installs[0][0].split()
-    assert "--no-cache-dir" in options
-    assert "-e" not in options and "--editable" not in options
     assert "python3 -m venv /opt/venv" in runs
+    # the SBOM tool lives in a venv of its own, never in the image's
+    assert "/opt/sbom/bin/pip install" in runs
+
+
+def test_the_builder_records_an_sbom_of_the_venv_in_the_venv() -> None:
+    builder, final = stages()
+    runs = " && ".join(i.args for i in builder.all("RUN"))
+    cmd = runs[runs.index("cyclonedx-py") :].split("&&")[0].split()
+    assert cmd[1] == "environment" and cmd[-1] == "/opt/venv/bin/python", cmd
+    assert "--output-reproducible" in cmd  # no timestamp, no random serial number
+    assert cmd[cmd.index("-o") + 1] == SBOM
+    assert cmd[cmd.index("--of") + 1] == "JSON"
+    # after pip and setuptools left the venv: the SBOM lists what the image runs
+    assert runs.index("pip uninstall --yes setuptools pip") < runs.index("cyclonedx-py")
+    assert SBOM.startswith("/opt/venv/")  # the final stage copies the venv
+    assert label_pairs(final)["dev.pullmedic.sbom"] == SBOM
+
+
+def test_nothing_in_the_build_records_a_time() -> None:
+    """Bytecode is compiled once, after pip left, as unchecked-hash .pyc files (no source
+    mtime inside); pip compiles nothing itself. File and history times are
+    SOURCE_DATE_EPOCH, the commit's time, set by build-image.sh (buildah --timestamp)."""
+    builder = stages()[0]
+    for options, _ in pip_installs(builder):
+        assert "--no-compile" in options, options
+    runs = " && ".join(i.args for i in builder.all("RUN"))
+    compile_at = runs.index("python3 -m compileall")
+    compile_cmd = runs[compile_at:].split("&&")[0].split()
+    assert compile_cmd[compile_cmd.index("--invalidation-mode") + 1] == "unchecked-hash"
+    assert compile_cmd[-1] == "/opt/venv/lib/python3.11/site-packages"
+    assert runs.index("pip uninstall --yes setuptools pip") < compile_at
+    assert runs.index("kubernetes/aio") < compile_at
+    script = (REPO / "scripts" / "build-image.sh").read_text()
+    assert '--timestamp "$epoch"' in script
+    assert "SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct" in script
+    for lock in LOCKS:
+        assert lock in script, f"{lock} is a build input: the image's cache key needs it"
+
+
+# ---------------------------------------------------------------------------------------
+# The locks
+# ---------------------------------------------------------------------------------------
+
+
+def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """Requirement name -> (pinned version, hashes), from a pip-compile lock file."""
+    text, name = path.read_text(), path.name
+    out: dict[str, tuple[str, list[str]]] = {}
+    for block in re.split(r"\n(?=\S)", text):
+        lines = [ln.strip() for ln in block.splitlines() if not ln.strip().startswith("#")]
+        joined = " ".join(ln.rstrip("\\").strip() for ln in lines if ln)
+        if not joined:
+            continue
+        words = joined.split()
+        assert not words[0].startswith("-"), f"{name}: option {words[0]!r} in a lock"
+        req, hashes = words[0], [w.split("=", 1)[1] for w in words[1:]]
+        assert all(w.startswith("--hash=sha256:") for w in words[1:]), (name, joined)
+        pkg, sep, version = req.partition("==")
+        assert sep and version and ";" not in req, f"{name}: {req} is not pinned"
+        assert hashes, f"{name}: {req} has no hash"
+        out[canonical(pkg)] = (version, hashes)
+    return out
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_runtime_dependency_is_locked_with_hashes() -> None:
+    from packaging.requirements import Requirement
+
+    pins = locked(REPO / "requirements.lock")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = [Requirement(r) for r in project["project"]["dependencies"]]
+    wanted += [Requirement(r) for r in project["build-system"]["requires"]]
+    for req in wanted:
+        name = canonical(req.name)
+        assert name in pins, f"{req.name} is not in requirements.lock: run scripts/lock.sh"
+        version = pins[name][0]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"requirements.lock pins {req.name}=={version}, pyproject.toml wants {req}: "
+            "run scripts/lock.sh"
+        )
+    for name, (_, hashes) in pins.items():
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    # a transitive dependency, to show the lock is the whole closure
+    assert {"aiohttp", "urllib3", "h11", "certifi"} <= set(pins)
+
+
+def test_the_sbom_tool_is_locked_at_the_version_asked_for() -> None:
+    pins = locked(REPO / "requirements-sbom.lock")
+    asked = [
+        ln.strip()
+        for ln in (REPO / "requirements-sbom.in").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert asked == [f"cyclonedx-bom=={pins['cyclonedx-bom'][0]}"], asked
+    assert not set(pins) & {"pip"}, "pip is never locked: the venv brings its own"
+
+
+def test_the_lock_parser_refuses_what_pip_would_not_verify(tmp_path: Path) -> None:
+    """Guards the checks above: an unpinned or unhashed line is a finding."""
+    bad = {
+        "not pinned": "kopf>=1.45 \\\n    --hash=sha256:" + "0" * 64 + "\n",
+        "no hash": "kopf==1.45.2\n    # via pullmedic\n",
+        "option": "--index-url https://example.org\nkopf==1\n",
+    }
+    for n, (message, text) in enumerate(bad.items()):
+        path = tmp_path / f"{n}.lock"
+        path.write_text(text)
+        with pytest.raises(AssertionError, match=message):
+            locked(path)
 
 
 def test_builder_copies_only_the_package_sources() -> None:
@@ -307,7 +447,7 @@ def context_files() -> list[str]:
 def test_dockerignore_allows_only_the_build_inputs() -> None:
     patterns = dockerignore_patterns()
     allowed = {p for ex, p in patterns if not ex}
-    assert allowed <= {"pyproject.toml", "README.md", "operator"}, allowed
+    assert allowed <= {"pyproject.toml", "README.md", "operator", *LOCKS}, allowed
     files = context_files()
     for bad in NEVER_IN_CONTEXT:
         assert not [f for f in files if f.startswith(bad)], bad
