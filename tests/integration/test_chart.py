@@ -352,3 +352,33 @@ def test_the_comparison_notices_a_difference(kustomize_base: list[Doc]) -> None:
     assert chart[key] != base[key]
     spec_b, spec_c = base[key]["spec"], chart[key]["spec"]
     assert spec_b["replicas"] == 2 and spec_c["replicas"] == 1
+
+
+def test_webhook_tls_self_needs_no_cert_manager() -> None:
+    docs = template("webhook.enabled=true", "webhook.tls=self", release="r")
+    assert not [d for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    (cfg,) = by_kind(docs)["MutatingWebhookConfiguration"]
+    assert "cert-manager.io/inject-ca-from" not in (cfg["metadata"].get("annotations") or {})
+    args = args_of(docs)
+    assert "--webhook-tls=self" in args
+    assert f"--webhook-configuration={cfg['metadata']['name']}" in args
+    spec = deployment_of(docs)["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "webhook-tls")
+    assert "emptyDir" in volume
+    (role,) = [r for r in by_kind(docs)["ClusterRole"] if r["metadata"]["name"].endswith("-tls")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [cfg["metadata"]["name"]],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    from pullmedic.app import cli, runner
+
+    parsed = cli.build_parser().parse_args(["run", *args, "--operator-namespace", NS])
+    tls = runner.settings_from(parsed).webhook.tls
+    assert tls is not None and tls.service == "r-pullmedic-webhook"
+    # The default stays cert-manager's.
+    default = template("webhook.enabled=true")
+    assert by_kind(default)["Certificate"] and "--webhook-tls=self" not in args_of(default)
