@@ -176,6 +176,35 @@ CASES: dict[str, list[Case]] = {
             "30m",
         ),
     ],
+    "PullMedicCircuitOpen": [
+        Case(
+            "a fix that did not hold",
+            {
+                'pullmedic_circuits_opened_total{namespace="shop",kind="Deployment",name="web",'
+                'cause="TagNotFound",pod="pm-a"}': "0x10 1x20",
+            },
+            "20m",
+            [
+                Firing(
+                    {
+                        "namespace": "shop",
+                        "kind": "Deployment",
+                        "name": "web",
+                        "cause": "TagNotFound",
+                    },
+                    1,
+                )
+            ],
+        ),
+        Case(
+            "opened long ago, nothing since",
+            {
+                'pullmedic_circuits_opened_total{namespace="shop",kind="Deployment",name="web",'
+                'cause="TagNotFound",pod="pm-a"}': "1x150",
+            },
+            "140m",
+        ),
+    ],
     "PullMedicRegistryRateLimited": [
         Case(
             "pods stuck on 429s",

@@ -229,6 +229,7 @@ def test_alerts_cover_what_a_platform_team_is_paged_for() -> None:
         "PullMedicPodsStuckOnPull",
         "PullMedicWorkloadImageUnavailable",
         "PullMedicRemediationsFailing",
+        "PullMedicCircuitOpen",
         "PullMedicRegistryRateLimited",
         "PullMedicNotReady",
         "PullMedicDown",

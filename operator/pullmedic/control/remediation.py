@@ -350,6 +350,9 @@ class Remediator:
             return
         if stats is not None:
             stats.circuit_opened(target, str(cause))
+        metrics.CIRCUITS_OPENED.labels(
+            namespace=target.namespace, kind=target.kind, name=target.name, cause=str(cause)
+        ).inc()
         if write_mark and wobj:
             with contextlib.suppress(KubeError):
                 await self.kube.json_patch(

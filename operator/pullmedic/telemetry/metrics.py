@@ -109,6 +109,12 @@ REGISTRY_GETS_WITHHELD = Counter(
     ["host"],
     registry=REGISTRY,
 )
+CIRCUITS_OPENED = Counter(
+    "pullmedic_circuits_opened_total",
+    "Circuits opened: a fix for this workload did not hold, and pullmedic stopped fixing it.",
+    ["namespace", "kind", "name", "cause"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "pullmedic_leader",
     "1 on the replica that holds the Lease and acts; 0 on standbys.",
