@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pullmedic.control.remediation import Diagnoser
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
 from pullmedic.core.decision import failure_of
@@ -87,17 +88,6 @@ class Lists(Protocol):
     async def jobs(self, ns: str) -> list[dict[str, Any]]: ...
 
     async def events(self, ns: str, kind: str, name: str) -> list[dict[str, Any]]: ...
-
-
-class Diagnoser(Protocol):
-    async def diagnose(
-        self,
-        image: str,
-        keyring: Keyring,
-        platform: Platform,
-        *,
-        secret_problems: Sequence[SecretProblem] = (),
-    ) -> Diagnosis: ...
 
 
 class RestLists:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from typing import TypeAlias
 
 from pullmedic.core.actions import Action, ActionType, Failure, ObjectRef, Plan
 from pullmedic.core.detection import PULL_REASONS
@@ -27,6 +28,8 @@ MOVE_CAUSES = frozenset(
 # Views of the one table of kinds (kinds.py) that planning reads.
 TEMPLATE_PATHS = {name: KINDS[name].pod_spec for name in TEMPLATE_FIX}
 
+Remedy: TypeAlias = tuple[list[Action], str]  # the actions, and why (or why none)
+
 
 def managed_secret_name(source: SecretRef) -> str:
     """Stable, collision-free name for a copied secret (a DNS-1123 subdomain).
@@ -42,7 +45,7 @@ def managed_secret_name(source: SecretRef) -> str:
     return f"{name[:236].rstrip('.-')}.{digest}"
 
 
-def _image_actions(f: Failure, new_image: str, policy: Policy) -> tuple[list[Action], str]:
+def _image_actions(f: Failure, new_image: str, policy: Policy) -> Remedy:
     """Where to change an image so the fix lasts: the owner template, else the pod."""
     actions: list[Action] = []
     w = f.workload
@@ -117,86 +120,7 @@ def plan(
             note="circuit breaker open: the same cause came back after a "
             "remediation; not acting again until the workload changes",
         )
-    actions: list[Action] = []
-    note = ""
-    fix = diagnosis.fix
-
-    credential_fix = fix is not None and fix.kind == "secret"
-    if alternative is not None and cause in MOVE_CAUSES and not credential_fix:
-        # The same tag under the repository's new name: closer to what was asked for
-        # than another tag of the old one.
-        actions, note = _image_actions(failure, alternative[0], policy)
-        note = f"repository moved ({alternative[1]})" + (f"; {note}" if note else "")
-    elif cause is Cause.InvalidReference:
-        note = "an invalid image reference never recovers: fix the manifest"
-    elif cause is Cause.DigestNotFound:
-        # Whoever pinned a digest chose that exact content: no other tag or digest is "the
-        # same image", so it is never replaced; a verified candidate is only mentioned.
-        note = "a pinned digest is never re-pinned automatically: pin a digest that exists" + (
-            f" (for example {fix.image})"
-            if fix is not None and fix.kind == "tag" and fix.image
-            else ""
-        )
-    elif cause in (Cause.TagNotFound, Cause.PlatformMismatch):
-        if not policy.tags.enabled:
-            note = "tag correction is disabled by the policy"
-        elif fix is None or fix.kind != "tag" or not fix.image:
-            note = "no verified replacement tag was found"
-        else:
-            new = fix.image
-            if policy.tags.pin_digest and fix.digest and "@" not in new:
-                new = f"{new}@{fix.digest}"
-            actions, note = _image_actions(failure, new, policy)
-    elif cause in CREDENTIAL_CAUSES:
-        actions, note = _credential_actions(failure, diagnosis, policy)
-    elif cause in (Cause.RegistryUnreachable, Cause.RateLimited):
-        if mirror_image:
-            actions, note = _image_actions(failure, mirror_image, policy)
-        else:
-            note = (
-                "no mirror configured or the image is not on it; the kubelet keeps retrying"
-                if policy.mirrors or cause is Cause.RegistryUnreachable
-                else "the registry is rate-limiting; the kubelet retries after its back-off"
-            )
-    elif cause is Cause.ImageIncomplete:
-        # The pull fails the same way on every retry: never "recreate to skip back-off".
-        if mirror_image:
-            actions, note = _image_actions(failure, mirror_image, policy)
-        else:
-            note = "the registry cannot serve this image whole and no mirror has it; push it again"
-    elif cause is Cause.MalformedSecret:
-        note = _malformed_note(diagnosis)
-    elif cause is Cause.NodeCredentialsUnknown:
-        note = (
-            "nodes hold the credentials for this registry: check the node's credential "
-            "provider or config; a pull secret is not attached over it"
-        )
-    elif cause is Cause.ImageAvailable and failure.reason == "ErrImageNeverPull":
-        # The registry has it, but the kubelet will never pull: recreating changes nothing.
-        note = (
-            "imagePullPolicy is Never and the node does not have the image (or the pod's "
-            "credentials do not grant it); load it on the node or allow pulling"
-        )
-    elif cause is Cause.ImageAvailable and failure.reason not in PULL_REASONS:
-        # Not a pull failure the kubelet backs off from: a new pod would wait the same way.
-        note = (
-            f"the registry serves the image; the container waits for another reason "
-            f"({failure.reason[:200]}): recreating the pod would not help"
-        )
-    elif cause is Cause.ImageAvailable:
-        if (
-            failure.workload is not None
-            and failure.workload.kind in RECREATING
-            and policy.recreate_pods
-            and failure.stuck_pods
-        ):
-            actions = [_recreate(failure)]
-            note = "the image is pullable now; recreating skips the remaining back-off"
-        else:
-            note = "the image is pullable now; the kubelet recovers at its next retry"
-    else:
-        note = "no automatic remedy for this cause"
-
+    actions, note = _remedy(failure, diagnosis, policy, mirror_image, alternative)
     suggestions = tuple(c for c in map(command, actions) if c)
     apply = policy.mode is Mode.REMEDIATE and bool(actions)
     if apply and failure.gitops_managed and not policy.gitops_direct_patch:
@@ -204,6 +128,97 @@ def plan(
     if apply and rate_limited:
         apply, note = False, "policy rate limit reached; suggesting only"
     return replace(base, actions=tuple(actions), apply=apply, note=note, suggestions=suggestions)
+
+
+def _remedy(
+    f: Failure,
+    diagnosis: Diagnosis,
+    policy: Policy,
+    mirror_image: str | None,
+    alternative: tuple[str, str] | None,
+) -> Remedy:
+    """What would fix this cause under this policy, before mode and guards decide."""
+    cause, fix = diagnosis.cause, diagnosis.fix
+    credential_fix = fix is not None and fix.kind == "secret"
+    if alternative is not None and cause in MOVE_CAUSES and not credential_fix:
+        # The same tag under the repository's new name: closer to what was asked for
+        # than another tag of the old one.
+        actions, note = _image_actions(f, alternative[0], policy)
+        return actions, f"repository moved ({alternative[1]})" + (f"; {note}" if note else "")
+    if cause is Cause.InvalidReference:
+        return [], "an invalid image reference never recovers: fix the manifest"
+    if cause is Cause.DigestNotFound:
+        # Whoever pinned a digest chose that exact content: no other tag or digest is "the
+        # same image", so it is never replaced; a verified candidate is only mentioned.
+        return [], "a pinned digest is never re-pinned automatically: pin a digest that exists" + (
+            f" (for example {fix.image})"
+            if fix is not None and fix.kind == "tag" and fix.image
+            else ""
+        )
+    if cause in (Cause.TagNotFound, Cause.PlatformMismatch):
+        return _tag_actions(f, diagnosis, policy)
+    if cause in CREDENTIAL_CAUSES:
+        return _credential_actions(f, diagnosis, policy)
+    if cause in (Cause.RegistryUnreachable, Cause.RateLimited):
+        if mirror_image:
+            return _image_actions(f, mirror_image, policy)
+        return [], (
+            "no mirror configured or the image is not on it; the kubelet keeps retrying"
+            if policy.mirrors or cause is Cause.RegistryUnreachable
+            else "the registry is rate-limiting; the kubelet retries after its back-off"
+        )
+    if cause is Cause.ImageIncomplete:
+        # The pull fails the same way on every retry: never "recreate to skip back-off".
+        if mirror_image:
+            return _image_actions(f, mirror_image, policy)
+        return [], "the registry cannot serve this image whole and no mirror has it; push it again"
+    if cause is Cause.MalformedSecret:
+        return [], _malformed_note(diagnosis)
+    if cause is Cause.NodeCredentialsUnknown:
+        return [], (
+            "nodes hold the credentials for this registry: check the node's credential "
+            "provider or config; a pull secret is not attached over it"
+        )
+    if cause is Cause.ImageAvailable:
+        return _available(f, policy)
+    return [], "no automatic remedy for this cause"
+
+
+def _tag_actions(f: Failure, diagnosis: Diagnosis, policy: Policy) -> Remedy:
+    """Switch to the verified replacement tag (pinned to its digest if the policy asks)."""
+    fix = diagnosis.fix
+    if not policy.tags.enabled:
+        return [], "tag correction is disabled by the policy"
+    if fix is None or fix.kind != "tag" or not fix.image:
+        return [], "no verified replacement tag was found"
+    new = fix.image
+    if policy.tags.pin_digest and fix.digest and "@" not in new:
+        new = f"{new}@{fix.digest}"
+    return _image_actions(f, new, policy)
+
+
+def _available(f: Failure, policy: Policy) -> Remedy:
+    """The registry serves the image: only the kubelet's back-off is left to skip."""
+    if f.reason == "ErrImageNeverPull":
+        # The registry has it, but the kubelet will never pull: recreating changes nothing.
+        return [], (
+            "imagePullPolicy is Never and the node does not have the image (or the pod's "
+            "credentials do not grant it); load it on the node or allow pulling"
+        )
+    if f.reason not in PULL_REASONS:
+        # Not a pull failure the kubelet backs off from: a new pod would wait the same way.
+        return [], (
+            f"the registry serves the image; the container waits for another reason "
+            f"({f.reason[:200]}): recreating the pod would not help"
+        )
+    if (
+        f.workload is not None
+        and f.workload.kind in RECREATING
+        and policy.recreate_pods
+        and f.stuck_pods
+    ):
+        return [_recreate(f)], "the image is pullable now; recreating skips the remaining back-off"
+    return [], "the image is pullable now; the kubelet recovers at its next retry"
 
 
 def _malformed_note(diagnosis: Diagnosis) -> str:
@@ -219,9 +234,7 @@ def _malformed_note(diagnosis: Diagnosis) -> str:
     return f"fix pull secret {names}: the kubelet cannot use it as it is{verified}"
 
 
-def _credential_actions(
-    f: Failure, diagnosis: Diagnosis, policy: Policy
-) -> tuple[list[Action], str]:
+def _credential_actions(f: Failure, diagnosis: Diagnosis, policy: Policy) -> Remedy:
     fix = diagnosis.fix
     if not policy.credentials_enabled:
         return [], "credential remediation is disabled by the policy"
