@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pullmedic.control.remediation import Diagnoser
+from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
 from pullmedic.core.decision import failure_of
