@@ -57,6 +57,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("audit_budget", "Audit cost"),
         Benchmark("integrity_storm", "Integrity storm"),
         Benchmark("probe_storm", "Probe storm"),
+        Benchmark("quota", "Pull quota"),
     )
 }
 
