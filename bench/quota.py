@@ -69,7 +69,9 @@ async def _measure(host: str, content_cache: bool) -> list[dict[str, Any]]:
                         "manifest_get": delta.get("manifest_get", 0),
                         "manifest_head": delta.get("manifest_head", 0),
                         "other": sum(
-                            v for k, v in delta.items() if k not in ("manifest_get", "manifest_head")
+                            v
+                            for k, v in delta.items()
+                            if k not in ("manifest_get", "manifest_head")
                         ),
                     }
                 )
@@ -83,7 +85,11 @@ def measure() -> dict[str, Any]:
             push_image(regs.open, "app/single", "1.0.0")
             push_image(regs.open, "app/single", "1.0.1")
             push_image(
-                regs.open, "app/multi", "2.0.0", platforms=("linux/amd64", "linux/arm64"), index="oci"
+                regs.open,
+                "app/multi",
+                "2.0.0",
+                platforms=("linux/amd64", "linux/arm64"),
+                index="oci",
             )
             pullmedic = asyncio.run(_measure(regs.open.host, content_cache=True))
             baseline = asyncio.run(_measure(regs.open.host, content_cache=False))

@@ -447,6 +447,20 @@ SHAPES: dict[str, dict[str, Any]] = {
         }
         for side in ("economy", "baseline")
     },
+    "quota": {
+        side: [
+            {
+                "shape": "one manifest",
+                "step": step,
+                "cause": "ImageAvailable",
+                "manifest_get": 1,
+                "manifest_head": 1,
+                "other": 2,
+            }
+            for step in ("first look", "re-check")
+        ]
+        for side in ("pullmedic", "baseline")
+    },
 }
 
 
