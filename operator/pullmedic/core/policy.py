@@ -254,76 +254,13 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
     for g in include + exclude:
         if (msg := _check_glob(g)) is not None:
             problems.append(msg)
-
-    tc = spec.get("tagCorrection") or {}
-    try:
-        strategy = TagStrategy(tc.get("strategy", TagStrategy.HIGHEST_PATCH))
-    except ValueError:
-        problems.append(f"tagCorrection.strategy {tc.get('strategy')!r} is not known")
-        strategy = TagStrategy.HIGHEST_PATCH
-    rng = tc.get("range")
-    if strategy is TagStrategy.SEMVER_RANGE:
-        if not rng:
-            problems.append("tagCorrection.strategy SemverRange needs tagCorrection.range")
-        else:
-            try:
-                SemverRange(str(rng))  # the same parser the prober ranks tags with
-            except ValueError as exc:
-                problems.append(
-                    f"tagCorrection.range {rng!r} is not a semver constraint like '^1.4' ({exc})"
-                )
-
+    tags = _tag_correction(spec.get("tagCorrection") or {}, problems)
     creds = spec.get("credentials") or {}
-    secrets: list[SecretRef] = []
-    for i, s in enumerate(creds.get("secrets") or []):
-        ns = s.get("namespace")
-        if not cluster and ns not in (None, own_ns):
-            problems.append(
-                f"credentials.secrets[{i}] names namespace {ns!r}: a PullPolicy may only use "
-                f"secrets of its own namespace {own_ns!r} (use a ClusterPullPolicy)"
-            )
-            continue
-        if cluster and not ns:
-            problems.append(f"credentials.secrets[{i}] needs a namespace in a ClusterPullPolicy")
-            continue
-        secrets.append(SecretRef(str(ns or own_ns), str(s.get("name", ""))))
-    node_registries = tuple(str(r) for r in creds.get("nodeRegistries") or ())
-    for i, r in enumerate(node_registries):
-        try:
-            normalize_key(r)
-        except ValueError as exc:
-            problems.append(f"credentials.nodeRegistries[{i}]: {exc}")
-
-    mirrors: list[Mirror] = []
-    seen: set[str] = set()
-    for i, m in enumerate(spec.get("mirrors") or []):
-        reg, mir = str(m.get("registry", "")), str(m.get("mirror", ""))
-        if reg == mir:
-            problems.append(f"mirrors[{i}]: a registry cannot be its own mirror")
-        if reg in seen:
-            problems.append(f"mirrors[{i}]: registry {reg!r} has more than one mirror")
-        seen.add(reg)
-        mirrors.append(Mirror(reg, mir))
-
-    alternatives: list[Alternative] = []
-    for i, a in enumerate(spec.get("alternatives") or []):
-        alt = Alternative(str(a.get("from", "")), str(a.get("to", "")))
-        if (msg := alt.problem()) is not None:
-            problems.append(f"alternatives[{i}]: {msg}")
-            continue
-        alternatives.append(alt)
-
-    try:
-        mode = Mode(spec.get("mode", Mode.SUGGEST))
-    except ValueError:
-        problems.append(f"mode {spec.get('mode')!r} is not Observe, Suggest or Remediate")
-        mode = Mode.OBSERVE
-
-    try:
-        admission = AdmissionMode((spec.get("admission") or {}).get("mode", AdmissionMode.OFF))
-    except ValueError:
-        problems.append("admission.mode must be Off, Warn, Deny or Mutate")
-        admission = AdmissionMode.OFF
+    secrets = _secrets(creds.get("secrets") or [], own_ns, problems)
+    node_registries = _node_registries(creds.get("nodeRegistries") or (), problems)
+    mirrors = _mirrors(spec.get("mirrors") or [], problems)
+    alternatives = _alternatives(spec.get("alternatives") or [], problems)
+    mode, admission = _modes(spec, problems)
 
     recovery = spec.get("recovery") or {}
     policy = Policy(
@@ -343,19 +280,12 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         namespaces=tuple(str(n) for n in sel.get("namespaces") or ()) if cluster else (),
         include=include,
         exclude=exclude,
-        tags=TagCorrection(
-            enabled=bool(tc.get("enabled", True)),
-            strategy=strategy,
-            range=str(rng) if rng else None,
-            allow_major_change=bool(tc.get("allowMajorChange", False)),
-            allow_latest=bool(tc.get("allowLatest", False)),
-            pin_digest=bool(tc.get("pinDigest", False)),
-        ),
+        tags=tags,
         credentials_enabled=bool(creds.get("enabled", True)),
-        secrets=tuple(secrets),
+        secrets=secrets,
         node_registries=node_registries,
-        mirrors=tuple(mirrors),
-        alternatives=tuple(alternatives),
+        mirrors=mirrors,
+        alternatives=alternatives,
         recreate_pods=bool(recovery.get("recreatePods", True)),
         patch_bare_pods=bool(recovery.get("patchBarePods", True)),
         gitops_direct_patch=bool((spec.get("gitops") or {}).get("allowDirectPatch", False)),
@@ -364,3 +294,106 @@ def parse(body: Mapping[str, Any]) -> tuple[Policy, list[str]]:
         audit=bool((spec.get("audit") or {}).get("enabled", False)),
     )
     return policy, problems
+
+
+def _tag_correction(tc: Mapping[str, Any], problems: list[str]) -> TagCorrection:
+    """``spec.tagCorrection``; a range is checked with the parser the prober ranks with."""
+    try:
+        strategy = TagStrategy(tc.get("strategy", TagStrategy.HIGHEST_PATCH))
+    except ValueError:
+        problems.append(f"tagCorrection.strategy {tc.get('strategy')!r} is not known")
+        strategy = TagStrategy.HIGHEST_PATCH
+    rng = tc.get("range")
+    if strategy is TagStrategy.SEMVER_RANGE:
+        if not rng:
+            problems.append("tagCorrection.strategy SemverRange needs tagCorrection.range")
+        else:
+            try:
+                SemverRange(str(rng))
+            except ValueError as exc:
+                problems.append(
+                    f"tagCorrection.range {rng!r} is not a semver constraint like '^1.4' ({exc})"
+                )
+    return TagCorrection(
+        enabled=bool(tc.get("enabled", True)),
+        strategy=strategy,
+        range=str(rng) if rng else None,
+        allow_major_change=bool(tc.get("allowMajorChange", False)),
+        allow_latest=bool(tc.get("allowLatest", False)),
+        pin_digest=bool(tc.get("pinDigest", False)),
+    )
+
+
+def _secrets(
+    raw: Sequence[Mapping[str, Any]], own_ns: str | None, problems: list[str]
+) -> tuple[SecretRef, ...]:
+    """``spec.credentials.secrets``: a PullPolicy (``own_ns`` set) may name only its own
+    namespace's secrets; a ClusterPullPolicy must name each one's namespace."""
+    secrets: list[SecretRef] = []
+    for i, s in enumerate(raw):
+        ns = s.get("namespace")
+        if own_ns is not None and ns not in (None, own_ns):
+            problems.append(
+                f"credentials.secrets[{i}] names namespace {ns!r}: a PullPolicy may only use "
+                f"secrets of its own namespace {own_ns!r} (use a ClusterPullPolicy)"
+            )
+            continue
+        if own_ns is None and not ns:
+            problems.append(f"credentials.secrets[{i}] needs a namespace in a ClusterPullPolicy")
+            continue
+        secrets.append(SecretRef(str(ns or own_ns), str(s.get("name", ""))))
+    return tuple(secrets)
+
+
+def _node_registries(raw: Sequence[Any], problems: list[str]) -> tuple[str, ...]:
+    """``spec.credentials.nodeRegistries``, in the kubelet's matchImages syntax."""
+    node_registries = tuple(str(r) for r in raw)
+    for i, r in enumerate(node_registries):
+        try:
+            normalize_key(r)
+        except ValueError as exc:
+            problems.append(f"credentials.nodeRegistries[{i}]: {exc}")
+    return node_registries
+
+
+def _mirrors(raw: Sequence[Mapping[str, Any]], problems: list[str]) -> tuple[Mirror, ...]:
+    """``spec.mirrors``: one mirror per registry, never the registry itself."""
+    mirrors: list[Mirror] = []
+    seen: set[str] = set()
+    for i, m in enumerate(raw):
+        reg, mir = str(m.get("registry", "")), str(m.get("mirror", ""))
+        if reg == mir:
+            problems.append(f"mirrors[{i}]: a registry cannot be its own mirror")
+        if reg in seen:
+            problems.append(f"mirrors[{i}]: registry {reg!r} has more than one mirror")
+        seen.add(reg)
+        mirrors.append(Mirror(reg, mir))
+    return tuple(mirrors)
+
+
+def _alternatives(raw: Sequence[Mapping[str, Any]], problems: list[str]) -> tuple[Alternative, ...]:
+    """``spec.alternatives``; an unusable one is reported and left out."""
+    alternatives: list[Alternative] = []
+    for i, a in enumerate(raw):
+        alt = Alternative(str(a.get("from", "")), str(a.get("to", "")))
+        if (msg := alt.problem()) is not None:
+            problems.append(f"alternatives[{i}]: {msg}")
+            continue
+        alternatives.append(alt)
+    return tuple(alternatives)
+
+
+def _modes(spec: Mapping[str, Any], problems: list[str]) -> tuple[Mode, AdmissionMode]:
+    """``spec.mode`` (Observe when unknown: never act on a policy that is not understood)
+    and ``spec.admission.mode`` (Off when unknown)."""
+    try:
+        mode = Mode(spec.get("mode", Mode.SUGGEST))
+    except ValueError:
+        problems.append(f"mode {spec.get('mode')!r} is not Observe, Suggest or Remediate")
+        mode = Mode.OBSERVE
+    try:
+        admission = AdmissionMode((spec.get("admission") or {}).get("mode", AdmissionMode.OFF))
+    except ValueError:
+        problems.append("admission.mode must be Off, Warn, Deny or Mutate")
+        admission = AdmissionMode.OFF
+    return mode, admission
