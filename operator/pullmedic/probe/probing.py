@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pullmedic.core.diagnosis import Evidence
 from pullmedic.core.keyring import Credential
@@ -37,6 +37,13 @@ class ProbeResult:
     quota_withheld: Withheld | None = None  # a manifest GET not sent, if one was not
 
 
+class Draft:
+    """The observation of a probe as its steps fill it in (each change type-checked)."""
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+
+
 class ImageProbe:
     """Runs the steps of one probe; each answer is written into the observation's fields."""
 
@@ -55,16 +62,18 @@ class ImageProbe:
         rec: list[Evidence] = []
         rcred = registry_credential(cred)
         sess = self.client.session(ref.registry_host, ref.path, rcred, rec)
-        f: dict[str, object] = {
-            "image": str(ref),
-            "registry_host": ref.registry_host,
-            "repository": ref.path,
-            "manifest_ref": ref.manifest_ref,
-            "is_digest": ref.digest is not None,
-            "credential": rcred.label if rcred else None,
-            "wanted_platform": str(platform),
-            "observed_at": time.time(),
-        }
+        f = Draft(
+            Observation(
+                image=str(ref),
+                registry_host=ref.registry_host,
+                repository=ref.path,
+                manifest_ref=ref.manifest_ref,
+                is_digest=ref.digest is not None,
+                credential=rcred.label if rcred else None,
+                wanted_platform=str(platform),
+                observed_at=time.time(),
+            )
+        )
         tags: tuple[str, ...] = ()
         complete = False
         withheld: Withheld | None = None
@@ -73,10 +82,12 @@ class ImageProbe:
         except QuotaReserved as exc:
             withheld = exc.withheld
         except ProbeError as exc:
-            f.update(failure=exc.kind, failure_step=exc.step, failure_detail=exc.detail)
+            f.obs = replace(
+                f.obs, failure=exc.kind, failure_step=exc.step, failure_detail=exc.detail
+            )
         except HostBackingOff as exc:
-            f.update(rate_limited=True, retry_after=round(exc.remaining, 1))
-        obs = Observation(evidence=tuple(rec), **f)  # type: ignore[arg-type]
+            f.obs = replace(f.obs, rate_limited=True, retry_after=round(exc.remaining, 1))
+        obs = replace(f.obs, evidence=tuple(rec))
         return ProbeResult(obs, tags, complete, withheld)
 
     async def _steps(
@@ -84,61 +95,60 @@ class ImageProbe:
         ref: ImageReference,
         sess: RepositorySession,
         platform: Platform,
-        f: dict[str, object],
+        f: Draft,
     ) -> tuple[tuple[str, ...], bool]:
         if not await self._authenticate(sess, f):
             return (), False
         head = await sess.head_manifest(ref.manifest_ref)
-        f["manifest_status"] = head.status
+        f.obs = replace(f.obs, manifest_status=head.status)
         if head.status == 429:
             _rate_limited(f, head.retry_after, head.headers, "manifest")
             return (), False
         if head.status == 403:
             # HEAD has no body; the error code (DENIED...) needs a GET.
             got = await sess.get_manifest(ref.manifest_ref)
-            f["manifest_codes"] = got.error_codes
+            f.obs = replace(f.obs, manifest_codes=got.error_codes)
             return (), False
         if head.status == 404:
             listing = await list_tags(sess)
-            f["tags_status"] = listing.status
-            f["tags_codes"] = listing.error_codes
+            f.obs = replace(f.obs, tags_status=listing.status, tags_codes=listing.error_codes)
             if listing.status == 429:
                 _rate_limited(f, listing.retry_after, {}, "tags")
             return listing.tags, listing.complete
         if head.status != 200:
             return (), False
-        f["digest"] = head.digest
-        f["media_type"] = head.media_type
+        f.obs = replace(f.obs, digest=head.digest, media_type=head.media_type)
         image = Found(ref, sess, head.digest, head.media_type, platform)
         plats, matched = await self.platforms(image)
-        f["available_platforms"] = plats
-        f["platform_matched"] = matched
+        f.obs = replace(f.obs, available_platforms=plats, platform_matched=matched)
         if matched is not False:  # unknown too: a config that cannot be read may be gone
             problem, checked = await self.integrity(image)
-            f["integrity_problem"] = problem
-            f["integrity_checked"] = checked
+            f.obs = replace(f.obs, integrity_problem=problem, integrity_checked=checked)
         return (), False
 
     @staticmethod
-    async def _authenticate(sess: RepositorySession, f: dict[str, object]) -> bool:
+    async def _authenticate(sess: RepositorySession, f: Draft) -> bool:
         """Ping and token; whether the probe can go on to the manifest."""
         auth = await sess.prepare()
-        f["auth_scheme"] = auth.scheme
-        f["ping_status"] = auth.ping.status
+        f.obs = replace(f.obs, auth_scheme=auth.scheme, ping_status=auth.ping.status)
         if auth.ping.status == 429:
             _rate_limited(f, auth.ping.retry_after, auth.ping.headers, "ping")
             return False
         if auth.ping.status >= 500:
-            f.update(
+            f.obs = replace(
+                f.obs,
                 failure="5xx",
                 failure_step="ping",
                 failure_detail=f"/v2/ answered {auth.ping.status}",
             )
             return False
         if auth.token is not None:
-            f["token_status"] = auth.token.status
-            f["token_realm"] = auth.token.realm
-            f["token_grants_pull"] = auth.token.grants_pull
+            f.obs = replace(
+                f.obs,
+                token_status=auth.token.status,
+                token_realm=auth.token.realm,
+                token_grants_pull=auth.token.grants_pull,
+            )
             if auth.token.status == 429:
                 _rate_limited(f, auth.token.retry_after, {}, "token")
                 return False
@@ -148,10 +158,10 @@ class ImageProbe:
 
 
 def _rate_limited(
-    f: dict[str, object], retry_after: float | None, headers: Mapping[str, str], step: str
+    f: Draft, retry_after: float | None, headers: Mapping[str, str], step: str
 ) -> None:
-    f.update(rate_limited=True, retry_after=retry_after, failure_step=step)
+    f.obs = replace(f.obs, rate_limited=True, retry_after=retry_after, failure_step=step)
     if headers.get("ratelimit-limit"):
-        f["ratelimit_limit"] = headers["ratelimit-limit"]
+        f.obs = replace(f.obs, ratelimit_limit=headers["ratelimit-limit"])
     if headers.get("ratelimit-remaining"):
-        f["ratelimit_remaining"] = headers["ratelimit-remaining"]
+        f.obs = replace(f.obs, ratelimit_remaining=headers["ratelimit-remaining"])
