@@ -394,6 +394,7 @@ def test_cause_values_are_stable() -> None:
         "PlatformMismatch",
         "ImageIncomplete",
         "NodeCredentialsUnknown",
+        "CredentialProviderFailed",
         "ImageAvailable",
         "BlockedAddress",
         "MalformedSecret",

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, Evidence, JSONValue
 from pullmedic.core.keyring import normalize_key, pattern_matches
 from pullmedic.core.reference import ImageReference
 
@@ -46,6 +47,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_response",
+    "provider_failed",
 ]
 
 CONFIG_API_VERSION: Final = "kubelet.config.k8s.io/v1"
@@ -435,3 +437,40 @@ class ProviderCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# ---- what a failed provider means for a diagnosis ---------------------------------------
+
+
+def provider_failed(d: Diagnosis, failures: Sequence[tuple[str, str]]) -> Diagnosis:
+    """A credential diagnosis made while a matching provider gave no credentials.
+
+    The kubelet logs a failed plugin and pulls without its credentials, so the registry's
+    "unauthorized" is a symptom: the cause is the provider (its binary, config or cloud
+    identity), and a pull secret is not the fix. ``failures`` are (provider, reason) with
+    reasons that quote no plugin output. Other causes are left alone (the pod's own
+    secrets may have been enough, or the registry failed for everyone).
+    """
+    if d.cause not in CREDENTIAL_CAUSES or not failures:
+        return d
+    name, reason = failures[0]
+    summary = (
+        f"The credential provider {name} gave no credentials for {d.image} ({reason}), so "
+        f"the pull goes without them and the registry answers {d.cause}; fix the provider "
+        "(its binary, its config, or the cloud identity it runs with). pullmedic ran it with "
+        "the node's configuration: if the node's own run works, compare their identities."
+    )
+    details: dict[str, JSONValue] = dict(d.details)
+    details["probeCause"] = str(d.cause)
+    details["credentialProvider"] = name
+    details["providerError"] = reason
+    notes = tuple(Evidence("credential-provider", note=f"{n}: {r}") for n, r in failures)
+    return Diagnosis(
+        d.image,
+        Cause.CredentialProviderFailed,
+        "medium",
+        summary,
+        notes + d.evidence,
+        details,
+        d.digest,
+    )

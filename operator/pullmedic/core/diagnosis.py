@@ -36,6 +36,7 @@ class Cause(StrEnum):
     PlatformMismatch = "PlatformMismatch"
     ImageIncomplete = "ImageIncomplete"  # listed, but a manifest or blob cannot be served
     NodeCredentialsUnknown = "NodeCredentialsUnknown"  # the node authenticates, we cannot
+    CredentialProviderFailed = "CredentialProviderFailed"  # the node's plugin gave nothing
     ImageAvailable = "ImageAvailable"
     BlockedAddress = "BlockedAddress"
     MalformedSecret = "MalformedSecret"

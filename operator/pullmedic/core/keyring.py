@@ -577,7 +577,7 @@ class Keyring:
                         "registry name, so none of its credentials are used",
                     )
                 )
-            keyring._add_entries(entries, f"secret {ref} ({data_key})", ref, ref, problems)
+            keyring._add_entries(entries, f"pull secret {ref} ({data_key})", ref, ref, problems)
         return keyring, problems
 
     @classmethod

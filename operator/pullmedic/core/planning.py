@@ -306,6 +306,11 @@ def plan(
             note = "the registry cannot serve this image whole and no mirror has it; push it again"
     elif cause is Cause.MalformedSecret:
         note = _malformed_note(diagnosis)
+    elif cause is Cause.CredentialProviderFailed:
+        note = (
+            "the node's credential provider gave no credentials: fix the plugin, its config "
+            "or its cloud identity; a pull secret is not attached over it"
+        )
     elif cause is Cause.NodeCredentialsUnknown:
         note = (
             "nodes hold the credentials for this registry: check the node's credential "
