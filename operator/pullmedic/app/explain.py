@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from pullmedic.app import nodecreds
 from pullmedic.app.explaining import (
     CONTAINER_LABELS,
     ExplainError,
@@ -30,7 +31,6 @@ from pullmedic.core.diagnosis import Cause
 from pullmedic.core.records import CIRCUIT_ANNOTATION
 from pullmedic.kube.client import KubeError, RestKube
 from pullmedic.probe.netguard import AddressPolicy
-from pullmedic.probe.prober import Prober
 from pullmedic.probe.registry import ClientConfig
 
 __all__ = ["ExplainError", "Report", "add_parser", "explain", "parse_target", "render"]
@@ -47,6 +47,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
     p.add_argument("--allow-address", action="append", default=[], metavar="CIDR|HOST")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    nodecreds.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_explain)
 
@@ -71,6 +72,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         kind, name = parse_target(args.target)
         addresses = AddressPolicy(tuple(args.allow_address))
+        node = nodecreds.settings_from(args)
     except (ExplainError, ValueError) as exc:
         print(f"pullmedic: error: {exc}", file=sys.stderr)
         return 2
@@ -97,7 +99,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             address_policy=addresses,
         )
     try:
-        report = explain(api, namespace, kind, name, probe)
+        report = explain(api, namespace, kind, name, probe, node)
     except (ExplainError, KubeError) as exc:
         print(f"pullmedic: error: {exc}", file=sys.stderr)
         return 2
@@ -110,22 +112,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if report.stuck else 0
 
 
-def explain(api: Any, ns: str, kind: str, name: str, probe: ClientConfig | None) -> Report:
+def explain(
+    api: Any,
+    ns: str,
+    kind: str,
+    name: str,
+    probe: ClientConfig | None,
+    node: nodecreds.NodeSettings | None = None,
+) -> Report:
     """Collect the report for ``kind/name`` in ``ns`` (a workload: its stuck pod)."""
     kube = RestKube(api)
     try:
-        return asyncio.run(_explain(kube, ns, kind, name, probe))
+        return asyncio.run(_explain(kube, ns, kind, name, probe, node))
     finally:
         kube.close()
 
 
 async def _explain(
-    kube: RestKube, ns: str, kind: str, name: str, probe: ClientConfig | None
+    kube: RestKube,
+    ns: str,
+    kind: str,
+    name: str,
+    probe: ClientConfig | None,
+    node: nodecreds.NodeSettings | None = None,
 ) -> Report:
     if probe is None:
         return await gather(kube, RestLists(kube), ns, kind, name, None)
-    async with Prober(probe) as prober:
+    prober = nodecreds.build_diagnoser(probe, node or nodecreds.NodeSettings())
+    try:
         return await gather(kube, RestLists(kube), ns, kind, name, prober)
+    finally:
+        await prober.aclose()
 
 
 # ---------------------------------------------------------------------------------------
