@@ -389,6 +389,7 @@ def test_cause_values_are_stable() -> None:
         "NotFoundOrPrivate",
         "AuthenticationRequired",
         "CredentialsRejected",
+        "CredentialsExpired",
         "RateLimited",
         "RegistryUnreachable",
         "PlatformMismatch",

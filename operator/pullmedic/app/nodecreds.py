@@ -86,18 +86,17 @@ def settings_from(args: argparse.Namespace) -> NodeSettings:
     return NodeSettings(providers, bin_dir, hosts)
 
 
-def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> Prober | ProviderDiagnoser:
+def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnoser:
     """The prober for ``probe``, sending requests where the node's containerd does and
-    adding the node's credential providers after the pod's secrets.
-
-    Both have ``diagnose`` and ``aclose``.
-    """
+    adding the node's credential providers after the pod's secrets (and telling an
+    expired token from a wrong one)."""
     transport = None
     if node.hosts:
         transport = HostsTransport(
             node.hosts, guarded_transport(probe.address_policy, verify=probe.verify_tls)
         )
     prober = Prober(probe, transport=transport)
-    if not node.providers or node.bin_dir is None:
-        return prober
-    return ProviderDiagnoser(prober, PluginRunner(node.providers, node.bin_dir))
+    runner = None
+    if node.providers and node.bin_dir is not None:
+        runner = PluginRunner(node.providers, node.bin_dir)
+    return ProviderDiagnoser(prober, runner)

@@ -31,6 +31,7 @@ class Cause(StrEnum):
     NotFoundOrPrivate = "NotFoundOrPrivate"
     AuthenticationRequired = "AuthenticationRequired"
     CredentialsRejected = "CredentialsRejected"
+    CredentialsExpired = "CredentialsExpired"  # rejected, and the token says it expired
     RateLimited = "RateLimited"
     RegistryUnreachable = "RegistryUnreachable"
     PlatformMismatch = "PlatformMismatch"
@@ -45,7 +46,12 @@ class Cause(StrEnum):
 
 # Causes a working pull secret fixes: one set, used by planning, probing and the breaker.
 CREDENTIAL_CAUSES = frozenset(
-    {Cause.AuthenticationRequired, Cause.CredentialsRejected, Cause.NotFoundOrPrivate}
+    {
+        Cause.AuthenticationRequired,
+        Cause.CredentialsRejected,
+        Cause.CredentialsExpired,
+        Cause.NotFoundOrPrivate,
+    }
 )
 
 

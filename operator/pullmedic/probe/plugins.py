@@ -26,7 +26,9 @@ import contextlib
 import json
 import logging
 import os
+import selectors
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from pullmedic.core.credentialprovider import (
     provider_failed,
 )
 from pullmedic.core.diagnosis import Diagnosis
+from pullmedic.core.expiry import expired_view
 from pullmedic.core.keyring import Keyring, SecretProblem
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
@@ -202,93 +205,99 @@ class PluginRunner:
             raise _Failed(f"no executable {spec.name} in {self.bin_dir}")
         env = {**self.environ, **dict(spec.env)}
         self.runs += 1
+        request = build_request(image, spec.api_version)
+        # A thread with its own deadline, not asyncio's subprocess support: that depends on
+        # a child watcher that another library in the process may have replaced, and a
+        # missed exit would hang the diagnosis for good.
+        return await asyncio.to_thread(self._run, spec.name, [str(path), *spec.args], env, request)
+
+    def _run(self, name: str, argv: list[str], env: dict[str, str], request: bytes) -> bytes:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                str(path),
-                *spec.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,  # its own process group: a timeout kills all of it
             )
         except OSError as exc:
-            raise _Failed(
-                f"cannot start {spec.name}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise _Failed(f"cannot start {name}: {exc.strerror or type(exc).__name__}") from None
         try:
-            out, err_len, rc = await asyncio.wait_for(
-                self._talk(proc, build_request(image, spec.api_version)), self.timeout
-            )
+            out, err_len = _talk(proc, request, time.monotonic() + self.timeout, self.max_stdout)
         except TimeoutError:
-            raise _Failed(f"{spec.name} did not answer within {self.timeout:g} s") from None
+            raise _Failed(f"{name} did not answer within {self.timeout:g} s") from None
         except _Oversized:
-            raise _Failed(f"{spec.name} wrote more than {self.max_stdout} bytes") from None
+            raise _Failed(f"{name} wrote more than {self.max_stdout} bytes") from None
         finally:
-            await _reap(proc)
-        if rc != 0:
+            _reap(proc)
+        if proc.returncode != 0:
             raise _Failed(
-                f"{spec.name} exited with status {rc} "
+                f"{name} exited with status {proc.returncode} "
                 f"(its stderr, {err_len} bytes, is not shown: it may hold credentials)"
             )
         return out
-
-    async def _talk(
-        self, proc: asyncio.subprocess.Process, request: bytes
-    ) -> tuple[bytes, int, int]:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        stdout, stderr = proc.stdout, proc.stderr
-
-        async def feed() -> None:
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                proc.stdin.write(request)
-                await proc.stdin.drain()
-                proc.stdin.close()
-
-        async def read_out() -> bytes:
-            buf = bytearray()
-            while chunk := await stdout.read(_CHUNK):
-                buf += chunk
-                if len(buf) > self.max_stdout:
-                    raise _Oversized
-            return bytes(buf)
-
-        async def drain_err() -> int:
-            n = 0
-            while chunk := await stderr.read(_CHUNK):
-                n += len(chunk)  # counted, never kept past the bound, never logged
-                if n > MAX_STDERR * 16:
-                    raise _Oversized
-            return n
-
-        _, out, err_len = await asyncio.gather(feed(), read_out(), drain_err())
-        rc = await proc.wait()
-        return out, err_len, rc
 
 
 class _Oversized(Exception):
     pass
 
 
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill the plugin's process group if it still runs, and wait for it."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    else:  # the leader is gone; helpers it left in its group go too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+def _talk(
+    proc: subprocess.Popen[bytes], request: bytes, deadline: float, max_stdout: int
+) -> tuple[bytes, int]:
+    """Write the request, read stdout (bounded) and stderr (counted) until both close, then
+    wait for the exit; TimeoutError past ``deadline``, _Oversized past the bounds."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(request)  # a request is small: it fits the pipe
+        proc.stdin.close()
+    out = bytearray()
+    err_len = 0
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "out")
+        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            for key, _ in sel.select(min(left, 1.0)):
+                chunk = os.read(key.fd, _CHUNK)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.data == "out":
+                    out += chunk
+                    if len(out) > max_stdout:
+                        raise _Oversized
+                else:
+                    err_len += len(chunk)  # counted, never kept, never logged
+                    if err_len > MAX_STDERR * 16:
+                        raise _Oversized
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise TimeoutError from None
+    return bytes(out), err_len
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the plugin's process group (helpers it left behind too) and wait for it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 class ProviderDiagnoser:
     """A diagnoser that adds the providers' credentials after the pod's own, as the
-    kubelet's keyring does, and says when a provider failed."""
+    kubelet's keyring does, and says when a provider failed or a rejected token expired
+    (``core/expiry.py``)."""
 
-    def __init__(self, inner: Any, runner: PluginRunner) -> None:
+    def __init__(self, inner: Any, runner: PluginRunner | None = None) -> None:
         self.inner = inner
         self.runner = runner
 
@@ -309,11 +318,12 @@ class ProviderDiagnoser:
             ref = parse(image)
         except InvalidReference:
             ref = None
-        if ref is not None and self.runner.matching(ref):
+        if ref is not None and self.runner is not None and self.runner.matching(ref):
             result = await self.runner.credentials(ref)
+        merged = Keyring.union(keyring, result.keyring)
         d: Diagnosis = await self.inner.diagnose(
             image,
-            Keyring.union(keyring, result.keyring),
+            merged,
             platform,
             suggest=suggest,
             candidate_keyrings=candidate_keyrings,
@@ -323,6 +333,8 @@ class ProviderDiagnoser:
         )
         if result.failures:
             d = provider_failed(d, [(f.provider, f.reason) for f in result.failures])
+        if ref is not None:
+            d = expired_view(d, merged.lookup(ref), time.time())
         return d
 
     async def aclose(self) -> None:
