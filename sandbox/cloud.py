@@ -64,10 +64,18 @@ class CloudRegistry:
         ]
 
     def serve_on_node(self, certs_d: Path) -> None:
-        """The node's containerd sends pulls for ECR_HOST to the sandbox registry."""
+        """The node's containerd sends pulls for ECR_HOST to the sandbox registry.
+
+        containerd 1.6 refuses a hosts.toml without a ``[host]`` table ("invalid `host`
+        tree") and then pulls from the name itself; the same address is also the
+        ``server``, so a 404 is not followed by a try of the real (unresolvable) name.
+        """
         d = certs_d / ECR_HOST
         d.mkdir(parents=True, exist_ok=True)
-        (d / "hosts.toml").write_text(f'server = "{self.registry.url}"\n')
+        url = self.registry.url
+        (d / "hosts.toml").write_text(
+            f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
 
     def stop(self) -> None:
         procs.stop(self.registry.process)
