@@ -167,3 +167,46 @@ def test_diagnose_cli_says_which_source_authenticated(
     # Without the plugin, the same registry can only say it wants credentials.
     d = diagnose(cloud.image("team/cli", "1.0.1"), "--registry-config-dir", args[-1])
     assert d["cause"] == "AuthenticationRequired"
+
+
+def test_expired_token_in_a_pull_secret_is_its_own_cause(
+    cloud_operator: OperatorProcess, registries: Any, core: Any, apps: Any, namespace: str
+) -> None:
+    """An ECR token copied into a secret, twelve hours later: the registry refuses it and
+    the token's own ``expiration`` says why; no policy needed for the diagnosis."""
+    import base64
+    import time
+
+    from sandbox.kube import dockerconfig_secret
+
+    reg = registries.basic
+    push_image(reg, "team/expired", "1.0")
+    doc = {"payload": "opaque", "datakey": "opaque", "version": "2", "type": "DATA_KEY"}
+    doc["expiration"] = int(time.time()) - 3600
+    token = base64.b64encode(json.dumps(doc).encode()).decode()
+    core.create_namespaced_secret(
+        namespace, dockerconfig_secret("ecr-copy", namespace, reg.host, "AWS", token)
+    )
+    apps.create_namespaced_deployment(
+        namespace,
+        deployment(
+            "old",
+            f"{reg.host}/team/expired:1.0",
+            replicas=1,
+            image_pull_secrets=[{"name": "ecr-copy"}],
+        ),
+    )
+    message = wait_for(
+        lambda: _kubelet_failure(core, namespace, "app=old"), "the kubelet's pull to fail", 90
+    )
+    assert "401" in message, message
+
+    def diagnosed() -> str:
+        for e in events_for(core, namespace):
+            if e.source.component == "pullmedic" and e.reason == "PullDiagnosed":
+                return str(e.message)
+        return ""
+
+    said = wait_for(diagnosed, "pullmedic's diagnosis", 90)
+    assert "CredentialsExpired" in said and "expired at" in said, said
+    assert "pull secret " in said and token not in said
