@@ -116,6 +116,40 @@ build_promtool() {
 
 start=$(date +%s)
 for c in "${@:-etcd registry kubernetes pause helm ggcr}"; do
+# The kubelet's ECR credential provider plugin. `go install module@version` refuses the
+# module (its go.mod has a replace), so a wrapper module requires it and repeats that replace.
+build_ecr() {
+  local out="$cache/bin/ecr-credential-provider-$CLOUD_PROVIDER_AWS_VERSION"
+  [ -x "$out/ecr-credential-provider" ] && return 0
+  local src="$cache/src/ecr-credential-provider-$CLOUD_PROVIDER_AWS_VERSION"; mkdir -p "$src"
+  (cd "$src"
+   if [ ! -f go.mod ]; then
+     go mod init pullmedic.local/ecrbuild >/dev/null 2>&1
+     echo "replace github.com/google/cel-go => github.com/cel-expr/cel-go v0.31.0" >> go.mod
+   fi
+   go get "k8s.io/cloud-provider-aws/cmd/ecr-credential-provider@$CLOUD_PROVIDER_AWS_VERSION"
+   local b0; b0=$(date +%s)
+   log "compiling ecr-credential-provider $CLOUD_PROVIDER_AWS_VERSION"
+   go build -trimpath -ldflags "-s -w" -o "$out.tmp/ecr-credential-provider" \
+     k8s.io/cloud-provider-aws/cmd/ecr-credential-provider
+   log "ecr-credential-provider compiled in $(( $(date +%s) - b0 )) s")
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+# moto_server, the AWS API stand-in, in its own venv (its botocore and the operator's
+# kubernetes client want different python-dateutil majors).
+build_moto() {
+  local out="$cache/bin/moto-$MOTO_VERSION"
+  [ -f "$out/.complete" ] && return 0
+  # A venv names its interpreter by path, so it is built in place; .complete marks it whole.
+  rm -rf "$out"
+  "${PYTHON:-python3}" -m venv "$out"
+  "$out/bin/pip" install -q "moto[server,ecr]==$MOTO_VERSION"
+  touch "$out/.complete"
+}
+
+start=$(date +%s)
+for c in "${@:-etcd registry kubernetes pause helm ecr moto}"; do
   for one in $c; do
     t0=$(date +%s); log "$one: start"
     "build_$one"

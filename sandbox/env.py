@@ -137,6 +137,7 @@ def start(
     emulator: bool = True,
     node: str | None = None,
     fallback: bool = True,
+    kubelet_args: Sequence[str] = (),
 ) -> Sandbox:
     """Start every part, tied to this process so nothing outlives it.
 
@@ -144,7 +145,8 @@ def start(
     A real node that cannot run here falls back to the emulator with a printed line, or,
     with ``fallback=False`` (the test suite), raises ``NodeUnavailable`` with the reason:
     a suite that silently ran on the emulator would pass without the kubelet.
-    ``emulator=False`` starts no emulator (the caller runs its own).
+    ``emulator=False`` starts no emulator (the caller runs its own). ``kubelet_args``:
+    more flags for the real node's kubelet.
     """
     from sandbox.node import NodeUnavailable, start_node
 
@@ -171,6 +173,7 @@ def start(
                     push_pause(registries.open),
                     state / "logs",
                     name=NODE_NAME,
+                    kubelet_args=kubelet_args,
                 )
                 sb.facts = {**sb.node.facts(), "start_seconds": round(sb.node.started_in, 1)}
             except NodeUnavailable as e:

@@ -24,6 +24,7 @@ import signal
 import ssl
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,8 +437,11 @@ def start_node(
     *,
     name: str = "sandbox-node",
     timeout: float = 90.0,
+    kubelet_args: Sequence[str] = (),
 ) -> RealNode:
-    """containerd, kubelet and kube-scheduler up; returns once the node is Ready, untainted."""
+    """containerd, kubelet and kube-scheduler up; returns once the node is Ready, untainted.
+
+    ``kubelet_args``: more kubelet flags (the credential provider tests add theirs)."""
     problems = prerequisites()
     if problems:
         raise NodeUnavailable("; ".join(problems))
@@ -447,7 +451,7 @@ def start_node(
     node = RealNode(name, root, logs, cluster, fd)
     try:
         clean_host(root)  # an interrupted run's leftovers
-        _start(node, registry_hosts, sandbox_image, timeout)
+        _start(node, registry_hosts, sandbox_image, timeout, kubelet_args)
     except BaseException:
         node.stop()
         raise
@@ -455,7 +459,13 @@ def start_node(
     return node
 
 
-def _start(node: RealNode, registry_hosts: list[str], sandbox_image: str, timeout: float) -> None:
+def _start(
+    node: RealNode,
+    registry_hosts: list[str],
+    sandbox_image: str,
+    timeout: float,
+    kubelet_args: Sequence[str] = (),
+) -> None:
     root, logs, cluster = node.root, node.logs, node.cluster
     kubelet_dir, state = root / "kubelet", root / "state"
     for d in (root / "containerd", root / "cni", kubelet_dir, state, root / "pod-logs"):
@@ -505,6 +515,7 @@ def _start(node: RealNode, registry_hosts: list[str], sandbox_image: str, timeou
             f"--hostname-override={node.name}",
             f"--node-ip={NODE_IP}",
             "--v=1",
+            *kubelet_args,
         ],
         logs / "kubelet.log",
     )

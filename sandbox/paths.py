@@ -39,10 +39,13 @@ def binary(name: str) -> Path:
         "helm": f"helm-{v['HELM_VERSION']}",
         "ggcr": f"ggcr-{v['GGCR_VERSION']}",
         "promtool": f"promtool-{v['PROMETHEUS_VERSION']}",
+        "ecr-credential-provider": f"ecr-credential-provider-{v['CLOUD_PROVIDER_AWS_VERSION']}",
+        "moto_server": f"moto-{v['MOTO_VERSION']}/bin",
     }[name]
     path = cache_dir() / "bin" / folder / name
     if not path.exists():
-        component = "kubernetes" if name.startswith("kube") else name
+        component = {"ecr-credential-provider": "ecr", "moto_server": "moto"}.get(name, name)
+        component = "kubernetes" if name.startswith("kube") else component
         subprocess.run(["bash", str(HERE / "build.sh"), component], check=True)
     return path
 

@@ -382,3 +382,27 @@ def test_webhook_tls_self_needs_no_cert_manager() -> None:
     # The default stays cert-manager's.
     default = template("webhook.enabled=true")
     assert by_kind(default)["Certificate"] and "--webhook-tls=self" not in args_of(default)
+
+
+def test_node_credential_sources_are_mounted_read_only_from_the_node() -> None:
+    docs = template(
+        "nodeCredentials.providerConfig=/etc/eks/image-credential-provider/config.json",
+        "nodeCredentials.providerBinDir=/etc/eks/image-credential-provider",
+        "nodeCredentials.registryConfigDir=/etc/containerd/certs.d",
+    )
+    args = args_of(docs)
+    assert "--credential-provider-config=/etc/pullmedic/node/provider-config/config.json" in args
+    assert "--credential-provider-bin-dir=/etc/pullmedic/node/provider-bin" in args
+    assert "--registry-config-dir=/etc/pullmedic/node/certs.d" in args
+    pod = deployment_of(docs)["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert all(
+        mounts[n]["readOnly"] for n in ("provider-config", "provider-bin", "registry-config")
+    )
+    paths_ = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert paths_ == {
+        "provider-config": "/etc/eks/image-credential-provider",
+        "provider-bin": "/etc/eks/image-credential-provider",
+        "registry-config": "/etc/containerd/certs.d",
+    }
+    assert not any("credential-provider" in a for a in args_of(template()))

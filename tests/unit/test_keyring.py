@@ -243,7 +243,9 @@ def test_lookup_returns_every_secret_for_a_key_in_secret_order() -> None:
         ("one", "p1", "team-a/a", "registry.example.com"),
         ("two", "p2", "team-a/legacy", "registry.example.com"),
     ]
-    assert creds[0].source == ('secret team-a/a (.dockerconfigjson) key "registry.example.com"')
+    assert creds[0].source == (
+        'pull secret team-a/a (.dockerconfigjson) key "registry.example.com"'
+    )
     assert len(keyring) == 2
     assert not keyring.is_empty()
 

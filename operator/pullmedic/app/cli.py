@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullmedic.app import explain, runner
+from pullmedic.app import explain, nodecreds, runner
 from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.keyring import (
@@ -29,7 +29,6 @@ from pullmedic.core.keyring import (
 )
 from pullmedic.core.platforms import Platform
 from pullmedic.probe.netguard import AddressPolicy
-from pullmedic.probe.prober import Prober
 
 EXIT_OK = 0
 EXIT_DIAGNOSED = 1
@@ -109,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR|HOST",
         help="admit a private/loopback network or host name (repeatable)",
     )
+    nodecreds.add_arguments(diag)
     diag.add_argument("--no-suggest", action="store_true", help="do not look for fixes")
     diag.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     diag.add_argument(
@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--platform", default="linux/amd64", help="node platform (os/arch[/v])")
     aud.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
     aud.add_argument("--allow-address", action="append", default=[], metavar="CIDR|HOST")
+    nodecreds.add_arguments(aud)
     aud.add_argument("--json", action="store_true", help="one JSON object per image")
     aud.add_argument("--timeout", type=float, default=10.0, metavar="S")
     aud.add_argument("--quota-reserve", type=runner.quota_reserve, default=0.2, metavar="FRACTION")
@@ -178,6 +179,13 @@ def _keyring(files: Sequence[str]) -> tuple[Keyring, list[SecretProblem]]:
     return Keyring.from_secrets([_pull_secret_from_file(f) for f in files])
 
 
+def _node(args: argparse.Namespace) -> nodecreds.NodeSettings:
+    try:
+        return nodecreds.settings_from(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run one diagnosis and print it; the exit code says pullable (0) or not (1)."""
     try:
@@ -197,9 +205,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         kr, _ = Keyring.from_secrets([secret])
         candidates[secret.ref] = kr
     config = probe_config(args, policy)
+    node = _node(args)
 
     async def run() -> Diagnosis:
-        async with Prober(config) as prober:
+        prober = nodecreds.build_diagnoser(config, node)
+        try:
             return await prober.diagnose(
                 args.image,
                 keyring,
@@ -208,6 +218,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                 candidate_keyrings=candidates or None,
                 secret_problems=problems,
             )
+        finally:
+            await prober.aclose()
 
     diagnosis = asyncio.run(run())
     if args.json:
@@ -240,29 +252,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
         except (kconfig.ConfigException, OSError) as exc:
             raise UsageError(f"kubeconfig: {exc}") from None
     probe = probe_config(args, addresses)
+    node = _node(args)
 
     async def run() -> list[dict[str, str]]:
         kube = RestKube(runner.api_client(args.kubeconfig, Timeouts(), 4), workers=4)
+        prober = nodecreds.build_diagnoser(probe, node)
         try:
-            async with Prober(probe) as prober:
-                auditor = Auditor(
-                    kube,
-                    prober,
-                    Lookups(kube, str(platform)),
-                    AuditSettings(checks_per_host=1_000_000, period=0.0, platform=str(platform)),
-                )
-                items = await auditor.workloads(None if namespace is None else [namespace])
-                await auditor.run((i, None) for i in items)
-                return [
-                    {k: str(v) for k, v in auditor.findings[i.key].entry().items()}
-                    | {
-                        "namespace": i.workload.namespace,
-                        "status": _status(auditor.findings[i.key].cause),
-                    }
-                    for i in items
-                    if i.key in auditor.findings
-                ]
+            auditor = Auditor(
+                kube,
+                prober,
+                Lookups(kube, str(platform)),
+                AuditSettings(checks_per_host=1_000_000, period=0.0, platform=str(platform)),
+            )
+            items = await auditor.workloads(None if namespace is None else [namespace])
+            await auditor.run((i, None) for i in items)
+            return [
+                {k: str(v) for k, v in auditor.findings[i.key].entry().items()}
+                | {
+                    "namespace": i.workload.namespace,
+                    "status": _status(auditor.findings[i.key].cause),
+                }
+                for i in items
+                if i.key in auditor.findings
+            ]
         finally:
+            await prober.aclose()
             kube.close()
 
     try:

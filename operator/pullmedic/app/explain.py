@@ -18,6 +18,7 @@ import json
 import sys
 from typing import Any
 
+from pullmedic.app import nodecreds
 from pullmedic.app.inspection import ExplainError, Report, RestLists, gather
 from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core import kinds
@@ -28,7 +29,6 @@ from pullmedic.core.kubectl import command
 from pullmedic.kube.client import KubeError, RestKube
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
-from pullmedic.probe.prober import Prober
 
 CONTAINER_LABELS = {
     "containers": "Container",
@@ -48,6 +48,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
     p.add_argument("--allow-address", action="append", default=[], metavar="CIDR|HOST")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    nodecreds.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_explain)
 
@@ -72,6 +73,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         kind, name = parse_target(args.target)
         addresses = AddressPolicy(tuple(args.allow_address))
+        node = nodecreds.settings_from(args)
     except (ExplainError, ValueError) as exc:
         print(f"pullmedic: error: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +89,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not args.no_probe:
         probe = probe_config(args, addresses)
     try:
-        report = explain(api, namespace, kind, name, probe)
+        report = explain(api, namespace, kind, name, probe, node)
     except (ExplainError, KubeError) as exc:
         print(f"pullmedic: error: {exc}", file=sys.stderr)
         return 2
@@ -100,22 +102,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if report.stuck else 0
 
 
-def explain(api: Any, ns: str, kind: str, name: str, probe: ClientConfig | None) -> Report:
+def explain(
+    api: Any,
+    ns: str,
+    kind: str,
+    name: str,
+    probe: ClientConfig | None,
+    node: nodecreds.NodeSettings | None = None,
+) -> Report:
     """Collect the report for ``kind/name`` in ``ns`` (a workload: its stuck pod)."""
     kube = RestKube(api)
     try:
-        return asyncio.run(_explain(kube, ns, kind, name, probe))
+        return asyncio.run(_explain(kube, ns, kind, name, probe, node))
     finally:
         kube.close()
 
 
 async def _explain(
-    kube: RestKube, ns: str, kind: str, name: str, probe: ClientConfig | None
+    kube: RestKube,
+    ns: str,
+    kind: str,
+    name: str,
+    probe: ClientConfig | None,
+    node: nodecreds.NodeSettings | None = None,
 ) -> Report:
     if probe is None:
         return await gather(kube, RestLists(kube), ns, kind, name, None)
-    async with Prober(probe) as prober:
+    prober = nodecreds.build_diagnoser(probe, node or nodecreds.NodeSettings())
+    try:
         return await gather(kube, RestLists(kube), ns, kind, name, prober)
+    finally:
+        await prober.aclose()
 
 
 # ---------------------------------------------------------------------------------------

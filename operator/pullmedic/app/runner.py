@@ -15,6 +15,7 @@ from kubernetes import client, config
 
 from pullmedic.admission.tls import TLSSettings
 from pullmedic.admission.webhook import WebhookSettings
+from pullmedic.app import nodecreds
 from pullmedic.app.handlers import WatchTimeouts, build_registry
 from pullmedic.control.audit import AuditSettings
 from pullmedic.control.engine import Engine, EngineSettings
@@ -25,7 +26,6 @@ from pullmedic.kube.leadership import LeaseSettings
 from pullmedic.kube.podwatch import ApiSource, PodWatchSettings
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy
-from pullmedic.probe.prober import Prober
 from pullmedic.telemetry import metrics
 
 log = logging.getLogger("pullmedic")
@@ -56,6 +56,7 @@ class OperatorSettings:
     watch: WatchTimeouts = field(default_factory=WatchTimeouts)
     log_format: str = "plain"
     kubeconfig: str | None = None
+    node: nodecreds.NodeSettings = field(default_factory=nodecreds.NodeSettings)
 
 
 def _number(kind: type[int] | type[float], variable: str) -> Callable[[str], int | float]:
@@ -193,6 +194,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="registry whose pull credentials the nodes hold (credential provider plugin or "
         "node config), kubelet matchImages syntax; repeat",
     )
+    nodecreds.add_arguments(p, from_env=True)
     p.add_argument(
         "--api-timeout",
         type=_number(float, "PULLMEDIC_API_TIMEOUT"),
@@ -384,6 +386,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         ),
         log_format=args.log_format,
         kubeconfig=args.kubeconfig,
+        node=nodecreds.settings_from(args),
     )
 
 
@@ -420,7 +423,9 @@ def run(settings: OperatorSettings) -> int:
 
     def make_engine() -> Engine:
         engine = Engine(
-            RestKube(api, settings.kube, workers=workers), Prober(settings.probe), settings.engine
+            RestKube(api, settings.kube, workers=workers),
+            nodecreds.build_diagnoser(settings.probe, settings.node),
+            settings.engine,
         )
         w = settings.watch
         pod_watch = PodWatchSettings(w.server, w.client, w.connect)

@@ -27,11 +27,13 @@ class Cause(StrEnum):
     NotFoundOrPrivate = "NotFoundOrPrivate"
     AuthenticationRequired = "AuthenticationRequired"
     CredentialsRejected = "CredentialsRejected"
+    CredentialsExpired = "CredentialsExpired"  # rejected, and the token says it expired
     RateLimited = "RateLimited"
     RegistryUnreachable = "RegistryUnreachable"
     PlatformMismatch = "PlatformMismatch"
     ImageIncomplete = "ImageIncomplete"  # listed, but a manifest or blob cannot be served
     NodeCredentialsUnknown = "NodeCredentialsUnknown"  # the node authenticates, we cannot
+    CredentialProviderFailed = "CredentialProviderFailed"  # the node's plugin gave nothing
     ImageAvailable = "ImageAvailable"
     BlockedAddress = "BlockedAddress"
     MalformedSecret = "MalformedSecret"
@@ -40,7 +42,12 @@ class Cause(StrEnum):
 
 # Causes a working pull secret fixes: one set, used by planning, probing and the breaker.
 CREDENTIAL_CAUSES = frozenset(
-    {Cause.AuthenticationRequired, Cause.CredentialsRejected, Cause.NotFoundOrPrivate}
+    {
+        Cause.AuthenticationRequired,
+        Cause.CredentialsRejected,
+        Cause.CredentialsExpired,
+        Cause.NotFoundOrPrivate,
+    }
 )
 # Causes a copy of the same image elsewhere fixes (verified whole there first): remediation
 # switches to a mirror for them, admission's Mutate mode rewrites to one.

@@ -33,6 +33,7 @@ __all__ = [
     "SecretProblem",
     "key_matches",
     "normalize_key",
+    "pattern_matches",
 ]
 
 DOCKERCONFIGJSON_TYPE: Final = "kubernetes.io/dockerconfigjson"
@@ -399,6 +400,14 @@ def key_matches(key: str, image: ImageReference) -> bool:
     return all(_glob_match(k, t) for k, t in zip(key_labels, image_labels, strict=True))
 
 
+def pattern_matches(pattern: str, image: ImageReference) -> bool:
+    """A credential provider's ``matchImages`` pattern against an image (URLsMatchStr)."""
+    try:
+        return key_matches(normalize_key(pattern), image)
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class NodeRegistries:
     """Registries whose pull credentials the nodes hold (kubelet credential provider
@@ -429,6 +438,36 @@ class Keyring:
     def __init__(self) -> None:
         self._creds: dict[str, list[Credential]] = {}
         self._index: list[str] = []
+        # A union's parts, looked up in order (the pod's secrets, then the node's providers).
+        self._parts: tuple[Keyring, ...] = ()
+
+    @classmethod
+    def union(cls, *parts: Keyring) -> Keyring:
+        """The kubelet's UnionDockerKeyring: every part's matches, parts in order.
+
+        The kubelet looks up the pod's pull secrets first, then the node's credential
+        providers; each part applies its own Docker Hub fallback.
+        """
+        keyring = cls()
+        keyring._parts = tuple(p for p in parts if not p.is_empty())
+        return keyring
+
+    @classmethod
+    def from_provider(
+        cls, label: str, entries: Iterable[tuple[str, str, str]]
+    ) -> tuple[Keyring, list[SecretProblem]]:
+        """The keyring one credential provider response gives: (pattern, username,
+        password) entries, named ``label`` (``credential provider NAME``)."""
+        keyring = cls()
+        problems: list[SecretProblem] = []
+        keyring._add_entries(
+            (_Entry(loc, user, pw, not user and not pw) for loc, user, pw in entries),
+            label,
+            label,
+            None,
+            problems,
+        )
+        return keyring, problems
 
     def _add(self, credential: Credential) -> None:
         if credential.key not in self._creds:
@@ -538,7 +577,7 @@ class Keyring:
                         "registry name, so none of its credentials are used",
                     )
                 )
-            keyring._add_entries(entries, f"secret {ref} ({data_key})", ref, ref, problems)
+            keyring._add_entries(entries, f"pull secret {ref} ({data_key})", ref, ref, problems)
         return keyring, problems
 
     @classmethod
@@ -579,6 +618,8 @@ class Keyring:
 
         The ``index.docker.io`` entry is used for Docker Hub images only when no key matched.
         """
+        if self._parts:
+            return [c for part in self._parts for c in part.lookup(image)]
         found: list[Credential] = []
         for key in self._index:
             if key_matches(key, image):
@@ -591,17 +632,19 @@ class Keyring:
 
     def keys(self) -> list[str]:
         """Normalised keys, most specific first (the order lookups walk)."""
+        if self._parts:
+            return [k for part in self._parts for k in Keyring.keys(part)]
         return list(self._index)
 
     def __len__(self) -> int:
-        return sum(len(creds) for creds in self._creds.values())
+        return sum(len(creds) for creds in self._creds.values()) + sum(len(p) for p in self._parts)
 
     def is_empty(self) -> bool:
         """True when no credential at all was loaded (every pull would be anonymous)."""
-        return not self._creds
+        return not self._creds and all(p.is_empty() for p in self._parts)
 
     def __repr__(self) -> str:
-        return f"Keyring(keys={self._index!r}, credentials={len(self)})"
+        return f"Keyring(keys={self.keys()!r}, credentials={len(self)})"
 
 
 def _empty_reason(data_key: str, doc: object) -> str:

@@ -174,6 +174,11 @@ def _remedy(
         return [], "the registry cannot serve this image whole and no mirror has it; push it again"
     if cause is Cause.MalformedSecret:
         return [], _malformed_note(diagnosis)
+    if cause is Cause.CredentialProviderFailed:
+        return [], (
+            "the node's credential provider gave no credentials: fix the plugin, its config "
+            "or its cloud identity; a pull secret is not attached over it"
+        )
     if cause is Cause.NodeCredentialsUnknown:
         return [], (
             "nodes hold the credentials for this registry: check the node's credential "

@@ -1,0 +1,102 @@
+"""The node's view of registries, shared by ``run``, ``diagnose``, ``explain`` and ``audit``.
+
+Three flags, named as the kubelet and containerd name them:
+
+- ``--credential-provider-config FILE`` and ``--credential-provider-bin-dir DIR``: the
+  kubelet's ``--image-credential-provider-config`` / ``--image-credential-provider-bin-dir``;
+  pullmedic runs the same plugins, and their credentials follow the pod's pull secrets;
+- ``--registry-config-dir DIR``: containerd's ``config_path`` (``DIR/<host>/hosts.toml``),
+  so a probe goes where the node's pull goes.
+
+:func:`build_diagnoser` returns the prober, wrapped when providers are configured; the
+admission webhook shares the operator's, so it probes with the same sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from pullmedic.core.credentialprovider import ProviderConfigError, ProviderSpec
+from pullmedic.core.registryhosts import Endpoint, HostsError
+from pullmedic.probe.config import ClientConfig
+from pullmedic.probe.hosts import HostsTransport, load_hosts
+from pullmedic.probe.netguard import guarded_transport
+from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser, load_config
+from pullmedic.probe.prober import Prober
+
+__all__ = ["NodeSettings", "add_arguments", "build_diagnoser", "settings_from"]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    providers: tuple[ProviderSpec, ...] = ()
+    bin_dir: str | None = None
+    hosts: dict[str, Endpoint] = field(default_factory=dict)
+
+
+def add_arguments(p: argparse.ArgumentParser, *, from_env: bool = False) -> None:
+    def env(name: str) -> str | None:
+        return os.environ.get(name) if from_env else None
+
+    p.add_argument(
+        "--credential-provider-config",
+        metavar="FILE",
+        default=env("PULLMEDIC_CREDENTIAL_PROVIDER_CONFIG"),
+        help="the kubelet's CredentialProviderConfig (--image-credential-provider-config): "
+        "probe with the same plugins' credentials, after the pod's pull secrets",
+    )
+    p.add_argument(
+        "--credential-provider-bin-dir",
+        metavar="DIR",
+        default=env("PULLMEDIC_CREDENTIAL_PROVIDER_BIN_DIR"),
+        help="where the plugins named in that config are (--image-credential-provider-bin-dir)",
+    )
+    p.add_argument(
+        "--registry-config-dir",
+        metavar="DIR",
+        default=env("PULLMEDIC_REGISTRY_CONFIG_DIR"),
+        help="the node's containerd config_path (DIR/<host>/hosts.toml): probe the endpoint "
+        "the node pulls from (a private address still needs --allow-address)",
+    )
+
+
+def settings_from(args: argparse.Namespace) -> NodeSettings:
+    """Raises ValueError (a usage error) naming the flag and what is wrong."""
+    providers: tuple[ProviderSpec, ...] = ()
+    config, bin_dir = args.credential_provider_config, args.credential_provider_bin_dir
+    if bool(config) != bool(bin_dir):
+        raise ValueError(
+            "--credential-provider-config and --credential-provider-bin-dir go together"
+        )
+    if config:
+        try:
+            providers = load_config(config)
+        except ProviderConfigError as exc:
+            raise ValueError(f"--credential-provider-config: {exc}") from None
+        if not os.path.isdir(bin_dir):
+            raise ValueError(f"--credential-provider-bin-dir: {bin_dir} is not a directory")
+    hosts: dict[str, Endpoint] = {}
+    if args.registry_config_dir:
+        try:
+            hosts = load_hosts(args.registry_config_dir)
+        except HostsError as exc:
+            raise ValueError(f"--registry-config-dir: {exc}") from None
+    return NodeSettings(providers, bin_dir, hosts)
+
+
+def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnoser:
+    """The prober for ``probe``, sending requests where the node's containerd does and
+    adding the node's credential providers after the pod's secrets (and telling an
+    expired token from a wrong one)."""
+    transport = None
+    if node.hosts:
+        transport = HostsTransport(
+            node.hosts, guarded_transport(probe.address_policy, verify=probe.verify_tls)
+        )
+    prober = Prober(probe, transport=transport)
+    runner = None
+    if node.providers and node.bin_dir is not None:
+        runner = PluginRunner(node.providers, node.bin_dir)
+    return ProviderDiagnoser(prober, runner)
