@@ -53,10 +53,13 @@ def _write(root: Path, host: str, text: str) -> None:
 def test_load_hosts_directory(tmp_path: Path) -> None:
     _write(tmp_path, ECR, 'server = "http://127.0.0.1:5000"\n')
     _write(tmp_path, "127.0.0.1:6000", 'server = "http://127.0.0.1:6000"\n')
+    _write(tmp_path, "docker.io", '[host."http://mirror:1"]\n')
     (tmp_path / "empty").mkdir()
     assert load_hosts(tmp_path) == {
         ECR: Endpoint("http", "127.0.0.1:5000"),
         "127.0.0.1:6000": Endpoint("http", "127.0.0.1:6000"),
+        "docker.io": Endpoint("http", "mirror:1"),
+        "registry-1.docker.io": Endpoint("http", "mirror:1"),
     }
     with pytest.raises(HostsError, match="cannot read"):
         load_hosts(tmp_path / "absent")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -48,11 +49,13 @@ from pullmedic.core.credentialprovider import (
     parse_response,
     provider_failed,
 )
-from pullmedic.core.diagnosis import Diagnosis
+from pullmedic.core.diagnosis import Diagnosis, Evidence
 from pullmedic.core.expiry import expired_view
 from pullmedic.core.keyring import Keyring, SecretProblem
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
+from pullmedic.core.registryhosts import Endpoint
+from pullmedic.telemetry import metrics
 
 __all__ = [
     "MAX_STDOUT",
@@ -184,13 +187,16 @@ class PluginRunner:
             response = parse_response(await self._exec(spec, image), spec.api_version)
             cache.put(image, response, spec.default_cache_duration)
             fut.set_result(response)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="ok").inc()
             return response
         except PluginResponseError as exc:
             failure = _Failed(str(exc))
             fut.set_exception(failure)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
             raise failure from None
         except _Failed as exc:
             fut.set_exception(exc)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
             raise
         finally:
             del self._flights[key]
@@ -297,9 +303,15 @@ class ProviderDiagnoser:
     kubelet's keyring does, and says when a provider failed or a rejected token expired
     (``core/expiry.py``)."""
 
-    def __init__(self, inner: Any, runner: PluginRunner | None = None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        runner: PluginRunner | None = None,
+        hosts: Mapping[str, Endpoint] | None = None,
+    ) -> None:
         self.inner = inner
         self.runner = runner
+        self.hosts = dict(hosts or {})
 
     async def diagnose(
         self,
@@ -335,6 +347,14 @@ class ProviderDiagnoser:
             d = provider_failed(d, [(f.provider, f.reason) for f in result.failures])
         if ref is not None:
             d = expired_view(d, merged.lookup(ref), time.time())
+            ep = self.hosts.get(ref.registry_host.lower()) or self.hosts.get("_default")
+            if ep is not None:  # the evidence names the registry; say where it really went
+                note = Evidence(
+                    "registry-host",
+                    note=f"requests for {ref.registry_host} went to {ep.url} (the node's "
+                    "hosts.toml)",
+                )
+                d = dataclasses.replace(d, evidence=(*d.evidence, note))
         return d
 
     async def aclose(self) -> None:
