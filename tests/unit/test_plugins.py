@@ -352,3 +352,14 @@ async def test_runs_are_counted(tmp_path: Path, runs: Path) -> None:
     plugin(tmp_path, "ecr", "fails")
     await runner(tmp_path, runs, spec("ecr")).credentials(parse(IMAGE))
     assert (count("ok"), count("failed")) == (ok + 1, failed + 1)
+
+
+async def test_overlapping_keys_the_earlier_provider_wins(tmp_path: Path, runs: Path) -> None:
+    plugin(tmp_path, "first", "good")
+    plugin(tmp_path, "second", "good")
+    r = runner(tmp_path, runs, spec("first"), spec("second"))
+    result = await r.credentials(parse(IMAGE))
+    assert result.answered == ("first", "second")
+    assert [c.source.split(" key ")[0] for c in result.keyring.lookup(parse(IMAGE))] == [
+        "credential provider first"
+    ]

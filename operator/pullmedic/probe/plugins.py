@@ -51,7 +51,7 @@ from pullmedic.core.credentialprovider import (
 )
 from pullmedic.core.diagnosis import Diagnosis, Evidence
 from pullmedic.core.expiry import expired_view
-from pullmedic.core.keyring import Keyring, SecretProblem
+from pullmedic.core.keyring import Keyring, SecretProblem, normalize_key
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
 from pullmedic.core.registryhosts import Endpoint
@@ -146,6 +146,7 @@ class PluginRunner:
         keyrings: list[Keyring] = []
         answered: list[str] = []
         failures: list[PluginFailure] = []
+        seen: set[str] = set()
         image = ref.name  # the kubelet asks for the repository, without tag or digest
         for spec in self.matching(ref):
             if spec.token_attributes is not None:
@@ -163,9 +164,15 @@ class PluginRunner:
                 failures.append(PluginFailure(spec.name, exc.reason))
                 log.warning("credential provider %s for %s: %s", spec.name, image, exc.reason)
                 continue
-            kr, problems = Keyring.from_provider(
-                spec.label, [(a.pattern, a.username, a.password) for a in response.auth]
-            )
+            # Overlapping auth keys: the provider earlier in the config wins (as documented
+            # for the kubelet's CredentialProviderConfig).
+            entries = [
+                (a.pattern, a.username, a.password)
+                for a in response.auth
+                if _key(a.pattern) not in seen
+            ]
+            seen.update(_key(a.pattern) for a in response.auth)
+            kr, problems = Keyring.from_provider(spec.label, entries)
             for p in problems:
                 log.info("credential provider %s: %s", spec.name, p.reason)
             answered.append(spec.name)
@@ -247,6 +254,13 @@ class PluginRunner:
 
 class _Oversized(Exception):
     pass
+
+
+def _key(pattern: str) -> str:
+    try:
+        return normalize_key(pattern)
+    except ValueError:
+        return pattern
 
 
 def _talk(
