@@ -143,3 +143,40 @@ def test_flags(tmp_path: Path) -> None:
 def test_flag_errors(kw: dict[str, str], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         nodecreds.settings_from(_args(**kw))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["diagnose", "r.example/a:1"],
+        ["explain", "pod/x"],
+        ["audit"],
+        ["run"],
+    ],
+)
+def test_every_entry_point_takes_the_node_flags(argv: list[str]) -> None:
+    from pullmedic.app.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            *argv,
+            "--credential-provider-config",
+            "c.yaml",
+            "--credential-provider-bin-dir",
+            "/plugins",
+            "--registry-config-dir",
+            "/certs.d",
+        ]
+    )
+    assert args.credential_provider_config == "c.yaml"
+    assert args.credential_provider_bin_dir == "/plugins"
+    assert args.registry_config_dir == "/certs.d"
+
+
+def test_run_reads_the_node_flags_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pullmedic.app.cli import build_parser
+
+    monkeypatch.setenv("PULLMEDIC_REGISTRY_CONFIG_DIR", str(tmp_path))
+    assert build_parser().parse_args(["run"]).registry_config_dir == str(tmp_path)
