@@ -322,3 +322,44 @@ async def test_credentials_never_in_diagnosis_or_logs(
     shown = [json.dumps(d.to_dict()), caplog.text, repr(result), repr(result.keyring)]
     shown += [repr(c) for c in result.keyring.lookup(parse(IMAGE))]
     assert all(SECRET not in s for s in shown)
+
+
+async def test_diagnoser_says_where_a_mapped_registry_was_reached(
+    tmp_path: Path, runs: Path
+) -> None:
+    from pullmedic.core.registryhosts import Endpoint
+
+    d = await ProviderDiagnoser(
+        FakeProber(Cause.TagNotFound), None, {ECR: Endpoint("http", "127.0.0.1:5000")}
+    ).diagnose(IMAGE, Keyring(), Platform("linux", "amd64"))
+    assert any(e.kind == "registry-host" and "http://127.0.0.1:5000" in e.note for e in d.evidence)
+
+
+async def test_runs_are_counted(tmp_path: Path, runs: Path) -> None:
+    from pullmedic.telemetry import metrics
+
+    def count(result: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "pullmedic_credential_provider_runs_total", {"provider": "ecr", "result": result}
+            )
+            or 0.0
+        )
+
+    plugin(tmp_path, "ecr", "good")
+    ok, failed = count("ok"), count("failed")
+    await runner(tmp_path, runs, spec("ecr")).credentials(parse(IMAGE))
+    plugin(tmp_path, "ecr", "fails")
+    await runner(tmp_path, runs, spec("ecr")).credentials(parse(IMAGE))
+    assert (count("ok"), count("failed")) == (ok + 1, failed + 1)
+
+
+async def test_overlapping_keys_the_earlier_provider_wins(tmp_path: Path, runs: Path) -> None:
+    plugin(tmp_path, "first", "good")
+    plugin(tmp_path, "second", "good")
+    r = runner(tmp_path, runs, spec("first"), spec("second"))
+    result = await r.credentials(parse(IMAGE))
+    assert result.answered == ("first", "second")
+    assert [c.source.split(" key ")[0] for c in result.keyring.lookup(parse(IMAGE))] == [
+        "credential provider first"
+    ]

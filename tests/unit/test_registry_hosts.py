@@ -53,10 +53,13 @@ def _write(root: Path, host: str, text: str) -> None:
 def test_load_hosts_directory(tmp_path: Path) -> None:
     _write(tmp_path, ECR, 'server = "http://127.0.0.1:5000"\n')
     _write(tmp_path, "127.0.0.1:6000", 'server = "http://127.0.0.1:6000"\n')
+    _write(tmp_path, "docker.io", '[host."http://mirror:1"]\n')
     (tmp_path / "empty").mkdir()
     assert load_hosts(tmp_path) == {
         ECR: Endpoint("http", "127.0.0.1:5000"),
         "127.0.0.1:6000": Endpoint("http", "127.0.0.1:6000"),
+        "docker.io": Endpoint("http", "mirror:1"),
+        "registry-1.docker.io": Endpoint("http", "mirror:1"),
     }
     with pytest.raises(HostsError, match="cannot read"):
         load_hosts(tmp_path / "absent")
@@ -140,3 +143,40 @@ def test_flags(tmp_path: Path) -> None:
 def test_flag_errors(kw: dict[str, str], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         nodecreds.settings_from(_args(**kw))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["diagnose", "r.example/a:1"],
+        ["explain", "pod/x"],
+        ["audit"],
+        ["run"],
+    ],
+)
+def test_every_entry_point_takes_the_node_flags(argv: list[str]) -> None:
+    from pullmedic.app.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            *argv,
+            "--credential-provider-config",
+            "c.yaml",
+            "--credential-provider-bin-dir",
+            "/plugins",
+            "--registry-config-dir",
+            "/certs.d",
+        ]
+    )
+    assert args.credential_provider_config == "c.yaml"
+    assert args.credential_provider_bin_dir == "/plugins"
+    assert args.registry_config_dir == "/certs.d"
+
+
+def test_run_reads_the_node_flags_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pullmedic.app.cli import build_parser
+
+    monkeypatch.setenv("PULLMEDIC_REGISTRY_CONFIG_DIR", str(tmp_path))
+    assert build_parser().parse_args(["run"]).registry_config_dir == str(tmp_path)

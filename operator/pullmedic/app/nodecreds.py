@@ -99,4 +99,4 @@ def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnose
     runner = None
     if node.providers and node.bin_dir is not None:
         runner = PluginRunner(node.providers, node.bin_dir)
-    return ProviderDiagnoser(prober, runner)
+    return ProviderDiagnoser(prober, runner, node.hosts)

@@ -10,6 +10,10 @@ its pulls.
 Only what decides the address is read: the endpoint URL, its ``capabilities`` (one
 without ``resolve`` is not asked for manifests) and ``server``. TLS material
 (``ca``, ``client``, ``skip_verify``) and ``override_path`` are not applied.
+
+containerd 1.6 refuses a file without a ``[host]`` table (its log says "failed to decode
+hosts.toml: invalid `host` tree") and then pulls from the name itself; 1.7 and later
+accept ``server`` alone. This reader follows the later behaviour.
 """
 
 from __future__ import annotations

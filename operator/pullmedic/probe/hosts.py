@@ -25,6 +25,7 @@ __all__ = ["HostsTransport", "load_hosts"]
 
 log = logging.getLogger("pullmedic")
 DEFAULT_DIR = "_default"
+DOCKER_HUB_HOST = "registry-1.docker.io"
 
 
 def load_hosts(config_dir: str | os.PathLike[str]) -> dict[str, Endpoint]:
@@ -50,6 +51,8 @@ def load_hosts(config_dir: str | os.PathLike[str]) -> dict[str, Endpoint]:
         endpoints = parse_hosts_toml(d.name, text)
         if endpoints:
             out[d.name.lower()] = endpoints[0]
+            if d.name.lower() == "docker.io":  # containerd's name; the probe's requests
+                out[DOCKER_HUB_HOST] = endpoints[0]  # go to Docker Hub's registry host
     return out
 
 

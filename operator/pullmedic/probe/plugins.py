@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -48,11 +49,13 @@ from pullmedic.core.credentialprovider import (
     parse_response,
     provider_failed,
 )
-from pullmedic.core.diagnosis import Diagnosis
+from pullmedic.core.diagnosis import Diagnosis, Evidence
 from pullmedic.core.expiry import expired_view
-from pullmedic.core.keyring import Keyring, SecretProblem
+from pullmedic.core.keyring import Keyring, SecretProblem, normalize_key
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
+from pullmedic.core.registryhosts import Endpoint
+from pullmedic.telemetry import metrics
 
 __all__ = [
     "MAX_STDOUT",
@@ -143,6 +146,7 @@ class PluginRunner:
         keyrings: list[Keyring] = []
         answered: list[str] = []
         failures: list[PluginFailure] = []
+        seen: set[str] = set()
         image = ref.name  # the kubelet asks for the repository, without tag or digest
         for spec in self.matching(ref):
             if spec.token_attributes is not None:
@@ -160,9 +164,15 @@ class PluginRunner:
                 failures.append(PluginFailure(spec.name, exc.reason))
                 log.warning("credential provider %s for %s: %s", spec.name, image, exc.reason)
                 continue
-            kr, problems = Keyring.from_provider(
-                spec.label, [(a.pattern, a.username, a.password) for a in response.auth]
-            )
+            # Overlapping auth keys: the provider earlier in the config wins (as documented
+            # for the kubelet's CredentialProviderConfig).
+            entries = [
+                (a.pattern, a.username, a.password)
+                for a in response.auth
+                if _key(a.pattern) not in seen
+            ]
+            seen.update(_key(a.pattern) for a in response.auth)
+            kr, problems = Keyring.from_provider(spec.label, entries)
             for p in problems:
                 log.info("credential provider %s: %s", spec.name, p.reason)
             answered.append(spec.name)
@@ -184,13 +194,16 @@ class PluginRunner:
             response = parse_response(await self._exec(spec, image), spec.api_version)
             cache.put(image, response, spec.default_cache_duration)
             fut.set_result(response)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="ok").inc()
             return response
         except PluginResponseError as exc:
             failure = _Failed(str(exc))
             fut.set_exception(failure)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
             raise failure from None
         except _Failed as exc:
             fut.set_exception(exc)
+            metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
             raise
         finally:
             del self._flights[key]
@@ -241,6 +254,13 @@ class PluginRunner:
 
 class _Oversized(Exception):
     pass
+
+
+def _key(pattern: str) -> str:
+    try:
+        return normalize_key(pattern)
+    except ValueError:
+        return pattern
 
 
 def _talk(
@@ -297,9 +317,15 @@ class ProviderDiagnoser:
     kubelet's keyring does, and says when a provider failed or a rejected token expired
     (``core/expiry.py``)."""
 
-    def __init__(self, inner: Any, runner: PluginRunner | None = None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        runner: PluginRunner | None = None,
+        hosts: Mapping[str, Endpoint] | None = None,
+    ) -> None:
         self.inner = inner
         self.runner = runner
+        self.hosts = dict(hosts or {})
 
     async def diagnose(
         self,
@@ -335,6 +361,14 @@ class ProviderDiagnoser:
             d = provider_failed(d, [(f.provider, f.reason) for f in result.failures])
         if ref is not None:
             d = expired_view(d, merged.lookup(ref), time.time())
+            ep = self.hosts.get(ref.registry_host.lower()) or self.hosts.get("_default")
+            if ep is not None:  # the evidence names the registry; say where it really went
+                note = Evidence(
+                    "registry-host",
+                    note=f"requests for {ref.registry_host} went to {ep.url} (the node's "
+                    "hosts.toml)",
+                )
+                d = dataclasses.replace(d, evidence=(*d.evidence, note))
         return d
 
     async def aclose(self) -> None:

@@ -24,6 +24,13 @@ PLANS = Counter(
     ["mode", "decision"],
     registry=REGISTRY,
 )
+PROVIDER_RUNS = Counter(
+    "pullmedic_credential_provider_runs_total",
+    "Credential provider plugin runs by provider and result (ok, failed); cached answers "
+    "are not runs.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
 PROBE_SECONDS = Histogram(
     "pullmedic_probe_duration_seconds",
     "Time to diagnose one image against its registry.",
