@@ -7,7 +7,3 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check operator sandbox tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"
-# Modules with a sandbox of their own (tests/e2e/conftest.py OWN_SANDBOX) run alone after it.
-if [ $# -eq 0 ]; then
-  .venv/bin/pytest tests/e2e/test_cloud_credentials.py
-fi

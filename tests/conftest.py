@@ -22,13 +22,35 @@ TIME_SCALE = float(os.environ.get("PULLMEDIC_TEST_TIME_SCALE", "0.02"))
 
 
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An ECR registry offline (sandbox/cloud.py): the AWS API stand-in, the registry under
+    its ECR name, the real ecr-credential-provider and its CredentialProviderConfig."""
+    from sandbox.cloud import start_ecr
+
+    c = start_ecr(tmp_path_factory.mktemp("cloud"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox(cloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sandbox import env
 
     # No silent fallback: without a real node the suite fails with the reason, unless
-    # PULLMEDIC_NODE=emulator asks for the emulator (and the summary then says so).
-    sb = env.start(tmp_path_factory.mktemp("sandbox"), time_scale=TIME_SCALE, fallback=False)
+    # PULLMEDIC_NODE=emulator asks for the emulator (and the summary then says so). The
+    # real kubelet runs the ECR credential provider, as an EKS node does; it matches only
+    # ECR names, so every other test pulls as before.
+    sb = env.start(
+        tmp_path_factory.mktemp("sandbox"),
+        time_scale=TIME_SCALE,
+        fallback=False,
+        kubelet_args=cloud.kubelet_args(),
+    )
     try:
+        if sb.node is not None:
+            cloud.serve_on_node(sb.node.certs_d)
         yield sb
     finally:
         sb.stop()

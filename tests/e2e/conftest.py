@@ -22,21 +22,6 @@ from sandbox.kube import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-# Modules that start a sandbox of their own (their kubelet needs flags at start): one real
-# node per machine, so they run in a pytest session of their own (scripts/test.sh).
-OWN_SANDBOX = frozenset({"test_cloud_credentials.py"})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    others = {i.path.name for i in items if i.get_closest_marker("cluster")} - OWN_SANDBOX
-    if not others:
-        return
-    skip = pytest.mark.skip(
-        reason="starts a sandbox of its own: run this module alone (scripts/test.sh does)"
-    )
-    for item in items:
-        if item.path.name in OWN_SANDBOX:
-            item.add_marker(skip)
 
 
 class OperatorProcess:

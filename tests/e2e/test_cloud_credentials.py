@@ -7,8 +7,8 @@ under the ECR name to the node by containerd's ``hosts.toml``. There is no pull 
 anywhere in the cluster. pullmedic gets the same config file and plugin directory, and the
 node's ``hosts.toml`` directory, so its probe authenticates the way the node does.
 
-This module starts a sandbox of its own (the kubelet needs the flags at start); run it
-alone: ``pytest tests/e2e/test_cloud_credentials.py``.
+The shared sandbox's kubelet runs the plugin (tests/conftest.py ``cloud``), as an EKS node
+does; it matches only ECR names.
 """
 
 from __future__ import annotations
@@ -22,42 +22,13 @@ from typing import Any
 
 import pytest
 
-from sandbox.cloud import ECR_PASSWORD, CloudRegistry, start_ecr
+from sandbox.cloud import ECR_PASSWORD, CloudRegistry
 from sandbox.images import push_image
 from sandbox.kube import deployment, events_for, running_pods, wait_for
-from tests.conftest import TIME_SCALE
 from tests.e2e.conftest import REPO, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 ANNOTATION = "pullmedic.dev/last-remediation"
-
-
-@pytest.fixture(scope="session")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudRegistry]:
-    c = start_ecr(tmp_path_factory.mktemp("cloud"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="session")
-def sandbox(cloud: CloudRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The shared sandbox, but its kubelet runs the ECR credential provider."""
-    from sandbox import env
-
-    sb = env.start(
-        tmp_path_factory.mktemp("sandbox"),
-        time_scale=TIME_SCALE,
-        fallback=False,
-        kubelet_args=cloud.kubelet_args(),
-    )
-    try:
-        assert sb.node is not None, "this test needs the real kubelet"
-        cloud.serve_on_node(sb.node.certs_d)
-        yield sb
-    finally:
-        sb.stop()
 
 
 @pytest.fixture
