@@ -29,7 +29,8 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from bench.common import table  # noqa: E402
 from bench.request_kinds import CountingTransport  # noqa: E402
-from pullmedic.core.keyring import Keyring, PullSecret  # noqa: E402
+from pullmedic.core.dockerconfig import PullSecret  # noqa: E402
+from pullmedic.core.keyring import Keyring  # noqa: E402
 from pullmedic.core.platforms import Platform  # noqa: E402
 from pullmedic.probe.config import ClientConfig  # noqa: E402
 from pullmedic.probe.netguard import AddressPolicy, guarded_transport  # noqa: E402

@@ -17,7 +17,8 @@ import pytest
 
 from bench.request_kinds import CountingTransport
 from pullmedic.core.diagnosis import Cause
-from pullmedic.core.keyring import Keyring, PullSecret
+from pullmedic.core.dockerconfig import PullSecret
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection, TagStrategy
 from pullmedic.probe.challenges import parse_challenges

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from pullmedic.core.diagnosis import Cause, Diagnosis
-from pullmedic.core.keyring import Keyring, PullSecret
+from pullmedic.core.dockerconfig import PullSecret
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.netguard import AddressPolicy

@@ -18,8 +18,9 @@ from pullmedic.core.credentialprovider import (
     parse_duration,
     parse_response,
 )
-from pullmedic.core.keyring import Keyring, pattern_matches
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.reference import parse
+from pullmedic.core.registrykeys import pattern_matches
 
 V1 = "credentialprovider.kubelet.k8s.io/v1"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"

@@ -10,15 +10,10 @@ import json
 
 import pytest
 
-from pullmedic.core.keyring import (
-    Credential,
-    Keyring,
-    PullSecret,
-    SecretProblem,
-    key_matches,
-    normalize_key,
-)
+from pullmedic.core.dockerconfig import PullSecret, SecretProblem
+from pullmedic.core.keyring import Credential, Keyring
 from pullmedic.core.reference import parse
+from pullmedic.core.registrykeys import key_matches, normalize_key
 
 PASSWORD = "s3cr3t-P4ss:w0rd"
 DCJ_TYPE = "kubernetes.io/dockerconfigjson"

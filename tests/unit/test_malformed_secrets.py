@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from pullmedic.core.diagnosis import Cause
-from pullmedic.core.keyring import Keyring, PullSecret
+from pullmedic.core.dockerconfig import PullSecret
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.probe.prober import Prober
 

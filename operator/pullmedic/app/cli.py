@@ -18,15 +18,15 @@ from pathlib import Path
 from pullmedic.app import explain, nodecreds, runner
 from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core.diagnosis import Cause, Diagnosis
-from pullmedic.core.keyring import (
+from pullmedic.core.dockerconfig import (
     DOCKERCFG_KEY,
     DOCKERCFG_TYPE,
     DOCKERCONFIGJSON_KEY,
     DOCKERCONFIGJSON_TYPE,
-    Keyring,
     PullSecret,
     SecretProblem,
 )
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.probe.netguard import AddressPolicy
 

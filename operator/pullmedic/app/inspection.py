@@ -20,8 +20,9 @@ from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
+from pullmedic.core.dockerconfig import PullSecret, SecretProblem
 from pullmedic.core.grouping import PodState, trim
-from pullmedic.core.keyring import Keyring, PullSecret, SecretProblem
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.kinds import kubectl_name
 from pullmedic.core.planning import plan
 from pullmedic.core.platforms import Platform

@@ -13,7 +13,8 @@ from pullmedic.core import policy as pol
 from pullmedic.core import reference
 from pullmedic.core.decision import alternative_candidate, mirror_candidate
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
-from pullmedic.core.keyring import Keyring, NodeRegistries, SecretProblem
+from pullmedic.core.dockerconfig import SecretProblem
+from pullmedic.core.keyring import Keyring, NodeRegistries
 from pullmedic.core.nodeview import node_view
 from pullmedic.core.platforms import Platform
 

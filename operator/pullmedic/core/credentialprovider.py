@@ -29,8 +29,8 @@ from enum import StrEnum
 from typing import Final
 
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis, Evidence, JSONValue
-from pullmedic.core.keyring import normalize_key, pattern_matches
 from pullmedic.core.reference import ImageReference
+from pullmedic.core.registrykeys import normalize_key, pattern_matches
 
 __all__ = [
     "CONFIG_API_VERSION",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pullmedic.core.keyring import normalize_key
+from pullmedic.core.registrykeys import normalize_key
 from pullmedic.core.tags import SemverRange
 
 GROUP = "pullmedic.dev"

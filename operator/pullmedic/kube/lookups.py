@@ -12,7 +12,8 @@ from pullmedic.core import policy as pol
 from pullmedic.core import reference
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.detection import controller_of
-from pullmedic.core.keyring import Keyring, PullSecret, SecretProblem
+from pullmedic.core.dockerconfig import PullSecret, SecretProblem
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.kinds import TEMPLATE_FIX
 from pullmedic.core.platforms import Platform
 from pullmedic.kube.client import KubeApi, KubeError

@@ -50,11 +50,13 @@ from pullmedic.core.credentialprovider import (
     provider_failed,
 )
 from pullmedic.core.diagnosis import Diagnosis, Evidence
+from pullmedic.core.dockerconfig import SecretProblem
 from pullmedic.core.expiry import expired_view
-from pullmedic.core.keyring import Keyring, SecretProblem, normalize_key
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
 from pullmedic.core.registryhosts import Endpoint
+from pullmedic.core.registrykeys import normalize_key
 from pullmedic.telemetry import metrics
 
 __all__ = [

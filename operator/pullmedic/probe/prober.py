@@ -32,7 +32,8 @@ from pullmedic.core.diagnosis import (
     merge_evidence,
     secret_evidence,
 )
-from pullmedic.core.keyring import Credential, Keyring, SecretProblem
+from pullmedic.core.dockerconfig import SecretProblem
+from pullmedic.core.keyring import Credential, Keyring
 from pullmedic.core.observation import Observation
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection
