@@ -114,8 +114,6 @@ build_promtool() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-start=$(date +%s)
-for c in "${@:-etcd registry kubernetes pause helm ggcr}"; do
 # The kubelet's ECR credential provider plugin. `go install module@version` refuses the
 # module (its go.mod has a replace), so a wrapper module requires it and repeats that replace.
 build_ecr() {
@@ -149,7 +147,7 @@ build_moto() {
 }
 
 start=$(date +%s)
-for c in "${@:-etcd registry kubernetes pause helm ecr moto}"; do
+for c in "${@:-etcd registry kubernetes pause helm ggcr ecr moto}"; do
   for one in $c; do
     t0=$(date +%s); log "$one: start"
     "build_$one"
