@@ -1,4 +1,4 @@
-"""The operator's flags and their environment defaults (runner.add_arguments)."""
+"""The operator's flags and their environment defaults (flags.add_arguments)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 
 import pytest
 
-from pullmedic.app import runner
+from pullmedic.app import flags, runner
 
 
 def parse(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *argv: str) -> argparse.Namespace:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     p = argparse.ArgumentParser()
-    runner.add_arguments(p)
+    flags.add_arguments(p)
     return p.parse_args(list(argv))
 
 

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from pullmedic.app.runner import _ordinal, add_arguments, settings_from
+from pullmedic.app.flags import add_arguments
+from pullmedic.app.runner import _ordinal, settings_from
 from pullmedic.core.sharding import Shard
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pullmedic.app import explain, nodecreds, runner
+from pullmedic.app import explain, flags, nodecreds, runner
 from pullmedic.app.options import context_namespace, probe_config
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.dockerconfig import (
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.add_argument(
         "--quota-reserve",
-        type=runner.quota_reserve,
+        type=flags.quota_reserve,
         default=0.2,
         metavar="FRACTION",
         help="no manifest GETs while a registry's quota is at or below this fraction",
@@ -136,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     nodecreds.add_arguments(aud)
     aud.add_argument("--json", action="store_true", help="one JSON object per image")
     aud.add_argument("--timeout", type=float, default=10.0, metavar="S")
-    aud.add_argument("--quota-reserve", type=runner.quota_reserve, default=0.2, metavar="FRACTION")
+    aud.add_argument("--quota-reserve", type=flags.quota_reserve, default=0.2, metavar="FRACTION")
     aud.set_defaults(func=cmd_audit)
 
     explain.add_parser(sub)
 
     run = sub.add_parser("run", help="run the operator (watch pods, heal under policies)")
-    runner.add_arguments(run)
+    flags.add_arguments(run)
     run.set_defaults(func=cmd_run)
     return parser
 
