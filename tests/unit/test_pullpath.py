@@ -100,7 +100,9 @@ def test_cache_404_upstream_needs_credentials_we_lack() -> None:
 
 
 def test_cache_answering_is_its_own_answer() -> None:
-    assert conclude_cache(Hop("cache", CACHE, OK), None) is OK
+    alone = conclude_cache(Hop("cache", CACHE, OK), None)
+    assert alone.cause is Cause.ImageAvailable and alone.details["hop"] == "cache"
+    assert alone.summary.endswith("Answered by the cache.")
     d = conclude_cache(Hop("cache", CACHE, OK), Hop("upstream", UP, MISSING))
     assert d.cause is Cause.ImageAvailable
 

@@ -120,7 +120,8 @@ def conclude_cache(cache: Hop, upstream: Hop | None) -> Diagnosis:
     """
     c = cache.diagnosis
     if upstream is None or c.cause not in NOT_FOUND_CAUSES:
-        return c if upstream is None else _with_hops(c, [cache], cache, c.summary)
+        said = "" if upstream is None else f" (its upstream {upstream.endpoint} not needed)"
+        return _with_hops(c, [cache], cache, f"{c.summary} Answered by the cache{said}.")
     u = upstream.diagnosis
     hops = [cache, upstream]
     if u.pullable:

@@ -82,8 +82,10 @@ class PathDiagnoser:
     ) -> Diagnosis:
         d = await self._along_path(image, keyring, platform, **kw)
         mapping = find_mapping(self.caches, image)
-        if mapping is None or d.cause not in NOT_FOUND_CAUSES:
+        if mapping is None:
             return d
+        if d.cause not in NOT_FOUND_CAUSES:  # the cache's own answer: upstream not asked
+            return conclude_cache(Hop("cache", image, d), None)
         upstream_image = mapping.upstream_image(image)
         assert upstream_image is not None
         ukw = {**kw, "suggest": False, "candidate_keyrings": None}
