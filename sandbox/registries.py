@@ -268,3 +268,20 @@ def start_pull_through(
     if credentials is not None:
         proxy["username"], proxy["password"] = credentials
     return _start_one(name, Path(workdir), None, 100, None, {}, timeout, proxy)
+
+
+def write_hosts_toml(certs_d: Path, host: str, mirrors: list[str], server: str) -> Path:
+    """containerd's ``certs.d/<host>/hosts.toml``: pulls for ``host`` go to ``mirrors`` in
+    order, then to ``server`` (containerd's fallback, which cannot be turned off).
+
+    Every mirror gets a ``[host]`` table: containerd 1.6 refuses a file without one and
+    then pulls from the name itself. Returns the file (remove its directory to undo).
+    """
+    d = Path(certs_d) / host
+    d.mkdir(parents=True, exist_ok=True)
+    text = f'server = "{server}"\n'
+    for url in mirrors:
+        text += f'\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+    f = d / "hosts.toml"
+    f.write_text(text)
+    return f

@@ -38,6 +38,7 @@ from sandbox.registries import (
     _start_one,
     start_pull_through,
     start_registries,
+    write_hosts_toml,
 )
 
 pytestmark = pytest.mark.cluster
@@ -214,29 +215,23 @@ async def test_upstream_down(world: World, diagnoser: PathDiagnoser) -> None:
 # ---- the node's hosts.toml: mirrors in order, then the server ------------------------------
 
 
-def node_diagnoser(world: World, hosts_toml: str) -> Any:
+def node_diagnoser(world: World, mirrors: list[str]) -> Any:
     """What ``run --registry-config-dir`` builds, for a hosts.toml for the Basic registry."""
-    d = world.tmp / f"certs-{procs.free_port()}" / world.regs.basic.host
-    d.mkdir(parents=True)
-    (d / "hosts.toml").write_text(hosts_toml)
+    certs_d = world.tmp / f"certs-{procs.free_port()}"
+    write_hosts_toml(certs_d, world.regs.basic.host, mirrors, world.regs.basic.url)
     config = ClientConfig(
         insecure_hosts=frozenset(r.host for r in world.all()), address_policy=LOOPBACK
     )
     p = argparse.ArgumentParser()
     nodecreds.add_arguments(p)
-    node = nodecreds.settings_from(p.parse_args(["--registry-config-dir", str(d.parent)]))
+    node = nodecreds.settings_from(p.parse_args(["--registry-config-dir", str(certs_d)]))
     return nodecreds.build_diagnoser(config, node)
 
 
 async def test_hosts_toml_hop_by_hop(world: World) -> None:
     basic = world.regs.basic
     dead = f"http://127.0.0.1:{procs.free_port()}"
-    diag = node_diagnoser(
-        world,
-        f'server = "{basic.url}"\n\n'
-        f'[host."{dead}"]\n  capabilities = ["pull", "resolve"]\n\n'
-        f'[host."{world.broken.url}"]\n  capabilities = ["pull", "resolve"]\n',
-    )
+    diag = node_diagnoser(world, [dead, world.broken.url])
     kr = keyring_for(basic.host)
     try:
         # the mirrors fail (one unreachable, one a cache that cannot fetch), the server has it
