@@ -179,3 +179,20 @@ def test_flag(tmp_path: Path) -> None:
     assert s.caches == (CacheMapping("c.example/hub", "docker.io"),)
     with pytest.raises(ValueError, match="--pull-through-cache"):
         nodecreds.settings_from(p.parse_args(["--pull-through-cache", "nonsense"]))
+
+
+@pytest.mark.parametrize("argv", [["diagnose", "r.example/a:1"], ["explain", "pod/x"], ["run"]])
+def test_every_entry_point_takes_the_cache_flag(argv: list[str]) -> None:
+    from pullmedic.app.cli import build_parser
+
+    flags = ["--pull-through-cache", "c.example/hub=docker.io", "--pull-through-cache", "q=quay.io"]
+    args = build_parser().parse_args([*argv, *flags])
+    assert args.pull_through_cache == ["c.example/hub=docker.io", "q=quay.io"]
+
+
+def test_run_reads_the_cache_flag_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pullmedic.app.cli import build_parser
+
+    monkeypatch.setenv("PULLMEDIC_PULL_THROUGH_CACHES", "c.example/hub=docker.io,q=quay.io")
+    s = nodecreds.settings_from(build_parser().parse_args(["run"]))
+    assert s.caches == (CacheMapping("c.example/hub", "docker.io"), CacheMapping("q", "quay.io"))
