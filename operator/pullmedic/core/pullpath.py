@@ -8,7 +8,8 @@ Two ways a pull goes through more than one registry:
   5xx, an address it cannot reach, credentials refused); the first 2xx answers. The
   fallback to ``server`` cannot be turned off, so when a mirror fails and the server has
   the image the pull works, and when every hop fails the server's answer is the one a fix
-  must change. :func:`conclude_mirrors`.
+  must change (containerd's own error is then the first failure other than a 404, or
+  "not found"; the hops name them all). :func:`conclude_mirrors`.
 - **a pull-through cache named in the image** (Harbor proxy projects, distribution in
   proxy mode: ``cache.example.com/dockerhub/library/nginx``). The cache answers 404 for
   every upstream problem (tag missing upstream, its upstream credentials wrong, upstream
