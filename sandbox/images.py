@@ -484,3 +484,26 @@ def list_tags(registry: Registry, repo: str) -> list[str]:
             m = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link or "")
             url = urljoin(str(r.url), m.group(1)) if m else None
     return tags
+
+
+def pull_whole(registry: Registry, repo: str, ref: str) -> str:
+    """Pull ``repo:ref`` as a node would (manifests, children, config, layers) and
+    return the digest; through a pull-through cache this is what makes it hold the image."""
+    with _client(registry, repo, "pull") as client:
+        r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ACCEPT_ALL})
+        _check(r, 200)
+        top = r.headers["docker-content-digest"]
+        pending = [r.json()]
+        while pending:
+            doc = pending.pop()
+            for child in doc.get("manifests", []):
+                c = client.get(
+                    f"/v2/{repo}/manifests/{child['digest']}", headers={"Accept": ACCEPT_ALL}
+                )
+                _check(c, 200)
+                pending.append(c.json())
+            for blob in [doc.get("config"), *doc.get("layers", [])]:
+                if blob:
+                    b = client.get(f"/v2/{repo}/blobs/{blob['digest']}", follow_redirects=True)
+                    _check(b, 200)
+        return top

@@ -66,7 +66,13 @@ class RegistrySet:
             self.token_server = None
 
 
-def _config(root: Path, port: int, auth: dict[str, Any] | None, max_tags: int) -> dict[str, Any]:
+def _config(
+    root: Path,
+    port: int,
+    auth: dict[str, Any] | None,
+    max_tags: int,
+    proxy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -84,17 +90,24 @@ def _config(root: Path, port: int, auth: dict[str, Any] | None, max_tags: int) -
     }
     if auth is not None:
         cfg["auth"] = auth
+    if proxy is not None:
+        cfg["proxy"] = proxy
     return cfg
 
 
 def _launch(
-    name: str, workdir: Path, auth: dict[str, Any] | None, max_tags: int
+    name: str,
+    workdir: Path,
+    auth: dict[str, Any] | None,
+    max_tags: int,
+    proxy: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     root = workdir / name
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg_path = root / "config.yml"
-    cfg_path.write_text(yaml.safe_dump(_config(root, port, auth, max_tags), sort_keys=False))
+    cfg = _config(root, port, auth, max_tags, proxy)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = root / "registry.log"
     env = dict(os.environ)
     # The registry wires OpenTelemetry's autoexport; without this it tries OTLP on :4318.
@@ -131,9 +144,10 @@ def _start_one(
     push_auth: tuple[str, str] | None,
     users: dict[str, str],
     timeout: float,
+    proxy: dict[str, Any] | None = None,
 ) -> Registry:
     for _attempt in range(5):  # free_port() can race with another process
-        proc, port, log_path = _launch(name, workdir, auth, max_tags)
+        proc, port, log_path = _launch(name, workdir, auth, max_tags, proxy)
         host = f"127.0.0.1:{port}"
         url = f"http://{host}"
         try:
@@ -229,3 +243,45 @@ def start_ggcr(
             return Registry(name, f"127.0.0.1:{port}", url, push, users, root, log_path, proc)
         procs.stop(proc)
     raise RuntimeError(f"registry {name} failed to start; see {root / 'registry.log'}")
+
+
+def start_pull_through(
+    workdir: Path,
+    name: str,
+    upstream: Registry,
+    *,
+    credentials: tuple[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Registry:
+    """distribution in proxy mode (a pull-through cache) in front of ``upstream``, itself
+    open to its clients; ``credentials`` are the cache's own for the upstream (wrong ones
+    make the broken-cache case).
+
+    Every upstream problem comes back from the cache as 404 (``MANIFEST_UNKNOWN`` on
+    manifests, ``NAME_UNKNOWN`` on the tag list): a tag missing upstream, the cache's
+    credentials refused, the upstream down for content the cache does not hold. Content
+    it holds is served while the upstream is down. In front of the Bearer registry the
+    proxy never fetched a token from the sandbox's token server (every upstream request
+    401), so the sandbox's authenticated upstream is the Basic registry.
+    """
+    proxy: dict[str, Any] = {"remoteurl": upstream.url}
+    if credentials is not None:
+        proxy["username"], proxy["password"] = credentials
+    return _start_one(name, Path(workdir), None, 100, None, {}, timeout, proxy)
+
+
+def write_hosts_toml(certs_d: Path, host: str, mirrors: list[str], server: str) -> Path:
+    """containerd's ``certs.d/<host>/hosts.toml``: pulls for ``host`` go to ``mirrors`` in
+    order, then to ``server`` (containerd's fallback, which cannot be turned off).
+
+    Every mirror gets a ``[host]`` table: containerd 1.6 refuses a file without one and
+    then pulls from the name itself. Returns the file (remove its directory to undo).
+    """
+    d = Path(certs_d) / host
+    d.mkdir(parents=True, exist_ok=True)
+    text = f'server = "{server}"\n'
+    for url in mirrors:
+        text += f'\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+    f = d / "hosts.toml"
+    f.write_text(text)
+    return f

@@ -406,3 +406,14 @@ def test_node_credential_sources_are_mounted_read_only_from_the_node() -> None:
         "registry-config": "/etc/containerd/certs.d",
     }
     assert not any("credential-provider" in a for a in args_of(template()))
+
+
+def test_pull_through_caches_reach_the_flag() -> None:
+    docs = template(
+        "nodeCredentials.pullThroughCaches[0]=cache.example.com/dockerhub=docker.io",
+        "nodeCredentials.pullThroughCaches[1]=quay-cache.example.com=quay.io",
+    )
+    args = args_of(docs)
+    assert "--pull-through-cache=cache.example.com/dockerhub=docker.io" in args
+    assert "--pull-through-cache=quay-cache.example.com=quay.io" in args
+    assert not any("pull-through" in a for a in args_of(template()))

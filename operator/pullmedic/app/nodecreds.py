@@ -19,12 +19,14 @@ import os
 from dataclasses import dataclass, field
 
 from pullmedic.core.credentialprovider import ProviderConfigError, ProviderSpec
+from pullmedic.core.pullpath import CacheMapping, parse_cache_mapping
 from pullmedic.core.registryhosts import Endpoint, HostsError
 from pullmedic.probe.config import ClientConfig
-from pullmedic.probe.hosts import HostsTransport, load_hosts
+from pullmedic.probe.hosts import HostsTransport, load_paths
 from pullmedic.probe.netguard import guarded_transport
 from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser, load_config
 from pullmedic.probe.prober import Prober
+from pullmedic.probe.pullpath import HopProbers, PathDiagnoser
 
 __all__ = ["NodeSettings", "add_arguments", "build_diagnoser", "settings_from"]
 
@@ -34,6 +36,8 @@ class NodeSettings:
     providers: tuple[ProviderSpec, ...] = ()
     bin_dir: str | None = None
     hosts: dict[str, Endpoint] = field(default_factory=dict)
+    paths: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    caches: tuple[CacheMapping, ...] = ()
 
 
 def add_arguments(p: argparse.ArgumentParser, *, from_env: bool = False) -> None:
@@ -57,8 +61,18 @@ def add_arguments(p: argparse.ArgumentParser, *, from_env: bool = False) -> None
         "--registry-config-dir",
         metavar="DIR",
         default=env("PULLMEDIC_REGISTRY_CONFIG_DIR"),
-        help="the node's containerd config_path (DIR/<host>/hosts.toml): probe the endpoint "
-        "the node pulls from (a private address still needs --allow-address)",
+        help="the node's containerd config_path (DIR/<host>/hosts.toml): probe the endpoints "
+        "the node pulls from, in its order (a private address still needs --allow-address)",
+    )
+    caches = env("PULLMEDIC_PULL_THROUGH_CACHES")
+    p.add_argument(
+        "--pull-through-cache",
+        metavar="CACHEHOST[/PREFIX]=UPSTREAM",
+        action="append",
+        default=[c for c in (caches or "").split(",") if c.strip()],
+        help="images under CACHEHOST[/PREFIX] are a pull-through cache of UPSTREAM "
+        "(cache.example.com/dockerhub=docker.io): when the cache answers not found, the "
+        "upstream is probed too and the cause names the hop that failed (repeatable)",
     )
 
 
@@ -77,13 +91,20 @@ def settings_from(args: argparse.Namespace) -> NodeSettings:
             raise ValueError(f"--credential-provider-config: {exc}") from None
         if not os.path.isdir(bin_dir):
             raise ValueError(f"--credential-provider-bin-dir: {bin_dir} is not a directory")
-    hosts: dict[str, Endpoint] = {}
+    paths: dict[str, tuple[Endpoint, ...]] = {}
     if args.registry_config_dir:
         try:
-            hosts = load_hosts(args.registry_config_dir)
+            paths = load_paths(args.registry_config_dir)
         except HostsError as exc:
             raise ValueError(f"--registry-config-dir: {exc}") from None
-    return NodeSettings(providers, bin_dir, hosts)
+    caches: list[CacheMapping] = []
+    for text in getattr(args, "pull_through_cache", None) or ():
+        try:
+            caches.append(parse_cache_mapping(text))
+        except ValueError as exc:
+            raise ValueError(f"--pull-through-cache: {exc}") from None
+    hosts = {h: p[0] for h, p in paths.items()}
+    return NodeSettings(providers, bin_dir, hosts, paths, tuple(caches))
 
 
 def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnoser:
@@ -95,8 +116,10 @@ def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnose
         transport = HostsTransport(
             node.hosts, guarded_transport(probe.address_policy, verify=probe.verify_tls)
         )
-    prober = Prober(probe, transport=transport)
+    inner: Prober | PathDiagnoser = Prober(probe, transport=transport)
+    if node.caches or any(len(p) > 1 for p in node.paths.values()):
+        inner = PathDiagnoser(inner, node.paths, HopProbers(probe), node.caches)
     runner = None
     if node.providers and node.bin_dir is not None:
         runner = PluginRunner(node.providers, node.bin_dir)
-    return ProviderDiagnoser(prober, runner, node.hosts)
+    return ProviderDiagnoser(inner, runner, node.hosts)

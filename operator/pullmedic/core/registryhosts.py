@@ -19,10 +19,10 @@ accept ``server`` alone. This reader follows the later behaviour.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["Endpoint", "HostsError", "parse_hosts_toml"]
+__all__ = ["Endpoint", "HostsError", "parse_hosts_toml", "pull_path"]
 
 
 class HostsError(ValueError):
@@ -35,19 +35,20 @@ class Endpoint:
 
     scheme: str
     netloc: str
+    server: bool = field(default=False, compare=False)  # the upstream, not a mirror
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.netloc}"
 
 
-def _endpoint(url: str, where: str) -> Endpoint:
+def _endpoint(url: str, where: str, server: bool = False) -> Endpoint:
     parts = urlsplit(url if "://" in url else f"https://{url}")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise HostsError(f"{where}: {url[:100]!r} is not an http(s) URL")
     if parts.path not in ("", "/", "/v2", "/v2/"):
         raise HostsError(f"{where}: a path other than /v2 is not supported")
-    return Endpoint(parts.scheme, parts.netloc)
+    return Endpoint(parts.scheme, parts.netloc, server)
 
 
 def parse_hosts_toml(host: str, text: str) -> list[Endpoint]:
@@ -73,5 +74,17 @@ def parse_hosts_toml(host: str, text: str) -> list[Endpoint]:
     if server is not None:
         if not isinstance(server, str):
             raise HostsError(f"{where}: server must be a string")
-        out.append(_endpoint(server, where))
+        out.append(_endpoint(server, where, server=True))
     return out
+
+
+def pull_path(host: str, endpoints: list[Endpoint]) -> list[Endpoint]:
+    """Every endpoint containerd tries for ``host``: the file's, then the upstream it
+    falls back to when the file names no ``server`` (``https://<host>``; Docker Hub's
+    registry host for ``docker.io``). The fallback cannot be turned off."""
+    if endpoints and endpoints[-1].server:  # a mirror at the server's address is one hop
+        return [e for e in endpoints[:-1] if e != endpoints[-1]] + [endpoints[-1]]
+    if not endpoints:
+        return []
+    name = "registry-1.docker.io" if host.lower() == "docker.io" else host
+    return [*endpoints, Endpoint("https", name, server=True)]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from pullmedic.core.registryhosts import Endpoint, HostsError, parse_hosts_toml
+from pullmedic.core.registryhosts import Endpoint, HostsError, parse_hosts_toml, pull_path
 
-__all__ = ["HostsTransport", "load_hosts"]
+__all__ = ["HostsTransport", "load_hosts", "load_paths"]
 
 log = logging.getLogger("pullmedic")
 DEFAULT_DIR = "_default"
@@ -29,17 +29,22 @@ DOCKER_HUB_HOST = "registry-1.docker.io"
 
 
 def load_hosts(config_dir: str | os.PathLike[str]) -> dict[str, Endpoint]:
-    """host -> the endpoint containerd resolves it at, for every ``hosts.toml`` under
-    ``config_dir`` that names one; ``"_default"`` applies to hosts without their own.
+    """host -> the endpoint containerd resolves it at first, for every ``hosts.toml``
+    under ``config_dir`` that names one; ``"_default"`` applies to hosts without their own.
 
     Raises HostsError for a directory that cannot be read or a file containerd rejects.
     """
+    return {host: path[0] for host, path in load_paths(config_dir).items()}
+
+
+def load_paths(config_dir: str | os.PathLike[str]) -> dict[str, tuple[Endpoint, ...]]:
+    """host -> every endpoint containerd tries, in order (mirrors, then the upstream)."""
     root = Path(config_dir)
     try:
         entries = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError as exc:
         raise HostsError(f"cannot read {root}: {exc.strerror or exc}") from None
-    out: dict[str, Endpoint] = {}
+    out: dict[str, tuple[Endpoint, ...]] = {}
     for d in entries:
         f = d / "hosts.toml"
         if not f.is_file():
@@ -50,9 +55,10 @@ def load_hosts(config_dir: str | os.PathLike[str]) -> dict[str, Endpoint]:
             raise HostsError(f"cannot read {f}") from None
         endpoints = parse_hosts_toml(d.name, text)
         if endpoints:
-            out[d.name.lower()] = endpoints[0]
+            path = tuple(endpoints if d.name == DEFAULT_DIR else pull_path(d.name, endpoints))
+            out[d.name.lower()] = path
             if d.name.lower() == "docker.io":  # containerd's name; the probe's requests
-                out[DOCKER_HUB_HOST] = endpoints[0]  # go to Docker Hub's registry host
+                out[DOCKER_HUB_HOST] = path  # go to Docker Hub's registry host
     return out
 
 
