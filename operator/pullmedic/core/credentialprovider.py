@@ -61,6 +61,7 @@ __all__ = [
     "parse_response",
     "provider_failed",
     "service_account_cache_key",
+    "token_hash",
     "token_mode",
     "token_request",
 ]
