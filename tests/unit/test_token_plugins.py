@@ -324,3 +324,27 @@ async def test_the_operator_diagnoses_with_the_pods_service_account_and_never_sh
         [w.payload for w in world.kube.writes], default=str
     )
     assert token not in everything and token not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("team/puller", PodIdentity("team", "puller")),
+        (None, None),
+        ("", None),
+        ("puller", "usage"),
+        ("team/", "usage"),
+        ("/puller", "usage"),
+        ("a/b/c", "usage"),
+    ],
+)
+def test_diagnose_service_account_flag(value: str | None, want: Any) -> None:
+    from pullmedic.app import cli
+
+    args = ["diagnose", IMAGE] + (["--service-account", value] if value is not None else [])
+    parsed = cli.build_parser().parse_args(args)
+    if want == "usage":
+        with pytest.raises(cli.UsageError, match="NAMESPACE/NAME"):
+            cli._service_account(parsed.service_account)
+    else:
+        assert cli._service_account(parsed.service_account) == want
