@@ -134,4 +134,5 @@ def test_token_mode_provider_as_the_kubelet_runs_it_for_each_service_account(
     assert no["cause"] == "CredentialProviderFailed", no
     assert f"ServiceAccount {namespace}/other" in no["summary"]
     # Tokens minted for the provider go to its stdin only (a JWT starts with "eyJ").
-    assert "eyJ" not in cloud_operator.logs()
+    log = cloud_operator.logs()
+    assert "eyJ" not in log and TOKEN_PASSWORD not in log
