@@ -11,6 +11,9 @@ the node through containerd's ``hosts.toml`` (the name resolves nowhere else).
 
 ``kubelet_args()`` are the real kubelet's flags; ``pullmedic_args()`` give pullmedic the
 same config file and plugin directory, and the node's ``hosts.toml`` directory.
+
+The same config also holds a KEP-4412 provider in ServiceAccount token mode
+(``tokenprovider.py``, ``CloudRegistry.token``) for a second registry name.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 from sandbox import procs
 from sandbox.paths import binary
 from sandbox.registries import Registry, _start_one
+from sandbox.tokenprovider import TOKEN_HOST, TokenRegistry, start_token_registry
 from sandbox.tokenserver import hash_password
 
 ECR_ACCOUNT = "123456789012"
@@ -43,6 +47,7 @@ class CloudRegistry:
     provider_config: Path
     bin_dir: Path
     moto: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    token: TokenRegistry | None = None  # the KEP-4412 provider and its registry
 
     def image(self, repo: str, tag: str) -> str:
         return f"{ECR_HOST}/{repo}:{tag}"
@@ -64,24 +69,38 @@ class CloudRegistry:
         ]
 
     def serve_on_node(self, certs_d: Path) -> None:
-        """The node's containerd sends pulls for ECR_HOST to the sandbox registry.
+        """The node's containerd sends pulls for ECR_HOST (and TOKEN_HOST) to the sandbox
+        registries.
 
         containerd 1.6 refuses a hosts.toml without a ``[host]`` table ("invalid `host`
         tree") and then pulls from the name itself; the same address is also the
         ``server``, so a 404 is not followed by a try of the real (unresolvable) name.
         """
-        d = certs_d / ECR_HOST
-        d.mkdir(parents=True, exist_ok=True)
-        url = self.registry.url
-        (d / "hosts.toml").write_text(
-            f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
-        )
+        _serve(certs_d, ECR_HOST, self.registry.url)
+        if self.token is not None:
+            _serve(certs_d, TOKEN_HOST, self.token.registry.url)
+
+    def connect(self, cluster: object) -> None:
+        """Once the API server runs (the token-mode provider's TokenReview endpoint and the
+        nodes' audience grant)."""
+        if self.token is not None:
+            self.token.connect(cluster)
 
     def stop(self) -> None:
+        if self.token is not None:
+            self.token.stop()
         procs.stop(self.registry.process)
         self.registry.process = None
         procs.stop(self.moto)
         self.moto = None
+
+
+def _serve(certs_d: Path, host: str, url: str) -> None:
+    d = certs_d / host
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "hosts.toml").write_text(
+        f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -121,8 +140,9 @@ def provider_config(moto_url: str) -> dict[str, object]:
     }
 
 
-def start_ecr(workdir: Path, timeout: float = 30.0) -> CloudRegistry:
-    """moto_server, the ECR-named registry, the plugin directory and the config file."""
+def start_ecr(workdir: Path, timeout: float = 30.0, *, token_mode: bool = True) -> CloudRegistry:
+    """moto_server, the ECR-named registry, the plugin directory and the config file;
+    with ``token_mode`` also the KEP-4412 provider and its registry, in the same config."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = procs.free_port()
     log = workdir / "moto.log"
@@ -151,5 +171,17 @@ def start_ecr(workdir: Path, timeout: float = 30.0) -> CloudRegistry:
         link.symlink_to(binary(PLUGIN))
     cfg = workdir / "credential-providers.yaml"
     moto_url = f"http://127.0.0.1:{port}"
-    cfg.write_text(yaml.safe_dump(provider_config(moto_url), sort_keys=False))
-    return CloudRegistry(registry, moto_url, cfg, bin_dir, moto)
+    config = provider_config(moto_url)
+    token = None
+    if token_mode:
+        try:
+            token = start_token_registry(workdir, bin_dir, timeout)
+        except BaseException:
+            procs.stop(registry.process)
+            procs.stop(moto)
+            raise
+        providers = config["providers"]
+        assert isinstance(providers, list)
+        providers.append(token.entry)
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    return CloudRegistry(registry, moto_url, cfg, bin_dir, moto, token)

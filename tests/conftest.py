@@ -24,7 +24,9 @@ TIME_SCALE = float(os.environ.get("PULLMEDIC_TEST_TIME_SCALE", "0.02"))
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """An ECR registry offline (sandbox/cloud.py): the AWS API stand-in, the registry under
-    its ECR name, the real ecr-credential-provider and its CredentialProviderConfig."""
+    its ECR name, the real ecr-credential-provider and its CredentialProviderConfig; in the
+    same config a KEP-4412 token-mode provider of the sandbox's own for a second registry
+    (sandbox/tokenprovider.py, ``cloud.token``)."""
     from sandbox.cloud import start_ecr
 
     c = start_ecr(tmp_path_factory.mktemp("cloud"))
@@ -51,6 +53,7 @@ def sandbox(cloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[An
     try:
         if sb.node is not None:
             cloud.serve_on_node(sb.node.certs_d)
+        cloud.connect(sb.cluster)  # the token-mode provider's TokenReview, nodes' audience
         yield sb
     finally:
         sb.stop()

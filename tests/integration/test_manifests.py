@@ -463,8 +463,9 @@ DENIED = [
     ("get", "", "namespaces", ""),
     ("patch", "", "namespaces", ""),
     ("delete", "", "namespaces", ""),
-    # no credentials minted, no RBAC escalation
-    ("create", "", "serviceaccounts/token", "NS"),
+    # no credentials beyond ServiceAccount tokens (KEP-4412 token mode, create on
+    # serviceaccounts/token, granted and justified), no RBAC escalation
+    ("get", "", "serviceaccounts/token", "NS"),
     ("create", "", "serviceaccounts", "NS"),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", ""),
     ("escalate", "rbac.authorization.k8s.io", "clusterroles", ""),

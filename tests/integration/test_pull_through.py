@@ -22,8 +22,8 @@ import pytest
 
 from pullmedic.app import nodecreds
 from pullmedic.core.diagnosis import Cause, Diagnosis
-from pullmedic.core.keyring import Keyring
 from pullmedic.core.dockerconfig import PullSecret
+from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.pullpath import CacheMapping
 from pullmedic.probe.config import ClientConfig

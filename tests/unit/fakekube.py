@@ -102,6 +102,7 @@ class FakeKube:
         self.lost_answers: dict[tuple[str, str], int] = {}  # (verb, kind) -> how many
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
+        self.token_requests: list[tuple[str, str, dict[str, Any]]] = []
 
     # ---- setup -----------------------------------------------------------------------
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +242,33 @@ class FakeKube:
             for (k, n, _), o in sorted(self.objects.items())
             if k == kind and (not ns or n == ns)
         ]
+
+    async def create_token(
+        self, ns: str, service_account: str, request: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Like the API server: the ServiceAccount must exist (and match a uid
+        precondition), a bound Pod must exist with that uid."""
+        await self._gate("create", "TokenRequest")
+        sa = self.objects.get(("ServiceAccount", ns, service_account))
+        if sa is None:
+            raise KubeError(404, "NotFound")
+        want_uid = (request.get("metadata") or {}).get("uid")
+        if want_uid and sa["metadata"]["uid"] != want_uid:
+            raise KubeError(409, "Conflict")
+        spec = dict(request.get("spec") or {})
+        bound = spec.get("boundObjectRef")
+        if bound:
+            pod = self.objects.get(("Pod", ns, bound["name"]))
+            if pod is None or pod["metadata"]["uid"] != bound.get("uid"):
+                raise KubeError(404, "NotFound")
+        self.token_requests.append((ns, service_account, copy.deepcopy(dict(request))))
+        token = f"fake-sa-token-{ns}-{service_account}-{len(self.token_requests)}"
+        return {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": spec,
+            "status": {"token": token},
+        }
 
     async def version(self) -> dict[str, Any]:
         await self._gate("get", "Version")

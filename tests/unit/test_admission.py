@@ -282,3 +282,22 @@ async def test_bad_input_admits() -> None:
         )
     )["response"]
     assert broken["allowed"] is True  # the prober raised (unknown image): never block on our bug
+
+
+async def test_the_pod_to_be_runs_as_its_service_account() -> None:
+    """A token-mode credential provider (KEP-4412) gets the ServiceAccount the pod will
+    run as; the pod has no uid yet, so the token is not bound to it."""
+    from pullmedic.core.credentialprovider import PodIdentity
+
+    seen: list[Any] = []
+
+    class Recording(FakeProber):
+        async def diagnose(self, image: str, *args: Any, **kw: Any) -> Diagnosis:
+            seen.append(kw.get("pod"))
+            return await super().diagnose(image, *args, **kw)
+
+    h = hook("Warn", Recording({IMG: d(Cause.ImageAvailable)}))
+    await h.review(review(deployment()))
+    (pod,) = seen
+    assert isinstance(pod, PodIdentity)
+    assert (pod.namespace, pod.service_account, pod.pod_uid) == ("team-a", "default", "")

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -241,3 +242,27 @@ def test_keepalive_is_on_for_pooled_connections() -> None:
     assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in cfg.socket_options
     assert (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 15) in cfg.socket_options
     assert cfg.retries is False
+
+
+async def test_a_token_request_goes_to_the_service_accounts_token_subresource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = rest(1, FAST)
+    calls: list[tuple[Any, ...]] = []
+
+    async def request(*args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        return {"status": {"token": "t"}}
+
+    monkeypatch.setattr(kube, "request", request)
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    answer = await kube.create_token("team", "puller", body)
+    assert answer["status"]["token"] == "t"
+    ((method, path, sent, content_type),) = calls
+    assert (method, path, content_type) == (
+        "POST",
+        "/api/v1/namespaces/team/serviceaccounts/puller/token",
+        "application/json",
+    )
+    assert sent == body
+    kube.close()

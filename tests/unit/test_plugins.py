@@ -179,13 +179,15 @@ async def test_broken_plugin_is_a_reason_not_a_crash(
     assert SECRET not in failure.reason and SECRET not in caplog.text
 
 
-async def test_token_mode_is_reported_not_run(tmp_path: Path, runs: Path) -> None:
+async def test_token_mode_without_the_pod_is_reported_not_run(tmp_path: Path, runs: Path) -> None:
+    """Token mode needs whose pull it is (tests/unit/test_token_plugins.py runs it)."""
     from pullmedic.core.credentialprovider import TokenAttributes
 
     plugin(tmp_path, "ecr", "good")
     r = runner(tmp_path, runs, spec("ecr", token_attributes=TokenAttributes("aud", True)))
     result = await r.credentials(parse(IMAGE))
-    assert r.runs == 0 and "token mode" in result.failures[0].reason
+    reason = result.failures[0].reason
+    assert r.runs == 0 and "token mode" in reason and "ServiceAccount" in reason
 
 
 async def test_hung_plugin_leaves_no_process(tmp_path: Path, runs: Path) -> None:

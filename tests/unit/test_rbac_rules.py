@@ -216,6 +216,14 @@ JUSTIFICATIONS: dict[tuple[str, str, str], Need] = {
         (ACTUATOR, r"json_patch\(\s*\"ServiceAccount\""),
         (ACTUATOR, r"/imagePullSecrets"),
     ),
+    ("", "serviceaccounts/token", "create"): need(
+        "serviceaccounts.KubeServiceAccounts.token: KEP-4412 token mode mints the pod's "
+        "ServiceAccount token for a token-mode credential provider",
+        ("pullmedic/kube/serviceaccounts.py", r"await self\.kube\.create_token\("),
+        (KUBE, r"path_of\(\"ServiceAccount\", ns, service_account\) \+ \"/token\""),
+        (KUBE, r"await self\.request\(\"POST\", path, dict\(request\)"),
+        ("pullmedic/probe/plugins.py", r"token_mode\("),
+    ),
     # --- secrets: by name only ----------------------------------------------------------
     ("", "secrets", "get"): need(
         "lookups.Lookups.secret (pod's own and candidate pull secrets); _copy_secret",

@@ -33,6 +33,7 @@ from pullmedic.core.admission import (
     pod_spec_of,
     to_check,
 )
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import mirror_candidate
 from pullmedic.core.diagnosis import MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
@@ -128,7 +129,13 @@ class AdmissionWebhook:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.budget
         keyring = await asyncio.wait_for(self._keyring(ns, view), self.s.budget)
-        checked = await asyncio.gather(*(self._check(c, p, keyring, deadline) for c, p in chosen))
+        # The pod to be: its ServiceAccount (a token-mode credential provider gets its
+        # token, KEP-4412); no uid yet, so the token is not bound to a pod.
+        meta = obj.get("metadata") or {}
+        who = PodIdentity(ns, view.service_account, str(meta.get("name") or ""))
+        checked = await asyncio.gather(
+            *(self._check(c, p, keyring, deadline, who) for c, p in chosen)
+        )
         return decide(view, checked)
 
     def _policy(self, ns: str, view: PodSpecView, image: str) -> pol.Policy | None:
@@ -144,19 +151,31 @@ class AdmissionWebhook:
         return await self.lookups.template_keyring(ns, view.pull_secrets, view.service_account)
 
     async def _check(
-        self, c: ContainerImage, p: pol.Policy, keyring: Keyring, deadline: float
+        self,
+        c: ContainerImage,
+        p: pol.Policy,
+        keyring: Keyring,
+        deadline: float,
+        who: PodIdentity | None = None,
     ) -> Checked:
-        d = await self._within(c.image, keyring, p, deadline)
+        d = await self._within(c.image, keyring, p, deadline, who)
         mirror = None
         if d is not None and p.admission is pol.AdmissionMode.MUTATE and d.cause in MIRROR_CAUSES:
-            mirror = await self._mirror(c.image, p, keyring, deadline)
+            mirror = await self._mirror(c.image, p, keyring, deadline, who)
         return Checked(c, d, p.admission, mirror)
 
     async def _within(
-        self, image: str, keyring: Keyring, p: pol.Policy, deadline: float
+        self,
+        image: str,
+        keyring: Keyring,
+        p: pol.Policy,
+        deadline: float,
+        who: PodIdentity | None = None,
     ) -> Diagnosis | None:
         task = asyncio.ensure_future(
-            self.prober.diagnose(image, keyring, self.platform, suggest=True, tag_policy=p.tags)
+            self.prober.diagnose(
+                image, keyring, self.platform, suggest=True, tag_policy=p.tags, pod=who
+            )
         )
         left = deadline - asyncio.get_running_loop().time()
         try:
@@ -172,12 +191,17 @@ class AdmissionWebhook:
             log.info("background probe failed: %s", type(task.exception()).__name__)
 
     async def _mirror(
-        self, image: str, p: pol.Policy, keyring: Keyring, deadline: float
+        self,
+        image: str,
+        p: pol.Policy,
+        keyring: Keyring,
+        deadline: float,
+        who: PodIdentity | None = None,
     ) -> str | None:
         candidate = mirror_candidate(image, p)
         if candidate is None:
             return None
-        d = await self._within(candidate, keyring, p, deadline)
+        d = await self._within(candidate, keyring, p, deadline, who)
         return candidate if d is not None and d.cause is Cause.ImageAvailable else None
 
     # ---- the server --------------------------------------------------------------------

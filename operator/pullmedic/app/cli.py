@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pullmedic.app import explain, flags, nodecreds, runner
 from pullmedic.app.options import context_namespace, probe_config
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.dockerconfig import (
     DOCKERCFG_KEY,
@@ -109,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="admit a private/loopback network or host name (repeatable)",
     )
     nodecreds.add_arguments(diag)
+    diag.add_argument(
+        "--service-account",
+        metavar="NAMESPACE/NAME",
+        help="the pod's ServiceAccount, for credential providers in ServiceAccount token "
+        "mode (KEP-4412): its token is minted with your kubeconfig (TokenRequest) and its "
+        "annotations read, as the kubelet does; without it such a provider says it needs one",
+    )
+    diag.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for --service-account (default: $KUBECONFIG, ~/.kube/config)",
+    )
     diag.add_argument("--no-suggest", action="store_true", help="do not look for fixes")
     diag.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     diag.add_argument(
@@ -186,6 +198,16 @@ def _node(args: argparse.Namespace) -> nodecreds.NodeSettings:
         raise UsageError(str(exc)) from None
 
 
+def _service_account(value: str | None) -> PodIdentity | None:
+    """``--service-account NAMESPACE/NAME``: a pod to be, not bound to an existing one."""
+    if not value:
+        return None
+    ns, sep, name = value.partition("/")
+    if not sep or not ns or not name or "/" in name:
+        raise UsageError("--service-account: expected NAMESPACE/NAME")
+    return PodIdentity(ns, name)
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run one diagnosis and print it; the exit code says pullable (0) or not (1)."""
     try:
@@ -206,9 +228,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         candidates[secret.ref] = kr
     config = probe_config(args, policy)
     node = _node(args)
+    who = _service_account(args.service_account)
 
     async def run() -> Diagnosis:
-        prober = nodecreds.build_diagnoser(config, node)
+        kube = None
+        if who is not None and nodecreds.uses_token_mode(node):
+            from pullmedic.kube.client import RestKube, Timeouts
+
+            kube = RestKube(runner.api_client(args.kubeconfig, Timeouts(), 2), workers=2)
+        prober = nodecreds.build_diagnoser(config, node, kube)
         try:
             return await prober.diagnose(
                 args.image,
@@ -217,9 +245,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                 suggest=not args.no_suggest,
                 candidate_keyrings=candidates or None,
                 secret_problems=problems,
+                pod=who,
             )
         finally:
             await prober.aclose()
+            if kube is not None:
+                kube.close()
 
     diagnosis = asyncio.run(run())
     if args.json:

@@ -128,7 +128,7 @@ async def _explain(
 ) -> Report:
     if probe is None:
         return await gather(kube, RestLists(kube), ns, kind, name, None)
-    prober = nodecreds.build_diagnoser(probe, node or nodecreds.NodeSettings())
+    prober = nodecreds.build_diagnoser(probe, node or nodecreds.NodeSettings(), kube)
     try:
         return await gather(kube, RestLists(kube), ns, kind, name, prober)
     finally:

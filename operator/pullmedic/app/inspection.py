@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
@@ -339,7 +340,9 @@ async def gather(
         report.platform = f"{platform} ({source})"
         found: dict[str, Diagnosis] = {}
         for image in dict.fromkeys(s.image for s in stuck):
-            d = await diagnoser.diagnose(image, keyring, platform, secret_problems=problems)
+            d = await diagnoser.diagnose(
+                image, keyring, platform, secret_problems=problems, pod=PodIdentity.of_pod(pod)
+            )
             found[image] = d
             report.diagnoses.append(d)
         report.commands = commands(pod, stuck, owner, found)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pullmedic.core.credentialprovider import ProviderConfigError, ProviderSpec
 from pullmedic.core.pullpath import CacheMapping, parse_cache_mapping
 from pullmedic.core.registryhosts import Endpoint, HostsError
+from pullmedic.kube.client import KubeApi
+from pullmedic.kube.serviceaccounts import KubeServiceAccounts
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.hosts import HostsTransport, load_paths
 from pullmedic.probe.netguard import guarded_transport
@@ -28,7 +30,7 @@ from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser, load_config
 from pullmedic.probe.prober import Prober
 from pullmedic.probe.pullpath import HopProbers, PathDiagnoser
 
-__all__ = ["NodeSettings", "add_arguments", "build_diagnoser", "settings_from"]
+__all__ = ["NodeSettings", "add_arguments", "build_diagnoser", "settings_from", "uses_token_mode"]
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,13 @@ def settings_from(args: argparse.Namespace) -> NodeSettings:
     return NodeSettings(providers, bin_dir, hosts, paths, tuple(caches))
 
 
-def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnoser:
+def build_diagnoser(
+    probe: ClientConfig, node: NodeSettings, kube: KubeApi | None = None
+) -> ProviderDiagnoser:
     """The prober for ``probe``, sending requests where the node's containerd does and
     adding the node's credential providers after the pod's secrets (and telling an
-    expired token from a wrong one)."""
+    expired token from a wrong one). ``kube``: for providers in ServiceAccount token mode
+    (KEP-4412), the client that reads the pod's ServiceAccount and mints its token."""
     transport = None
     if node.hosts:
         transport = HostsTransport(
@@ -121,5 +126,11 @@ def build_diagnoser(probe: ClientConfig, node: NodeSettings) -> ProviderDiagnose
         inner = PathDiagnoser(inner, node.paths, HopProbers(probe), node.caches)
     runner = None
     if node.providers and node.bin_dir is not None:
-        runner = PluginRunner(node.providers, node.bin_dir)
+        accounts = KubeServiceAccounts(kube) if kube is not None else None
+        runner = PluginRunner(node.providers, node.bin_dir, accounts=accounts)
     return ProviderDiagnoser(inner, runner, node.hosts)
+
+
+def uses_token_mode(node: NodeSettings) -> bool:
+    """Whether some configured provider runs in ServiceAccount token mode (KEP-4412)."""
+    return any(p.token_attributes is not None for p in node.providers)

@@ -198,9 +198,10 @@ def run(settings: OperatorSettings) -> int:
     api = api_client(settings.kubeconfig, settings.kube, pool=workers)
 
     def make_engine() -> Engine:
+        kube = RestKube(api, settings.kube, workers=workers)
         engine = Engine(
-            RestKube(api, settings.kube, workers=workers),
-            nodecreds.build_diagnoser(settings.probe, settings.node),
+            kube,
+            nodecreds.build_diagnoser(settings.probe, settings.node, kube),
             settings.engine,
         )
         w = settings.watch

@@ -25,6 +25,7 @@ from pullmedic.core import policy as pol
 from pullmedic.core import reference
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.admission import pod_spec_of
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.platforms import Platform
@@ -172,8 +173,11 @@ class Auditor:
         keyring = await self.lookups.template_keyring(
             item.workload.namespace, item.pull_secrets, item.service_account
         )
+        # A new pod from this template runs as its ServiceAccount (a token-mode provider
+        # gets that account's token; not bound: the pod does not exist yet).
+        pod = PodIdentity(item.workload.namespace, item.service_account)
         d: Diagnosis = await self.prober.diagnose(
-            item.image, keyring, self.platform, suggest=True, tag_policy=tags
+            item.image, keyring, self.platform, suggest=True, tag_policy=tags, pod=pod
         )
         return Finding(item, str(d.cause), d.summary, self.wall())
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import alternative_candidate, mirror_candidate
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
 from pullmedic.core.dockerconfig import SecretProblem
@@ -33,6 +34,7 @@ class Diagnoser(Protocol):
         tag_policy: pol.TagCorrection | None = None,
         secret_problems: Sequence[SecretProblem] = (),
         distrust_available: bool = False,
+        pod: PodIdentity | None = None,
     ) -> Diagnosis: ...
 
 
@@ -57,23 +59,39 @@ def as_the_node_sees_it(
     return node_view(d, kubelet_message, ref.registry_host) if nodes.provide(ref) else d
 
 
-async def _pullable(prober: Diagnoser, image: str, keyring: Keyring, platform: Platform) -> bool:
-    d = await prober.diagnose(image, keyring, platform, suggest=False)
+async def _pullable(
+    prober: Diagnoser,
+    image: str,
+    keyring: Keyring,
+    platform: Platform,
+    pod: PodIdentity | None = None,
+) -> bool:
+    d = await prober.diagnose(image, keyring, platform, suggest=False, pod=pod)
     return d.cause is Cause.ImageAvailable
 
 
 async def verified_mirror(
-    prober: Diagnoser, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
+    prober: Diagnoser,
+    image: str,
+    policy: pol.Policy,
+    keyring: Keyring,
+    platform: Platform,
+    pod: PodIdentity | None = None,
 ) -> str | None:
     """The policy's mirror copy of ``image``, when it is there whole."""
     candidate = mirror_candidate(image, policy)
     if candidate is None:
         return None
-    return candidate if await _pullable(prober, candidate, keyring, platform) else None
+    return candidate if await _pullable(prober, candidate, keyring, platform, pod) else None
 
 
 async def verified_alternative(
-    prober: Diagnoser, image: str, policy: pol.Policy, keyring: Keyring, platform: Platform
+    prober: Diagnoser,
+    image: str,
+    policy: pol.Policy,
+    keyring: Keyring,
+    platform: Platform,
+    pod: PodIdentity | None = None,
 ) -> tuple[str, str] | None:
     """The same tag (or digest) under a moved repository's new name, found whole for the
     node's platform there; and the move, for the Event and the record."""
@@ -81,4 +99,4 @@ async def verified_alternative(
     if candidate is None:
         return None
     new, move = candidate
-    return (new, move) if await _pullable(prober, new, keyring, platform) else None
+    return (new, move) if await _pullable(prober, new, keyring, platform, pod) else None

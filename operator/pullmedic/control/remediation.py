@@ -31,6 +31,7 @@ from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats
 from pullmedic.core.actions import Failure, ObjectRef, Plan
 from pullmedic.core.circuit import MARK, CircuitBreaker
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import (
     failure_of,
     main_action,
@@ -126,6 +127,9 @@ class Remediator:
             m.policy = policy.key if policy else None
 
         keyring, candidates, problems = await self.lookups.keyrings(pod, policy)
+        # Whose pull it is: a credential provider in ServiceAccount token mode (KEP-4412)
+        # gets this pod's ServiceAccount token from the kubelet, and so from pullmedic.
+        identity = PodIdentity.of_pod(pod)
         node = await self.lookups.node(pod["spec"].get("nodeName"))
         platform = node.platform
         t0 = self.clocks.monotonic()
@@ -144,6 +148,7 @@ class Remediator:
                 # The kubelet just failed this pull: a cached "pullable" is stale by
                 # definition.
                 distrust_available=True,
+                pod=identity,
             )
             metrics.PROBE_SECONDS.observe(self.clocks.monotonic() - t0)
             diagnosis = as_the_node_sees_it(
@@ -156,11 +161,13 @@ class Remediator:
 
         mirror_image = None
         if policy and diagnosis.cause in MIRROR_CAUSES:
-            mirror_image = await verified_mirror(self.prober, sc.image, policy, keyring, platform)
+            mirror_image = await verified_mirror(
+                self.prober, sc.image, policy, keyring, platform, identity
+            )
         alternative = None
         if policy and policy.alternatives and diagnosis.cause in MOVE_CAUSES:
             alternative = await verified_alternative(
-                self.prober, sc.image, policy, keyring, platform
+                self.prober, sc.image, policy, keyring, platform, identity
             )
 
         if policy is not None:

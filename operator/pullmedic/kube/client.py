@@ -87,6 +87,13 @@ class KubeApi(Protocol):
     async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
         """Every object of a listed kind, in ``ns`` or (empty) in all namespaces."""
 
+    async def create_token(
+        self, ns: str, service_account: str, request: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The TokenRequest API (``serviceaccounts/token``): the answered TokenRequest,
+        whose ``status.token`` must never be logged. Raises KubeError (404: no such
+        ServiceAccount; 403: the grant was dropped)."""
+
 
 def path_of(kind: str, ns: str, name: str = "") -> str:
     if kind not in PATHS:
@@ -389,6 +396,14 @@ class RestKube:
 
     async def version(self) -> dict[str, Any]:
         return dict(await self.request("GET", "/version", probe=True) or {})
+
+    async def create_token(
+        self, ns: str, service_account: str, request: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        # KEP-4412 token mode: POST .../serviceaccounts/{name}/token, as the kubelet does.
+        path = path_of("ServiceAccount", ns, service_account) + "/token"
+        obj = await self.request("POST", path, dict(request), "application/json")
+        return dict(obj or {})
 
     async def list(self, kind: str, ns: str = "") -> list[dict[str, Any]]:
         base, plural = COLLECTIONS[kind]

@@ -12,7 +12,14 @@ credentials cached as the response says. The protocol itself is pure
   tokens there when debugging);
 - concurrent requests for the same image share one run (the kubelet's singleflight);
 - a plugin that fails is a reason, not an exception: a diagnosis that ended in a
-  credential cause becomes ``CredentialProviderFailed`` naming the provider and why.
+  credential cause becomes ``CredentialProviderFailed`` naming the provider and why;
+- KEP-4412 token mode (a provider with ``tokenAttributes``): for the pod whose pull it is,
+  the ServiceAccount is read and a token minted (``core.credentialprovider.ServiceAccounts``,
+  implemented in ``kube/serviceaccounts.py``) exactly when the kubelet would
+  (``token_mode``), the token and the listed annotations go to the plugin's stdin, and the
+  cache keeps one entry per ServiceAccount (or per token, ``cacheType: Token``). A provider
+  the kubelet would not run for that pod (a required annotation missing, no ServiceAccount)
+  is a reason naming the ServiceAccount. The token is never logged nor shown.
 
 :class:`ProviderDiagnoser` wraps any diagnoser (the prober) so every caller - the
 operator, ``pullmedic diagnose``, ``explain`` and the admission webhook - probes with the
@@ -41,13 +48,20 @@ import yaml
 from pullmedic.core import policy as pol
 from pullmedic.core.credentialprovider import (
     PluginResponseError,
+    PodIdentity,
     ProviderCache,
     ProviderConfigError,
     ProviderSpec,
+    ServiceAccounts,
+    TokenModeSkip,
     build_request,
+    echoes_token,
     parse_config,
     parse_response,
     provider_failed,
+    service_account_cache_key,
+    token_hash,
+    token_mode,
 )
 from pullmedic.core.diagnosis import Diagnosis, Evidence
 from pullmedic.core.dockerconfig import SecretProblem
@@ -112,6 +126,25 @@ class ProviderResult:
     failures: tuple[PluginFailure, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What goes to one plugin run beyond the image (token mode); the token never prints."""
+
+    token: str = field(default="", repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    sa_key: str = ""
+    account: str = ""  # "ns/name" when run with a ServiceAccount's token
+
+    def tell(self, reason: str) -> str:
+        """A failure's reason, naming the ServiceAccount the plugin was run for."""
+        return f"{reason}, run for the ServiceAccount {self.account}" if self.account else reason
+
+
+def _safe(exc: BaseException) -> str:
+    """An exception's message for a reason; edges raise messages without credentials."""
+    return str(exc) or type(exc).__name__
+
+
 class _Failed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -130,38 +163,35 @@ class PluginRunner:
         max_stdout: int = MAX_STDOUT,
         clock: Callable[[], float] = time.monotonic,
         environ: Mapping[str, str] | None = None,
+        accounts: ServiceAccounts | None = None,
     ) -> None:
+        self.accounts = accounts  # KEP-4412 token mode: reads ServiceAccounts, mints tokens
         self.providers = tuple(providers)
         self.bin_dir = Path(bin_dir)
         self.timeout = timeout
         self.max_stdout = max_stdout
         self.environ = dict(os.environ if environ is None else environ)
         self._caches = {p.name: ProviderCache(clock) for p in self.providers}
-        self._flights: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._flights: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.runs = 0
 
     def matching(self, ref: ImageReference) -> list[ProviderSpec]:
         return [p for p in self.providers if p.matches(ref)]
 
-    async def credentials(self, ref: ImageReference) -> ProviderResult:
-        """Every matching provider's credentials for ``ref``, in config order."""
+    async def credentials(
+        self, ref: ImageReference, pod: PodIdentity | None = None
+    ) -> ProviderResult:
+        """Every matching provider's credentials for ``ref``, in config order; ``pod``:
+        whose pull it is (token-mode providers need it, as the kubelet does)."""
         keyrings: list[Keyring] = []
         answered: list[str] = []
         failures: list[PluginFailure] = []
         seen: set[str] = set()
         image = ref.name  # the kubelet asks for the repository, without tag or digest
         for spec in self.matching(ref):
-            if spec.token_attributes is not None:
-                failures.append(
-                    PluginFailure(
-                        spec.name,
-                        "runs in ServiceAccount token mode (KEP-4412), which pullmedic "
-                        "does not run yet",
-                    )
-                )
-                continue
             try:
-                response = await self._response(spec, image)
+                call = await self._call(spec, pod)
+                response = await self._response(spec, image, call)
             except _Failed as exc:
                 failures.append(PluginFailure(spec.name, exc.reason))
                 log.warning("credential provider %s for %s: %s", spec.name, image, exc.reason)
@@ -181,32 +211,81 @@ class PluginRunner:
             keyrings.append(kr)
         return ProviderResult(Keyring.union(*keyrings), tuple(answered), tuple(failures))
 
-    async def _response(self, spec: ProviderSpec, image: str) -> Any:
+    async def _call(self, spec: ProviderSpec, pod: PodIdentity | None) -> _Call:
+        """What the kubelet would send ``spec`` for ``pod``: nothing more than the image
+        for a plain provider; in token mode the token, annotations and cache key, or the
+        reason it would not run the plugin."""
+        attrs = spec.token_attributes
+        if attrs is None:
+            return _Call()
+        account = None
+        if pod is not None and pod.service_account:
+            if self.accounts is None:
+                raise _Failed(
+                    "it runs in ServiceAccount token mode (KEP-4412) and pullmedic has no "
+                    "Kubernetes client here to read the ServiceAccount and mint its token"
+                )
+            try:
+                account = await self.accounts.service_account(pod.namespace, pod.service_account)
+            except Exception as exc:  # any failure is a reason, never a crash
+                raise _Failed(
+                    f"cannot read the ServiceAccount {pod.account}: {_safe(exc)}"
+                ) from None
+        mode = token_mode(attrs, pod, account)
+        if isinstance(mode, TokenModeSkip):
+            raise _Failed(mode.message)
+        token = ""
+        if mode.account is not None and pod is not None and self.accounts is not None:
+            try:
+                token = await self.accounts.token(
+                    pod.namespace, pod.service_account, mode.request(pod)
+                )
+            except Exception as exc:  # the edge raises messages without the token
+                raise _Failed(
+                    f"no token for the ServiceAccount {pod.account}: {_safe(exc)}"
+                ) from None
+        return _Call(
+            token=token,
+            annotations=dict(mode.annotations),
+            sa_key=service_account_cache_key(mode, attrs.cache_type, token),
+            account=pod.account if mode.account is not None and pod is not None else "",
+        )
+
+    async def _response(self, spec: ProviderSpec, image: str, call: _Call | None = None) -> Any:
+        call = call or _Call()
         cache = self._caches[spec.name]
-        hit = cache.get(image)
+        hit = cache.get(image, call.sa_key)
         if hit is not None:
             return hit
-        key = (spec.name, image)
+        # The kubelet's singleflight key in token mode: image, token hash and annotations.
+        key = (spec.name, image, call.sa_key + token_hash(call.token))
         flight = self._flights.get(key)
         if flight is not None:
             return await asyncio.shield(flight)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._flights[key] = fut
         try:
-            response = parse_response(await self._exec(spec, image), spec.api_version)
-            cache.put(image, response, spec.default_cache_duration)
+            response = parse_response(await self._exec(spec, image, call), spec.api_version)
+            cache_type = spec.token_attributes.cache_type if spec.token_attributes else ""
+            if echoes_token(response, call.token, cache_type):
+                raise _Failed(
+                    "it answered the ServiceAccount token itself as the password, which the "
+                    "kubelet discards unless tokenAttributes.cacheType is Token"
+                )
+            cache.put(image, response, spec.default_cache_duration, call.sa_key)
             fut.set_result(response)
             metrics.PROVIDER_RUNS.labels(provider=spec.name, result="ok").inc()
             return response
         except PluginResponseError as exc:
-            failure = _Failed(str(exc))
+            failure = _Failed(call.tell(str(exc)))
             fut.set_exception(failure)
             metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
             raise failure from None
         except _Failed as exc:
-            fut.set_exception(exc)
+            failure = _Failed(call.tell(exc.reason))
+            fut.set_exception(failure)
             metrics.PROVIDER_RUNS.labels(provider=spec.name, result="failed").inc()
-            raise
+            raise failure from None
         finally:
             del self._flights[key]
             if not fut.done():
@@ -214,13 +293,18 @@ class PluginRunner:
             elif not fut.cancelled():
                 fut.exception()  # retrieved: no "never retrieved" warning when nobody waited
 
-    async def _exec(self, spec: ProviderSpec, image: str) -> bytes:
+    async def _exec(self, spec: ProviderSpec, image: str, call: _Call) -> bytes:
         path = self.bin_dir / spec.name
         if not path.is_file() or not os.access(path, os.X_OK):
             raise _Failed(f"no executable {spec.name} in {self.bin_dir}")
         env = {**self.environ, **dict(spec.env)}
         self.runs += 1
-        request = build_request(image, spec.api_version)
+        request = build_request(
+            image,
+            spec.api_version,
+            service_account_token=call.token or None,
+            service_account_annotations=call.annotations or None,
+        )
         # A thread with its own deadline, not asyncio's subprocess support: that depends on
         # a child watcher that another library in the process may have replaced, and a
         # missed exit would hang the diagnosis for good.
@@ -340,14 +424,17 @@ class ProviderDiagnoser:
         tag_policy: pol.TagCorrection | None = None,
         secret_problems: Sequence[SecretProblem] = (),
         distrust_available: bool = False,
+        pod: PodIdentity | None = None,
     ) -> Diagnosis:
+        """``pod``: whose pull it is (namespace, ServiceAccount, pod name and uid), for
+        providers in ServiceAccount token mode; None where nobody said."""
         result = ProviderResult()
         try:
             ref = parse(image)
         except InvalidReference:
             ref = None
         if ref is not None and self.runner is not None and self.runner.matching(ref):
-            result = await self.runner.credentials(ref)
+            result = await self.runner.credentials(ref, pod)
         merged = Keyring.union(keyring, result.keyring)
         d: Diagnosis = await self.inner.diagnose(
             image,

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from pullmedic.core.conclusion import conclude
+from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import (
     CREDENTIAL_CAUSES,
     Cause,
@@ -169,6 +170,7 @@ class Prober:
         secret_problems: Sequence[SecretProblem] = (),
         tag_policy: TagCorrection | None = None,
         distrust_available: bool = False,
+        pod: PodIdentity | None = None,
     ) -> Diagnosis:
         """Probe ``image`` with the credentials ``keyring`` yields for it (as the kubelet
         would: each matching credential in turn, anonymous when none matches).
@@ -181,6 +183,8 @@ class Prober:
         ``distrust_available``: the caller saw a pull of ``image`` fail after a cached
         "pullable" answer (a tag deleted since, say), so cached successes for it are
         dropped and the registry is asked again; cached failures still count.
+        ``pod`` (whose pull it is) matters to credential providers in token mode only
+        (``plugins.ProviderDiagnoser``); the prober probes with ``keyring`` alone.
         """
         self.diagnoses += 1
         try:
