@@ -287,7 +287,7 @@ async def test_bad_input_admits() -> None:
 async def test_the_pod_to_be_runs_as_its_service_account() -> None:
     """A token-mode credential provider (KEP-4412) gets the ServiceAccount the pod will
     run as; the pod has no uid yet, so the token is not bound to it."""
-    from pullmedic.core.credentialprovider import PodIdentity
+    from pullmedic.core.tokenmode import PodIdentity
 
     seen: list[Any] = []
 

@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 
-from pullmedic.core.credentialprovider import (
+from pullmedic.core.credentialprovider import ProviderConfigError, parse_config, parse_duration
+from pullmedic.core.keyring import Keyring
+from pullmedic.core.providerexchange import (
     CacheKeyType,
     PluginResponse,
     PluginResponseError,
     ProviderCache,
-    ProviderConfigError,
     build_request,
-    parse_config,
-    parse_duration,
     parse_response,
 )
-from pullmedic.core.keyring import Keyring
 from pullmedic.core.reference import parse
 from pullmedic.core.registrykeys import pattern_matches
 

@@ -18,7 +18,8 @@ from pullmedic.core.diagnosis import Cause, Diagnosis, Evidence
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import parse
-from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser, load_config
+from pullmedic.probe.plugins import PluginRunner, load_config
+from pullmedic.probe.providers import ProviderDiagnoser
 
 V1 = "credentialprovider.kubelet.k8s.io/v1"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"

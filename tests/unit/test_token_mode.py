@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pullmedic.core.credentialprovider import (
-    AuthEntry,
-    CacheKeyType,
-    PluginResponse,
+from pullmedic.core.credentialprovider import TokenAttributes
+from pullmedic.core.providerexchange import AuthEntry, CacheKeyType, PluginResponse
+from pullmedic.core.tokenmode import (
     PodIdentity,
     ServiceAccountInfo,
-    TokenAttributes,
     TokenMode,
     TokenModeSkip,
     TokenSkipReason,

@@ -13,14 +13,16 @@ from typing import Any
 
 import pytest
 
-from pullmedic.core.credentialprovider import PodIdentity, ProviderSpec, TokenAttributes
+from pullmedic.core.credentialprovider import ProviderSpec, TokenAttributes
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.reference import parse
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.kube.client import KubeError
 from pullmedic.kube.serviceaccounts import KubeServiceAccounts
-from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser
+from pullmedic.probe.plugins import PluginRunner
+from pullmedic.probe.providers import ProviderDiagnoser
 from tests.unit.fakekube import FakeKube
 
 V1 = "credentialprovider.kubelet.k8s.io/v1"

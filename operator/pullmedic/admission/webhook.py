@@ -33,13 +33,13 @@ from pullmedic.core.admission import (
     pod_spec_of,
     to_check,
 )
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import mirror_candidate
 from pullmedic.core.diagnosis import MIRROR_CAUSES, Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
 from pullmedic.core.selection import choose
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics
 

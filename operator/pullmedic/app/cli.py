@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pullmedic.app import explain, flags, nodecreds, runner
 from pullmedic.app.options import context_namespace, probe_config
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.dockerconfig import (
     DOCKERCFG_KEY,
@@ -29,6 +28,7 @@ from pullmedic.core.dockerconfig import (
 )
 from pullmedic.core.keyring import Keyring
 from pullmedic.core.platforms import Platform
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.probe.netguard import AddressPolicy
 
 EXIT_OK = 0

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from pullmedic.control.diagnoser import Diagnoser
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.circuit import CIRCUIT_OPEN, MARK
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import failure_of
 from pullmedic.core.detection import StuckContainer, controller_of, parse_time, stuck_containers
 from pullmedic.core.diagnosis import Diagnosis
@@ -29,6 +28,7 @@ from pullmedic.core.planning import plan
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import CLUSTER_KIND, Mode, Policy
 from pullmedic.core.records import RECORD
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.kube.client import KubeApi, KubeError, RestKube
 from pullmedic.kube.lookups import Lookups
 

@@ -26,8 +26,9 @@ from pullmedic.kube.serviceaccounts import KubeServiceAccounts
 from pullmedic.probe.config import ClientConfig
 from pullmedic.probe.hosts import HostsTransport, load_paths
 from pullmedic.probe.netguard import guarded_transport
-from pullmedic.probe.plugins import PluginRunner, ProviderDiagnoser, load_config
+from pullmedic.probe.plugins import PluginRunner, load_config
 from pullmedic.probe.prober import Prober
+from pullmedic.probe.providers import ProviderDiagnoser
 from pullmedic.probe.pullpath import HopProbers, PathDiagnoser
 
 __all__ = ["NodeSettings", "add_arguments", "build_diagnoser", "settings_from", "uses_token_mode"]

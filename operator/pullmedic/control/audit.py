@@ -25,11 +25,11 @@ from pullmedic.core import policy as pol
 from pullmedic.core import reference
 from pullmedic.core.actions import ObjectRef
 from pullmedic.core.admission import pod_spec_of
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import Cause, Diagnosis
 from pullmedic.core.inventory import Inventory
 from pullmedic.core.platforms import Platform
 from pullmedic.core.policystatus import UnavailableImage
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.kube.client import COLLECTIONS, KubeApi, KubeError
 from pullmedic.kube.lookups import Lookups
 from pullmedic.telemetry import metrics

@@ -11,13 +11,13 @@ from typing import Protocol
 
 from pullmedic.core import policy as pol
 from pullmedic.core import reference
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import alternative_candidate, mirror_candidate
 from pullmedic.core.diagnosis import CREDENTIAL_CAUSES, Cause, Diagnosis
 from pullmedic.core.dockerconfig import SecretProblem
 from pullmedic.core.keyring import Keyring, NodeRegistries
 from pullmedic.core.nodeview import node_view
 from pullmedic.core.platforms import Platform
+from pullmedic.core.tokenmode import PodIdentity
 
 # Causes a copy of the same image elsewhere fixes (verified whole there first).
 

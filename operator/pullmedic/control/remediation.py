@@ -31,7 +31,6 @@ from pullmedic.core import policy as pol
 from pullmedic.core.accounting import PolicyStats
 from pullmedic.core.actions import Failure, ObjectRef, Plan
 from pullmedic.core.circuit import MARK, CircuitBreaker
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.decision import (
     failure_of,
     main_action,
@@ -45,6 +44,7 @@ from pullmedic.core.nodeview import held_by_node
 from pullmedic.core.planning import MOVE_CAUSES, plan
 from pullmedic.core.records import RemediationRecord, stamp
 from pullmedic.core.selection import choose
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.kube.actuator import Actuator
 from pullmedic.kube.client import KubeApi, KubeError
 from pullmedic.kube.events import Outbox

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pullmedic.core.credentialprovider import ServiceAccountInfo
+from pullmedic.core.tokenmode import ServiceAccountInfo
 from pullmedic.kube.client import KubeApi, KubeError
 
 __all__ = ["KubeServiceAccounts", "TokenRequestError"]

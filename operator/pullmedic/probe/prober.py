@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 
 from pullmedic.core.conclusion import conclude
-from pullmedic.core.credentialprovider import PodIdentity
 from pullmedic.core.diagnosis import (
     CREDENTIAL_CAUSES,
     Cause,
@@ -40,6 +39,7 @@ from pullmedic.core.platforms import Platform
 from pullmedic.core.policy import TagCorrection
 from pullmedic.core.reference import ImageReference, InvalidReference, parse
 from pullmedic.core.tags import HighestPatch, Strategy
+from pullmedic.core.tokenmode import PodIdentity
 from pullmedic.probe.cache import Cache, CacheKey
 from pullmedic.probe.client import RegistryClient
 from pullmedic.probe.config import ClientConfig
