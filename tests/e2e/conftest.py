@@ -221,3 +221,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.when == "call" and rep.failed and op is not None:
         lines = [ln for ln in op.logs().splitlines() if '"kopf.objects"' not in ln]
         rep.sections.append(("operator log (tail)", "\n".join(lines[-60:])))
+
+
+def pull_secrets_for(core: Any, *hosts: str) -> list[str]:
+    """Every pull secret in the cluster that holds credentials for one of ``hosts``
+    (other tests' secrets for other registries do not count)."""
+    import base64
+    import json
+
+    found = []
+    for kind, key in (
+        ("kubernetes.io/dockerconfigjson", ".dockerconfigjson"),
+        ("kubernetes.io/dockercfg", ".dockercfg"),
+    ):
+        for s in core.list_secret_for_all_namespaces(field_selector=f"type={kind}").items:
+            try:
+                doc = json.loads(base64.b64decode((s.data or {}).get(key) or ""))
+            except ValueError:
+                continue
+            auths = doc.get("auths", doc) if isinstance(doc, dict) else {}
+            if any(h in str(k) for k in auths for h in hosts):
+                found.append(f"{s.metadata.namespace}/{s.metadata.name}")
+    return found

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.cloud import ECR_PASSWORD, CloudRegistry
+from sandbox.cloud import ECR_HOST, ECR_PASSWORD, CloudRegistry
 from sandbox.images import push_image
 from sandbox.kube import deployment, events_for, running_pods, wait_for
-from tests.e2e.conftest import REPO, OperatorProcess
+from tests.e2e.conftest import REPO, OperatorProcess, pull_secrets_for
 
 pytestmark = pytest.mark.cluster
 ANNOTATION = "pullmedic.dev/last-remediation"
@@ -69,9 +69,9 @@ def test_ecr_tag_typo_is_healed_with_the_nodes_own_credentials(
     repo = "team/app"
     for tag in ("1.4.0", "1.4.2", "2.0.0"):
         push_image(cloud.registry, repo, tag)
-    assert not core.list_secret_for_all_namespaces(
-        field_selector="type=kubernetes.io/dockerconfigjson"
-    ).items, "no pull secret anywhere"
+    assert not pull_secrets_for(core, ECR_HOST, cloud.registry.host), (
+        "no pull secret for this registry anywhere"
+    )
 
     # First the kubelet alone: it authenticates with the plugin and the tag is missing.
     bad = cloud.image(repo, "1.4.9")

@@ -23,8 +23,8 @@ import pytest
 from sandbox.cloud import CloudRegistry
 from sandbox.images import push_image
 from sandbox.kube import deployment, events_for, running_pods, wait_for
-from sandbox.tokenprovider import TOKEN_PASSWORD, TOKEN_PLUGIN
-from tests.e2e.conftest import REPO, OperatorProcess
+from sandbox.tokenprovider import TOKEN_HOST, TOKEN_PASSWORD, TOKEN_PLUGIN
+from tests.e2e.conftest import REPO, OperatorProcess, pull_secrets_for
 from tests.e2e.test_cloud_credentials import _kubelet_failure, cloud_operator
 
 pytestmark = pytest.mark.cluster
@@ -65,9 +65,9 @@ def test_token_mode_provider_as_the_kubelet_runs_it_for_each_service_account(
     push_image(token.registry, "team/app", "1.0.0")
     image = token.image("team/app", "1.0.0")
     _service_accounts(core, namespace, "puller", "other")
-    assert not core.list_secret_for_all_namespaces(
-        field_selector="type=kubernetes.io/dockerconfigjson"
-    ).items, "no pull secret anywhere"
+    assert not pull_secrets_for(core, TOKEN_HOST, token.registry.host), (
+        "no pull secret for this registry anywhere"
+    )
 
     # The real kubelet: puller's pod pulls, the other ServiceAccount's pod does not.
     apps.create_namespaced_deployment(
