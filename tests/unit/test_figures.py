@@ -407,6 +407,7 @@ SHAPES: dict[str, dict[str, Any]] = {
                 "run": "default",
                 "checks_per_hour": 13.3,
                 "requests_per_hour": 80.7,
+                "manifest_gets_per_hour": 3.5,
                 "max_host_requests_per_hour": 40.2,
                 "found": 75,
             },
