@@ -664,11 +664,8 @@ def test_operator_identity_real_calls(
             policy_name,
             {"spec": {"mode": "Remediate"}},
         ),
-        "mint a token": lambda: op_core.create_namespaced_service_account_token(
-            "app",
-            namespace,
-            client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
-        ),
+        # (minting a ServiceAccount token is granted: KEP-4412 token-mode providers)
+        "delete a secret": lambda: op_core.delete_namespaced_secret("app", namespace),
     }
     statuses = {what: status_of(call) for what, call in refused.items()}
     assert statuses == dict.fromkeys(refused, 403), statuses
