@@ -26,9 +26,11 @@
 # (versions and the hash of every file; scripts/lock.sh writes it), and the venv's SBOM.
 # ---------------------------------------------------------------------------
 FROM debian:12-slim AS builder
-# The build's epoch (scripts/build-image.sh passes it with --timestamp): declared so that
-# cached layers are keyed by it, and a layer made at another epoch is never reused.
-ARG SOURCE_DATE_EPOCH=0
+# The build's epoch (scripts/build-image.sh passes it with --timestamp), declared so that
+# cached layers are keyed by it, and a layer made at another epoch is never reused. Not
+# named SOURCE_DATE_EPOCH: an ARG is in every RUN's environment, and the SBOM tool would
+# then stamp its document with a time and a serial number.
+ARG PULLMEDIC_BUILD_EPOCH=0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -117,7 +117,7 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   vols=(-v /etc/ssl/certs/ca-certificates.crt:/run/pullmedic-build/ca.crt:ro
         -v "$conf:/etc/pip.conf:ro")
   bh bud --quiet --pull=never --isolation "$isolation" --layers "${nocache[@]}" "${vols[@]}" \
-    --timestamp "$epoch" --build-arg "SOURCE_DATE_EPOCH=$epoch" \
+    --timestamp "$epoch" --build-arg "PULLMEDIC_BUILD_EPOCH=$epoch" \
     -f Dockerfile -t "$keyed" . >&2
   log "image built in $(( $(date +%s) - t1 )) s"
 fi
