@@ -253,7 +253,8 @@ def renew(
     ca = Pair(data.get("ca.crt", b""), data.get("ca.key", b""))
     trusted_before = ca.cert
     if ca.cert:
-        ca = Pair(split_pem(ca.cert)[0] if split_pem(ca.cert) else b"", ca.key)
+        first = split_pem(ca.cert)  # the current CA leads the bundle
+        ca = Pair(first[0] if first else b"", ca.key)
     reason = ""
     if not ca.cert or not ca_matches(ca):
         reason = "no usable CA in the Secret"

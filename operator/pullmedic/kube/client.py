@@ -1,4 +1,7 @@
-"""The operator's one door to the Kubernetes API: typed calls, bounded in time.
+"""The operator's client for every read and write of the API: typed calls, bounded in time.
+
+(The pod watch and kopf's own watches have clients of their own: docs/development.md,
+"Ways to the API server".)
 
 Everything the engine reads or writes goes through :class:`KubeApi`, so the control loop can
 be driven by an in-memory fake in tests. :class:`RestKube` is the real edge: every request
