@@ -58,6 +58,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("integrity_storm", "Integrity storm"),
         Benchmark("probe_storm", "Probe storm"),
         Benchmark("quota", "Pull quota"),
+        Benchmark("firstrun", "First run"),
     )
 }
 

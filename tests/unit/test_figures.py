@@ -462,6 +462,26 @@ SHAPES: dict[str, dict[str, Any]] = {
         ]
         for side in ("pullmedic", "baseline")
     },
+    "firstrun": {
+        "cold": True,
+        "caches_isolated": [],
+        "node_packages_missing_at_start": ["containerd"],
+        "runs": [
+            {
+                "cache": cache,
+                "command": command,
+                "wall_s": 1500.0 if cache == "cold" else 9.0,
+                "steps": [{"step": "Python venv ready", "s": 30}],
+                "components": [
+                    {"component": "kubernetes", "s": 1200},
+                    {"component": "etcd", "s": 0},
+                ],
+                "load_after": [1.0, 1.0, 1.0],
+            }
+            for cache in ("cold", "warm")
+            for command in ("demo", "tests")
+        ],
+    },
 }
 
 
