@@ -183,3 +183,38 @@ def test_bytecode_records_no_mtime(rootfs: Path) -> None:
         flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
         assert flags == 1, pyc
     assert (site / "pullmedic" / "app" / "__pycache__" / "cli.cpython-311.pyc").exists()
+
+
+def _differences(a: str, b: str) -> list[str]:
+    """Where two images' configs differ: layer by layer, then history, then the rest."""
+    ca = json.loads(buildah("inspect", "--type", "image", a))["OCIv1"]
+    cb = json.loads(buildah("inspect", "--type", "image", b))["OCIv1"]
+    out = []
+    for n, (la, lb) in enumerate(
+        zip(ca["rootfs"]["diff_ids"], cb["rootfs"]["diff_ids"], strict=False)
+    ):
+        if la != lb:
+            out.append(f"layer {n}: {la} != {lb}")
+    for n, (ha, hb) in enumerate(zip(ca.get("history", []), cb.get("history", []), strict=False)):
+        if ha != hb:
+            out.append(f"history {n}: {ha} != {hb}")
+    out += [f"config key {k}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+    return out
+
+
+def test_two_builds_of_one_commit_are_the_same_image(image: str) -> None:
+    """Rebuilt on the same bases with no cached layer (every RUN again: apt, pip, the
+    byte-compile, the SBOM): the same image id, so the same layers, history and times."""
+    first = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", image)
+    out = subprocess.run(
+        [str(REPO / "scripts" / "build-image.sh"), "--no-cache", "--tag", f"{TAG}-again"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    # It was built again, not found in a cache.
+    assert re.search(r"\[image\] building localhost/pullmedic:fresh-", out.stderr), out.stderr
+    assert "image built in" in out.stderr
+    again = out.stdout.strip().splitlines()[-1]
+    assert again == first, _differences(image, f"{TAG}-again")
