@@ -143,12 +143,13 @@ def render(r: dict[str, Any]) -> str:
                 "setup.sh --demo" if x["command"] == "demo" else "setup.sh",
                 _minutes(x["wall_s"]),
                 ", ".join(f"{c['component']} {_minutes(c['s'])}" for c in slow if c["s"]) or "-",
+                f"{x['load_after'][1]:.1f}",
             ]
         )
     missing = ", ".join(r["node_packages_missing_at_start"]) or "none"
     return table(
         "Setup on a fresh clone (the demo's setup, then what the tests add)",
-        ["caches", "command", "wall time", "slowest components"],
+        ["caches", "command", "wall time", "slowest components", "load (5 min) after"],
         rows,
     ) + (f"\nDebian packages missing at the start: {missing}.\n")
 
