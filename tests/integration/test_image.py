@@ -217,4 +217,9 @@ def test_two_builds_of_one_commit_are_the_same_image(image: str) -> None:
     assert re.search(r"\[image\] building localhost/pullmedic:fresh-", out.stderr), out.stderr
     assert "image built in" in out.stderr
     again = out.stdout.strip().splitlines()[-1]
+    # One commit: a commit that changes the inputs between the builds moves the epoch.
+    created = "{{.OCIv1.Created}}"
+    assert buildah("inspect", "--type", "image", "--format", created, image) == buildah(
+        "inspect", "--type", "image", "--format", created, f"{TAG}-again"
+    ), "the two builds ran at different SOURCE_DATE_EPOCHs: a commit landed between them"
     assert again == first, _differences(image, f"{TAG}-again")
