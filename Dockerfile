@@ -5,6 +5,7 @@
 #   scripts/build-image.sh                   # buildah, reproducible (SOURCE_DATE_EPOCH)
 #   docker buildx build -t pullmedic:0.1.0 \
 #     --build-arg SOURCE_DATE_EPOCH="$(git log -1 --format=%ct)" \
+#     --build-arg PULLMEDIC_BUILD_EPOCH="$(git log -1 --format=%ct)" \
 #     --output type=docker,rewrite-timestamp=true .
 #
 # Reproducible: the image's files and history carry SOURCE_DATE_EPOCH as their time (set
@@ -92,8 +93,13 @@ FROM gcr.io/distroless/python3-debian12:nonroot
 
 ARG VERSION=0.1.0
 ARG SOURCE_URL=https://github.com/pullmedic/pullmedic
+# The epoch again (ARGs are per stage), and in a label: the builder's venv is the same
+# bytes at every epoch, so without it this stage's cached steps, made at an older epoch
+# (older file times and history), would be reused whole.
+ARG PULLMEDIC_BUILD_EPOCH=0
 
-LABEL org.opencontainers.image.title="pullmedic" \
+LABEL dev.pullmedic.build-epoch="${PULLMEDIC_BUILD_EPOCH}" \
+      org.opencontainers.image.title="pullmedic" \
       org.opencontainers.image.description="Kubernetes operator that diagnoses and heals image pull failures" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}" \

@@ -217,6 +217,10 @@ def test_two_builds_of_one_commit_are_the_same_image(image: str) -> None:
     assert re.search(r"\[image\] building localhost/pullmedic:fresh-", out.stderr), out.stderr
     assert "image built in" in out.stderr
     again = out.stdout.strip().splitlines()[-1]
+    # The epoch is a label, so a cache made at another epoch cannot stand in for a build.
+    labels = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]["Labels"]
+    assert labels["dev.pullmedic.build-epoch"].isdigit(), labels
+    assert labels["dev.pullmedic.build-epoch"] != "0", labels
     # One commit: a commit that changes the inputs between the builds moves the epoch.
     created = "{{.OCIv1.Created}}"
     assert buildah("inspect", "--type", "image", "--format", created, image) == buildah(
