@@ -28,7 +28,8 @@
 # ---------------------------------------------------------------------------
 FROM debian:12-slim AS builder
 # The build's epoch (scripts/build-image.sh passes it with --timestamp), declared so that
-# cached layers are keyed by it, and a layer made at another epoch is never reused. Not
+# a builder's cached RUN steps are keyed by it, and one made at another epoch is never
+# reused. Not
 # named SOURCE_DATE_EPOCH: an ARG is in every RUN's environment, and the SBOM tool would
 # then stamp its document with a time and a serial number.
 ARG PULLMEDIC_BUILD_EPOCH=0
@@ -93,9 +94,9 @@ FROM gcr.io/distroless/python3-debian12:nonroot
 
 ARG VERSION=0.1.0
 ARG SOURCE_URL=https://github.com/pullmedic/pullmedic
-# The epoch again (ARGs are per stage), and in a label: the builder's venv is the same
-# bytes at every epoch, so without it this stage's cached steps, made at an older epoch
-# (older file times and history), would be reused whole.
+# The epoch again (ARGs are per stage), recorded as a label: which commit time the files
+# and history carry. (Builders that key cached steps by the ARG's value then never reuse
+# this stage from another epoch; scripts/build-image.sh uses no layer cache at all.)
 ARG PULLMEDIC_BUILD_EPOCH=0
 
 LABEL dev.pullmedic.build-epoch="${PULLMEDIC_BUILD_EPOCH}" \

@@ -11,8 +11,12 @@
 # Reproducible: SOURCE_DATE_EPOCH (default: the time of the last commit that changed the
 # build inputs) is the time of every layer's files and of the image's history (buildah
 # --timestamp); the Dockerfile writes no other time (bytecode without mtimes, an SBOM
-# without a date), so two builds of one commit give the same image id. --no-cache builds again from the bases, ignoring the
-# cached image and layers (the check of that, tests/integration/test_image.py).
+# without a date), so two builds of one commit on the same bases give the same image id.
+# The image is cached whole, keyed by its inputs; buildah's layer cache is never used
+# (bud --no-cache): its key for an ARG, LABEL or COPY step does not carry a build
+# argument's value, so steps cached at another epoch (another commit's file times and
+# history) matched whole. --no-cache ignores the cached image too and builds again from
+# the bases (the check of reproducibility, tests/integration/test_image.py).
 #
 #   scripts/build-image.sh [--tag NAME] [--isolation chroot|oci] [--no-cache]   # prints the image id
 set -euo pipefail
@@ -102,9 +106,8 @@ inputs="$( { echo "$epoch"; cat Dockerfile .dockerignore pyproject.toml README.m
     requirements.lock requirements-sbom.lock;
   find operator -name '*.py' -o -name py.typed | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16)"
 keyed="localhost/pullmedic:build-$inputs"
-nocache=()
 if [ "$fresh" = 1 ]; then
-  nocache=(--no-cache); keyed="localhost/pullmedic:fresh-$inputs"
+  keyed="localhost/pullmedic:fresh-$inputs"
   bh rmi "$keyed" >/dev/null 2>&1 || true
 fi
 if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
@@ -116,15 +119,17 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   printf '[global]\ncert = /run/pullmedic-build/ca.crt\n' > "$conf"
   vols=(-v /etc/ssl/certs/ca-certificates.crt:/run/pullmedic-build/ca.crt:ro
         -v "$conf:/etc/pip.conf:ro")
-  bh bud --quiet --pull=never --isolation "$isolation" --layers "${nocache[@]}" "${vols[@]}" \
+  bh bud --quiet --pull=never --isolation "$isolation" --layers --no-cache "${vols[@]}" \
     --timestamp "$epoch" --build-arg "PULLMEDIC_BUILD_EPOCH=$epoch" \
     -f Dockerfile -t "$keyed" . >&2
   log "image built in $(( $(date +%s) - t1 )) s"
 fi
 bh tag "$keyed" "$tag"
-# Older builds of other inputs go (their layers stay as the build cache).
+# Older builds of other inputs go, and so do the unnamed intermediate images of every build
+# (no layer cache is used; with vfs each is a whole copy of its filesystem).
 bh images --format '{{.Name}}:{{.Tag}}' | awk -v k="-$inputs" '$1 ~ /^localhost\/pullmedic:(build|fresh)-/ && substr($1, length($1) - length(k) + 1) != k {print $1}' \
   | xargs -r buildah "${store[@]}" rmi >/dev/null 2>&1 || true
+bh rmi --prune >/dev/null 2>&1 || true
 size="$(bh images --format '{{.Name}}:{{.Tag}} {{.Size}}' | awk -v k="$keyed" '$1 == k {print $2, $3; exit}')"
 log "$tag ready in $(( $(date +%s) - t0 )) s (size $size uncompressed)"
 bh inspect --type image --format "{{.FromImageID}}" "$keyed"; echo
