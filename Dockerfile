@@ -29,9 +29,8 @@
 FROM debian:12-slim AS builder
 # The build's epoch (scripts/build-image.sh passes it with --timestamp), declared so that
 # a builder's cached RUN steps are keyed by it, and one made at another epoch is never
-# reused. Not
-# named SOURCE_DATE_EPOCH: an ARG is in every RUN's environment, and the SBOM tool would
-# then stamp its document with a time and a serial number.
+# reused. Not named SOURCE_DATE_EPOCH: an ARG is in every RUN's environment, and the SBOM
+# tool would then stamp its document with a time and a serial number.
 ARG PULLMEDIC_BUILD_EPOCH=0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

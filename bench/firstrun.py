@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, say, table
+from sandbox import paths
 
 NODE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "busybox-static")
 STEP = re.compile(r"^\[setup\] (?P<what>.+) \((?P<s>\d+) s\)$")
@@ -81,14 +82,13 @@ def _go_env(name: str) -> str:
     return p.stdout.strip()
 
 
-def _caches(env: dict[str, str]) -> dict[str, Path]:
+def _caches() -> dict[str, Path]:
     """Where setup's caches are, by the variable that moves each."""
-    home = Path.home()
     return {
-        "PULLMEDIC_CACHE": Path(env.get("PULLMEDIC_CACHE", home / ".cache" / "pullmedic")),
+        "PULLMEDIC_CACHE": paths.cache_dir(),
         "GOMODCACHE": Path(_go_env("GOMODCACHE")),
         "GOCACHE": Path(_go_env("GOCACHE")),
-        "PIP_CACHE_DIR": Path(env.get("PIP_CACHE_DIR", home / ".cache" / "pip")),
+        "PIP_CACHE_DIR": Path(os.environ.get("PIP_CACHE_DIR", Path.home() / ".cache" / "pip")),
     }
 
 
@@ -102,7 +102,7 @@ def measure(cold: bool) -> dict[str, Any]:
     env.pop("VIRTUAL_ENV", None)
     isolated: list[str] = []
     if cold:
-        for var, path in _caches(env).items():
+        for var, path in _caches().items():
             if not _empty(path):
                 env[var] = str(work / "caches" / var.lower())
                 isolated.append(var)

@@ -119,6 +119,7 @@ if ! bh inspect --type image "$keyed" >/dev/null 2>&1; then
   printf '[global]\ncert = /run/pullmedic-build/ca.crt\n' > "$conf"
   vols=(-v /etc/ssl/certs/ca-certificates.crt:/run/pullmedic-build/ca.crt:ro
         -v "$conf:/etc/pip.conf:ro")
+  # --layers: one layer per instruction in the image; --no-cache: none taken from a cache.
   bh bud --quiet --pull=never --isolation "$isolation" --layers --no-cache "${vols[@]}" \
     --timestamp "$epoch" --build-arg "PULLMEDIC_BUILD_EPOCH=$epoch" \
     -f Dockerfile -t "$keyed" . >&2
