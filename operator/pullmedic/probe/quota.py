@@ -82,7 +82,9 @@ class Quotas:
             return
         window = remaining[1] or limit[1] or self.default_window
         self._hosts[host] = Quota(limit[0], remaining[0], time.monotonic() + window)
-        metrics.REGISTRY_QUOTA_REMAINING.labels(host=host).set(remaining[0])
+        label = metrics.host_label(host)
+        if label != metrics.OTHER_HOST:  # one gauge for many hosts would mean none of them
+            metrics.REGISTRY_QUOTA_REMAINING.labels(host=label).set(remaining[0])
 
     def get(self, host: str) -> Quota | None:
         quota = self._hosts.get(host)
@@ -95,5 +97,5 @@ class Quotas:
         """Raise QuotaReserved if a manifest GET to ``host`` would eat into the reserve."""
         quota = self.get(host)
         if quota is not None and quota.reserved(self.reserve):
-            metrics.REGISTRY_GETS_WITHHELD.labels(host=host).inc()
+            metrics.REGISTRY_GETS_WITHHELD.labels(host=metrics.host_label(host)).inc()
             raise QuotaReserved(Withheld(host, quota.remaining, quota.limit))

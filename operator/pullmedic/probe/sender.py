@@ -228,7 +228,9 @@ class RequestSender:
     ) -> HttpResult:
         """One HTTP exchange through the gate; a transport failure becomes a ProbeError."""
         self.requests[(request.registry_host, hop.method)] += 1
-        metrics.REGISTRY_REQUESTS.labels(host=request.registry_host, method=hop.method).inc()
+        metrics.REGISTRY_REQUESTS.labels(
+            host=metrics.host_label(request.registry_host), method=hop.method
+        ).inc()
         try:
             async with gate, asyncio.timeout(self.config.operation_timeout):
                 # The overall cap also stops slow-drip bodies that never trip read_timeout.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -137,6 +139,34 @@ READY = Gauge(
     "1 when the watches are established and the API server answered recently.",
     registry=REGISTRY,
 )
+
+
+# Registry hosts come from image references, which tenants write: a pod naming a new host
+# per replica must not grow every scrape without bound. The first MAX_HOSTS hosts seen keep
+# series of their own; requests to any later one are counted under OTHER_HOST.
+MAX_HOSTS = 64
+OTHER_HOST = "other"
+
+
+class HostLabels:
+    """The ``host`` label value for a registry host, with the number of values capped."""
+
+    def __init__(self, limit: int = MAX_HOSTS) -> None:
+        self.limit = limit
+        self._hosts: set[str] = set()
+        self._lock = threading.Lock()  # plugin runs and the metrics server use threads
+
+    def __call__(self, host: str) -> str:
+        with self._lock:
+            if host in self._hosts:
+                return host
+            if len(self._hosts) < self.limit:
+                self._hosts.add(host)
+                return host
+        return OTHER_HOST
+
+
+host_label = HostLabels()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
