@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import httpx
 import pytest
 
-from pullmedic.kube.podwatch import Gone, PodWatch, PodWatchSettings
+from pullmedic.kube.podwatch import Busy, Gone, PodWatch, PodWatchSettings, check_answer
 
 
 def pod(uid: str, rv: str = "1", reason: str | None = None) -> dict[str, Any]:
@@ -123,3 +124,49 @@ def test_shard_selector_is_sent_on_lists_and_watches() -> None:
         settings=PodWatchSettings(shard_selector="shardRange(object.metadata.uid, '0x0', '0x8')"),
     )
     assert w._params(watch="true")["shardSelector"].startswith("shardRange(")
+
+
+def _answer(status: int, retry_after: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return httpx.Response(
+        status, headers=headers, request=httpx.Request("GET", "https://api/api/v1/pods")
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "raised", "wait"),
+    [
+        (200, None, None, None),
+        (410, None, Gone, None),
+        (429, "3", Busy, 3.0),
+        (429, None, Busy, 1.0),  # the API server always sends it; 1 s if it did not
+        (429, "Wed, 21 Oct 2026 07:28:00 GMT", Busy, 1.0),
+        (429, "nan", Busy, 1.0),
+        (429, "-5", Busy, 0.0),
+        (429, "86400", Busy, 60.0),  # never longer than the supervisor's longest back-off
+        (500, None, httpx.HTTPStatusError, None),
+        (403, None, httpx.HTTPStatusError, None),
+    ],
+    ids=[
+        "ok",
+        "gone",
+        "busy-3s",
+        "busy-no-header",
+        "busy-http-date",
+        "busy-nan",
+        "busy-negative",
+        "busy-a-day",
+        "server-error",
+        "forbidden",
+    ],
+)
+def test_an_answer_that_is_not_a_list_or_stream_is_refused_by_kind(
+    status: int, retry_after: str | None, raised: type[Exception] | None, wait: float | None
+) -> None:
+    if raised is None:
+        check_answer(_answer(status, retry_after))
+        return
+    with pytest.raises(raised) as info:
+        check_answer(_answer(status, retry_after))
+    if wait is not None:
+        assert isinstance(info.value, Busy) and info.value.retry_after == wait

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -38,6 +39,31 @@ class PodWatchSettings:
 
 class Gone(Exception):
     """410: the resourceVersion is too old; list again."""
+
+
+class Busy(Exception):
+    """429: the API server asks to be called again after ``retry_after`` seconds (priority
+    and fairness, or its storage still initializing after a restart). The supervisor waits
+    that long instead of its doubling back-off."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"429 Too Many Requests: retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+def check_answer(r: httpx.Response) -> None:
+    """Raise for an answer that is not a list or a stream (410, 429, any other error)."""
+    if r.status_code == 410:
+        raise Gone()
+    if r.status_code == 429:
+        try:
+            retry_after = float(r.headers.get("retry-after", "1"))
+        except ValueError:  # an HTTP date, or junk: the API server sends seconds
+            retry_after = 1.0
+        if not math.isfinite(retry_after):
+            retry_after = 1.0
+        raise Busy(min(max(retry_after, 0.0), 60.0))
+    r.raise_for_status()
 
 
 class Source(Protocol):
@@ -79,9 +105,7 @@ class ApiSource:
 
     async def list_page(self, params: Mapping[str, str]) -> dict[str, Any]:
         r = await self._http().get(PODS, params=dict(params), headers=self._headers())
-        if r.status_code == 410:
-            raise Gone()
-        r.raise_for_status()
+        check_answer(r)
         body: dict[str, Any] = r.json()
         return body
 
@@ -89,9 +113,7 @@ class ApiSource:
         async with self._http().stream(
             "GET", PODS, params=dict(params), headers=self._headers()
         ) as r:
-            if r.status_code == 410:
-                raise Gone()
-            r.raise_for_status()
+            check_answer(r)
             async for line in r.aiter_lines():
                 if line.strip():
                     yield json.loads(line)
