@@ -28,23 +28,32 @@ REPLICAS = 8  # all eight in one shard: 1 in 128
 def shards(
     sandbox: Any, operator_kubeconfig: Path, tmp_path: Path
 ) -> Iterator[list[OperatorProcess]]:
+    """Two shard replicas, not started: the test starts each when its turn comes."""
     ops = [
         OperatorProcess(operator_kubeconfig, sandbox.registries, tmp_path / f"shard{i}.log")
         for i in range(2)
     ]
-    for i, op in enumerate(ops):
-        op.start(
-            "--shards",
-            "2",
-            "--shard-index",
-            str(i),
-            *leader_elect("pullmedic-shard-test"),
-        )
     try:
         yield ops
     finally:
         for op in ops:
             op.stop()
+
+
+def pull_failed(pod: Any) -> bool:
+    """Every container of the pod is waiting on a failed pull."""
+    statuses = (pod.status and pod.status.container_statuses) or ()
+    return bool(statuses) and all(
+        st.state
+        and st.state.waiting
+        and st.state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+        for st in statuses
+    )
+
+
+def start_shard(op: OperatorProcess, index: int) -> None:
+    op.start("--shards", "2", "--shard-index", str(index), *leader_elect("pullmedic-shard-test"))
+    wait_for(lambda: leading(op), f"shard {index} leading", 30)
 
 
 class LabelWatch:
@@ -62,7 +71,7 @@ class LabelWatch:
 
     def _run(self, core: Any, namespace: str) -> None:
         try:
-            for ev in self.w.stream(core.list_namespaced_pod, namespace, timeout_seconds=180):
+            for ev in self.w.stream(core.list_namespaced_pod, namespace, timeout_seconds=600):
                 pod = ev["object"]
                 label = (pod.metadata.labels or {}).get(HANDOFF_LABEL)
                 values = self.seen.setdefault(pod.metadata.uid, set())
@@ -92,24 +101,18 @@ def test_two_shards_remediate_a_spanning_deployment_once(
     namespace: str,
     cluster_policy: Any,
 ) -> None:
+    """The pods are stuck before either shard runs, and the shard that does not own the
+    group starts first: with both running from the start, the owner could fix the
+    Deployment (from its own pods) before the other shard's few pods had failed, and a
+    terminating pod is rightly never handed over, so whether a hand-off happened at all was
+    a race (CI lost it once, with one pod of eight in the other shard)."""
     repo = f"team/shard-{namespace[-6:]}"
     for tag in ("2.0.0", "2.0.3"):
         push_image(registries.open, repo, tag)
     cluster_policy([namespace], mode="Remediate")
-    # One Lease per shard, each held by its only replica.
-    wait_for(lambda: all(leading(op) for op in shards), "both shards leading", 30)
-    leases = {
-        lease.metadata.name
-        for lease in client.CoordinationV1Api(core.api_client)
-        .list_namespaced_lease(OPERATOR_NAMESPACE)
-        .items
-    }
-    assert {"pullmedic-shard-test-shard-0-of-2", "pullmedic-shard-test-shard-1-of-2"} <= leases
-
     bad = f"{registries.open.host}/{repo}:2.0.9"
     good = f"{registries.open.host}/{repo}:2.0.3"
     labels = watch_handoff_labels(core, namespace)  # every label a pod ever carried
-    apps.create_namespaced_deployment(namespace, deployment("span", bad, replicas=REPLICAS))
 
     def image() -> str:
         d = apps.read_namespaced_deployment("span", namespace)
@@ -117,12 +120,49 @@ def test_two_shards_remediate_a_spanning_deployment_once(
 
     first_pods: list[Any] = []
 
-    def failing_pods() -> bool:
+    def stuck_pods() -> bool:
         pods = core.list_namespaced_pod(namespace, label_selector="app=span").items
         first_pods[:] = [p for p in pods if p.spec.containers[0].image == bad]
-        return len(first_pods) == REPLICAS
+        return len(first_pods) == REPLICAS and all(pull_failed(p) for p in first_pods)
 
-    wait_for(failing_pods, "the first ReplicaSet's pods", 30)
+    # All eight pods in one shard happens once in 128 tries: then the Deployment is made
+    # again (new pods, new uids) until its pods span both shards.
+    for _ in range(5):
+        apps.create_namespaced_deployment(namespace, deployment("span", bad, replicas=REPLICAS))
+        wait_for(stuck_pods, "the first ReplicaSet's pods stuck pulling", 90)
+        if {SHARDS[0].of(p.metadata.uid) for p in first_pods} == {0, 1}:
+            break
+        apps.delete_namespaced_deployment("span", namespace, propagation_policy="Foreground")
+        wait_for(
+            lambda: (
+                not core.list_namespaced_pod(namespace, label_selector="app=span").items
+                and not apps.list_namespaced_deployment(namespace).items
+            ),
+            "the one-shard Deployment gone",
+            60,
+        )
+    rs = next(r for r in first_pods[0].metadata.owner_references if r.controller)
+    owner = SHARDS[0].of(rs.uid)
+    foreign = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) != owner]
+    mine = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) == owner]
+    assert foreign and mine, "the pods did not span both shards in five Deployments"
+
+    # The other shard first: it hands every stuck pod of the owner's group over.
+    start_shard(shards[1 - owner], 1 - owner)
+    wait_for(
+        lambda: all(SHARDS[owner].name in labels.seen.get(u, set()) for u in foreign),
+        f"shard {1 - owner} to hand its {len(foreign)} pod(s) to shard {owner}",
+        30,
+    )
+    assert image() == bad, "the shard that does not own the group fixed it"
+    start_shard(shards[owner], owner)
+    leases = {
+        lease.metadata.name
+        for lease in client.CoordinationV1Api(core.api_client)
+        .list_namespaced_lease(OPERATOR_NAMESPACE)
+        .items
+    }
+    assert {"pullmedic-shard-test-shard-0-of-2", "pullmedic-shard-test-shard-1-of-2"} <= leases
     wait_for(lambda: image() == good, "the owner shard to heal the Deployment", 90)
 
     # The API server splits the pods: each shard's list is its slice, the two are disjoint
@@ -142,18 +182,11 @@ def test_two_shards_remediate_a_spanning_deployment_once(
             slices.append({p["metadata"]["uid"] for p in body["items"]})
     assert not slices[0] & slices[1] and slices[0] | slices[1] == every
 
-    uids = {p.metadata.uid for p in first_pods}
-    assert {SHARDS[0].of(u) for u in uids} == {0, 1}, "the pods did not span both shards"
-    rs = next(r for r in first_pods[0].metadata.owner_references if r.controller)
-    owner = SHARDS[0].of(rs.uid)
-    # The other shard handed its pods over with the owner's label (seen by a watch, as
-    # the rollout may have replaced them since); the owner labelled none of its own.
+    # The owner labelled none of its own pods; the other shard labelled its pods for the
+    # owner only (seen by a watch, as the rollout may have replaced them since).
     seen = labels.stop()
-    foreign = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) != owner]
-    mine = [p.metadata.uid for p in first_pods if SHARDS[0].of(p.metadata.uid) == owner]
     assert all(not seen.get(u) for u in mine), f"the owner labelled its own pods: {seen}"
     handed = {u: seen.get(u, set()) for u in foreign}
-    assert any(handed.values()), f"no pod of the other shard was handed over: {handed}"
     assert all(v <= {SHARDS[owner].name} for v in handed.values()), handed
 
     d = apps.read_namespaced_deployment("span", namespace)
