@@ -3,7 +3,7 @@
 The module is not on the Go module proxy, so ``sandbox/peers.sh patcher`` builds it from a
 checkout of https://github.com/titansoft-pte-ltd/imagepullsecret-patcher (``PATCHER_SRC``,
 default: cloned from GitHub into the cache) with its dependencies from the proxy. Without a
-checkout the row is skipped with the reason.
+checkout it is not run, and its result says why (``ready=False``, ``reason``).
 
 The patcher (``main.go``) only knows ``rest.InClusterConfig()``: it reads
 ``KUBERNETES_SERVICE_HOST``/``_PORT`` and ``/var/run/secrets/kubernetes.io/serviceaccount``.
@@ -39,11 +39,11 @@ def build() -> dict[str, Any]:
     return build_peer("patcher")
 
 
-def prepare(b: Bench, ns: str) -> dict[str, Any]:
-    """Build the patcher and get its credentials ready for namespace ``ns`` (which exists).
+def setup(b: Bench) -> dict[str, Any]:
+    """Build the patcher and mint its ServiceAccount token, once for any number of ``prepare``
+    calls (a failed build, a clone attempt, is not repeated per namespace).
 
-    Every other namespace that exists now is excluded (its list is read once, at start).
-    ``launch`` starts it; the result has ``ready`` and, if not, ``reason``.
+    The result has ``ready`` and, if not, ``reason``.
     """
     result = build()
     if not result["built"]:
@@ -58,7 +58,21 @@ def prepare(b: Bench, ns: str) -> dict[str, Any]:
     if shutil.which("unshare") is None:
         result.update(ready=False, reason="unshare(1) is missing: cannot fake in-cluster config")
         return result
-    creds = _service_account(b)
+    result.update(ready=True, _creds=str(_service_account(b)))
+    return result
+
+
+def prepare(b: Bench, ns: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The patcher ready to run for namespace ``ns`` (which exists), from ``base`` (a
+    ``setup`` result; ``setup`` runs here without one).
+
+    Every other namespace that exists now is excluded (its list is read once, at start).
+    ``launch`` starts it; the result has ``ready`` and, if not, ``reason``.
+    """
+    result = dict(base if base is not None else setup(b))
+    if not result["ready"]:
+        return result
+    creds = result["_creds"]
     reg = b.sb.registries.bearer
     auth = base64.b64encode(f"bob:{reg.users['bob']}".encode()).decode()
     dockerconfig = json.dumps({"auths": {reg.host: {"auth": auth}}})
@@ -89,8 +103,13 @@ def prepare(b: Bench, ns: str) -> dict[str, Any]:
 
 
 def launch(b: Bench, result: dict[str, Any]) -> None:
-    """Start the prepared patcher, and note when it has patched the ServiceAccount."""
-    log = b.state / "logs" / "peer.log"
+    """Start the prepared patcher, and note when it has patched the ServiceAccount.
+
+    Not after ``stop``: a late trigger must not leave it running into the next run.
+    """
+    if result.get("stopped"):
+        return
+    log = b.state / "logs" / f"peer-{result['namespace']}.log"
     result["started_at"] = time.time()
     proc = procs.spawn(result["argv"], log, env=result.pop("_env"))
     b.extra.append(lambda: procs.stop(proc))
@@ -164,7 +183,7 @@ def _service_account(b: Bench) -> Path:
 
 
 def stop(result: dict[str, Any]) -> None:
-    result["running"] = False
+    result.update(running=False, stopped=True)
     proc = result.get("proc")
     if proc is not None:
         procs.stop(proc)

@@ -341,12 +341,20 @@ def _healed(row: dict[str, Any]) -> str:
     return f"p50 {_num(row.get('p50_s'), ' s')} (max {_num(row.get('max_s'), ' s')}{extra})"
 
 
+def _did_its_part(row: dict[str, Any]) -> str:
+    """The patcher's own step (the secret on the ServiceAccount), apart from healing."""
+    if "service_account_patched" not in row:
+        return ""
+    done, runs = row["service_account_patched"], row.get("runs", 0)
+    return f", with the ServiceAccount patched in {done} of {runs} runs"
+
+
 def recovery_headline(r: dict[str, Any]) -> str:
     """Per case: pullmedic alone against the human parties of the same runs."""
     cases: dict[str, list[str]] = {}
     for row in r.get("summary") or []:
         who = _WHO.get(row["who"], row["who"])
-        cases.setdefault(row["case"], []).append(f"{who} {_healed(row)}")
+        cases.setdefault(row["case"], []).append(f"{who} {_healed(row)}{_did_its_part(row)}")
     detail = ". ".join(f"{case.capitalize()}: {'; '.join(p)}" for case, p in cases.items())
     return (
         f"{r.get('replicas')}-replica Deployments on the {r.get('node', 'real')} node, "

@@ -8,6 +8,7 @@ reason) and that every benchmark's table and headline render from a result of it
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import re
@@ -503,6 +504,41 @@ def test_every_benchmark_renders_its_table_and_headline(name: str) -> None:
     assert headline.startswith(f"- **{report.BENCHMARKS[name].title}**: ")
     assert "\n" not in headline
     assert re.search(r"\d", headline.split("(`bench/results")[0]), headline
+
+
+PATCHER_ROW = {
+    "case": "missing pull secret",
+    "who": "titansoft imagepullsecret-patcher",
+    "runs": 10,
+    "recovered": 0,
+    "p50_s": None,
+    "p90_s": None,
+    "max_s": None,
+    "service_account_patched": 10,
+    "service_account_patched_p50_s": 0.4,
+}
+
+
+@pytest.mark.parametrize(
+    ("peer", "says"),
+    [
+        (None, "not run: not part of this run"),
+        ({"ready": False, "reason": "PATCHER_SRC is not set"}, "not run: PATCHER_SRC is not set"),
+        ({"ready": True}, "had its secret in 10/10 runs"),
+    ],
+)
+def test_recovery_says_why_the_patcher_has_no_figures(peer: Any, says: str) -> None:
+    r = copy.deepcopy(SHAPES["recovery"])
+    if peer is not None:
+        r["peer"] = peer
+    if peer and peer["ready"]:
+        r["summary"].append(PATCHER_ROW)
+    text = importlib.import_module("bench.recovery").render(r)
+    row = next(line for line in text.splitlines() if "| titansoft" in line)
+    assert ("| 0/10 " in row) == bool(peer and peer["ready"]), row
+    assert says in text
+    headline = report.recovery_headline(r)
+    assert ("ServiceAccount patched in 10 of 10 runs" in headline) == bool(peer and peer["ready"])
 
 
 # --------------------------------------------------------------------------------------
