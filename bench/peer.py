@@ -62,14 +62,14 @@ def setup(b: Bench) -> dict[str, Any]:
     return result
 
 
-def prepare(b: Bench, ns: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The patcher ready to run for namespace ``ns`` (which exists), from ``base`` (a
-    ``setup`` result; ``setup`` runs here without one).
+def prepare(b: Bench, ns: str, base: dict[str, Any]) -> dict[str, Any]:
+    """The patcher ready to run for namespace ``ns`` (which exists), from ``base`` (the
+    ``setup`` result).
 
     Every other namespace that exists now is excluded (its list is read once, at start).
     ``launch`` starts it; the result has ``ready`` and, if not, ``reason``.
     """
-    result = dict(base if base is not None else setup(b))
+    result = dict(base)
     if not result["ready"]:
         return result
     creds = result["_creds"]
